@@ -1,0 +1,106 @@
+"""The client API application: guards (Host/Origin, API key, body size) and error shaping.
+
+Every error leaving the API is OpenAI-shaped and made by `covey.errors`; unexpected
+exceptions are logged (without request content) and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from covey.config import is_loopback
+from covey.errors import (
+    CoveyError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    error_body,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/health"})  # liveness needs no key: it reveals nothing
+
+
+def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> bool:
+    """Pure: may a request naming `host` (a Host header or an Origin's host) be served?
+
+    Loopback names always; the bind address and configured names; any name when bound to a
+    wildcard address (then an API key is mandatory). This defeats DNS rebinding, where a
+    page on evil.example resolves its own name to 127.0.0.1 and calls the local API.
+    """
+    if not host:
+        return False
+    name = _hostname(host)
+    if name is None:
+        return False
+    if is_loopback(name) or name in extra or name == bind_host.strip("[]").lower():
+        return True
+    return bind_host in ("0.0.0.0", "::", "")
+
+
+def _hostname(host: str) -> str | None:
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:
+        return None
+
+
+def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[str],
+              max_body_bytes: int) -> web.Application:
+    extra = frozenset(h.lower() for h in allowed_hosts)
+    expected_auth = f"Bearer {api_key}".encode() if api_key else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request["t_received"] = time.perf_counter()
+        try:
+            if not host_allowed(request.host, bind_host, extra):
+                raise Forbidden(f"Host {request.host!r} is not served here; add it with "
+                                "--allowed-host if this is intended")
+            origin = request.headers.get("Origin")
+            if origin and origin != "null" and not host_allowed(urlsplit(origin).netloc,
+                                                                bind_host, extra):
+                raise Forbidden(f"Origin {origin!r} may not call this API")
+            if expected_auth and request.path not in OPEN_PATHS:
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected_auth):
+                    raise Unauthorized("missing or wrong API key; send "
+                                       "`Authorization: Bearer <key>`")
+            if (request.content_length or 0) > max_body_bytes:
+                raise _too_large(max_body_bytes)
+            return await handler(request)
+        except CoveyError as exc:
+            return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+        except web.HTTPRequestEntityTooLarge:
+            exc = _too_large(max_body_bytes)
+            return web.json_response(exc.body(), status=exc.status)
+        except web.HTTPNotFound:
+            nf = NotFound(f"no such endpoint: {request.method} {request.path}")
+            return web.json_response(nf.body(), status=nf.status)
+        except web.HTTPMethodNotAllowed:
+            na = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            return web.json_response(na.body(), status=na.status)
+        except web.HTTPException as exc:
+            return web.json_response(
+                error_body(exc.reason, "invalid_request_error", None), status=exc.status)
+        # Last resort: a bug must not become a stack trace for the client or a dead node.
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return web.json_response(error_body("internal error; see the node's log",
+                                                "server_error", "internal_error"), status=500)
+
+    return web.Application(middlewares=[guard], client_max_size=max_body_bytes)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than the {limit} byte limit")

@@ -1,0 +1,133 @@
+"""Command line: `covey serve | chat | status | models | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from covey import __version__, config
+from covey.errors import ConfigError
+
+DEFAULT_URL = "http://127.0.0.1:7272"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="covey", description="Run open-weight LLMs across the "
+                                "machines you already own.")
+    p.add_argument("--version", action="version", version=f"covey {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run a node (engines + OpenAI-compatible API)")
+    config.add_flags(serve)
+
+    def client_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--url", help="node to ask (default: the node running from --data-dir, "
+                        f"else $COVEY_URL, else {DEFAULT_URL})")
+        sp.add_argument("--data-dir", help="data dir of the local node (default: ~/.covey, "
+                        "or $COVEY_HOME)")
+        sp.add_argument("--api-key", help="API key, if the node requires one "
+                        "(default: $COVEY_API_KEY)")
+
+    chat = sub.add_parser("chat", help="stream one answer from the node")
+    chat.add_argument("prompt", help="what to ask")
+    chat.add_argument("--model", help="model id (default: the node's default model)")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    client_flags(chat)
+
+    for name, text in (("status", "show the node's models and their measurements"),
+                       ("models", "list the models the node serves")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        client_flags(sp)
+
+    bench = sub.add_parser("bench", help="measure the node's relay overhead on the default model")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
+    bench.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
+    bench.add_argument("--model", type=Path, help="GGUF to bench (default: the embedded model)")
+    bench.add_argument("--threads", type=int, default=None, help="engine threads")
+    bench.add_argument("--data-dir", help="where to keep the assembled model "
+                       "(default: ~/.covey, or $COVEY_HOME)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "bench":
+            from covey.bench.relay import run_bench
+
+            return run_bench(args, data_dir=_data_dir(args))
+        from covey import console
+
+        url = _client_url(args)
+        api_key = args.api_key or os.environ.get("COVEY_API_KEY")
+        if args.command == "chat":
+            return console.chat(url, api_key, args.prompt, args.model, args.max_tokens)
+        if args.command == "status":
+            return console.status(url, api_key, as_json=args.json)
+        return console.models(url, api_key, as_json=args.json)
+    except ConfigError as exc:
+        print(f"covey: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    raw = args.data_dir or os.environ.get("COVEY_HOME") or "~/.covey"
+    return Path(raw).expanduser()
+
+
+def _client_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    runtime = _data_dir(args) / "node.json"
+    try:
+        return str(json.loads(runtime.read_text())["url"])
+    # No node running from this data dir (or a stale file): fall back to the usual address.
+    except (OSError, ValueError, KeyError):
+        return os.environ.get("COVEY_URL", DEFAULT_URL).rstrip("/")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = config.load(config.flag_values(args))
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from covey.console import assembly_progress
+    from covey.node import Node
+
+    with assembly_progress() as progress:
+        node = Node(settings, progress=progress)
+        # Read the GGUFs (and assemble the default model) before the event loop starts,
+        # so the progress bar finishes before log lines begin.
+        node.prepare()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await node.run(stop, on_listening=lambda url: print(f"covey: serving on {url}/v1",
+                                                             flush=True))
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # the port is taken, or the address is not ours
+        print(f"covey: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

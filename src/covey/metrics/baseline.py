@@ -1,0 +1,175 @@
+"""Native baseline: the engine's own speed with no node in the path.
+
+Three deterministic chats (temperature 0, seed 42) straight to the engine once it is ready and
+has settled; the median is published. Cached in `<data_dir>/baselines.json` keyed by the model
+file's size and mtime, redone after `refresh_s` or when the file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from covey.metrics.samples import median
+from covey.metrics.timing import CONTENT, completion_tokens_from_tail, measure
+from covey.router.table import ServedModel
+from covey.types import Baseline, EngineReady
+
+log = logging.getLogger(__name__)
+
+RUNS = 3
+# A fixed synthetic prompt: baselines never use anything a user sent.
+PROMPT = "Count from one to one hundred in words, separated by commas."
+CACHE_FILE = "baselines.json"
+
+
+def cache_key(model: ServedModel) -> str | None:
+    path = model.card.path
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{model.id}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def load_cached(data_dir: Path, key: str, now: float, refresh_s: float) -> Baseline | None:
+    try:
+        entry = json.loads((data_dir / CACHE_FILE).read_text()).get(key)
+        baseline = Baseline(**entry) if isinstance(entry, dict) else None
+    # A missing, old-format or hand-edited cache is simply measured again.
+    except (OSError, ValueError, TypeError):
+        return None
+    if baseline is None or now - baseline.measured_at > refresh_s:
+        return None
+    return baseline
+
+
+def store(data_dir: Path, key: str, baseline: Baseline) -> None:
+    path = data_dir / CACHE_FILE
+    try:
+        entries: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = asdict(baseline)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1))
+    tmp.replace(path)
+
+
+async def one_run(session: aiohttp.ClientSession, base_url: str, model_name: str,
+                  max_tokens: int, llama_cpp: bool) -> tuple[float | None, float | None]:
+    """(TTFT ms, tokens/s) of one streamed deterministic chat straight to the engine."""
+    body: dict[str, Any] = {
+        "model": model_name, "stream": True, "temperature": 0, "seed": 42,
+        "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if llama_cpp:
+        body["ignore_eos"] = True  # always decode max_tokens, so runs are comparable
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    tail = b""
+    async with session.post(base_url + "/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for chunk in r.content.iter_any():
+            now = time.perf_counter()
+            if CONTENT.search(chunk):
+                t_first = t_first or now
+                t_last = now
+            tail = tail[-4096:] + chunk
+    tokens = completion_tokens_from_tail(tail) or 0
+    result = measure(t0, t_first, t_last, tokens)
+    return result.ttft_ms, result.tokens_per_s
+
+
+async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
+                           max_tokens: int) -> Baseline | None:
+    state = model.engine.state
+    if not isinstance(state, EngineReady):
+        return None
+    ttfts: list[float] = []
+    rates: list[float] = []
+    for _ in range(RUNS):
+        ttft, rate = await one_run(session, state.base_url, model.upstream_name, max_tokens,
+                                   model.engine.kind == "llama.cpp")
+        if ttft is not None and rate is not None:
+            ttfts.append(ttft)
+            rates.append(rate)
+    if not rates:
+        return None
+    return Baseline(tokens_per_s=median(rates), ttft_ms=median(ttfts),
+                    measured_at=time.time(), runs=len(rates))
+
+
+class BaselineKeeper:
+    """Keeps one model's baseline present and fresh. `run()` loops until cancelled."""
+
+    def __init__(self, model: ServedModel, data_dir: Path, max_tokens: int, settle_s: float,
+                 refresh_s: float) -> None:
+        self.model = model
+        self.data_dir = data_dir
+        self.max_tokens = max_tokens
+        self.settle_s = settle_s
+        self.refresh_s = refresh_s
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=600, sock_connect=5)
+        # Same reason as the relay's: one connection per request to llama.cpp.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            while True:
+                await self._settled()
+                key = cache_key(self.model)
+                cached = load_cached(self.data_dir, key, time.time(), self.refresh_s) \
+                    if key else None
+                if cached is not None:
+                    self.model.baseline = cached
+                else:
+                    await self._measure(session, key)
+                await self._wait_until_stale(key)
+
+    async def _settled(self) -> None:
+        """Ready, and still ready `settle_s` later (a fresh engine is slow for a moment)."""
+        while True:
+            # Polled: two engine kinds report state; a 0.5 s look is cheap and simple.
+            while not isinstance(self.model.engine.state, EngineReady):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+            ready = self.model.engine.state
+            await asyncio.sleep(self.settle_s)
+            if self.model.engine.state is ready:
+                return
+
+    async def _measure(self, session: aiohttp.ClientSession, key: str | None) -> None:
+        try:
+            baseline = await measure_baseline(session, self.model, self.max_tokens)
+        # The engine may restart or refuse mid-baseline; try again on the next round.
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("model %s: native baseline failed (%s); will retry",
+                        self.model.id, type(exc).__name__)
+            await asyncio.sleep(30)
+            return
+        if baseline is None:
+            return
+        self.model.baseline = baseline
+        log.info("model %s: native baseline %.1f tok/s, TTFT %.0f ms (median of %d)",
+                 self.model.id, baseline.tokens_per_s, baseline.ttft_ms, baseline.runs)
+        if key:
+            store(self.data_dir, key, baseline)
+
+    async def _wait_until_stale(self, key: str | None) -> None:
+        """Until the baseline is older than refresh_s, or the model file changed."""
+        measured = self.model.baseline.measured_at if self.model.baseline else time.time()
+        while time.time() - measured < self.refresh_s:
+            await asyncio.sleep(10)
+            if key is not None and cache_key(self.model) != key:
+                log.info("model %s: file changed; baseline will be measured again",
+                         self.model.id)
+                return

@@ -1,0 +1,73 @@
+"""Prometheus exposition of the node's models, read from live state at scrape time.
+
+A collector over the model table (not counters updated on the hot path), so `/metrics`
+always agrees with `/api/status`. One registry per node: no process-global state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from covey.router.table import ModelTable
+from covey.types import EngineReady
+
+
+class ModelCollector(Collector):
+    def __init__(self, table: ModelTable, clock: Callable[[], float] = time.monotonic) -> None:
+        self.table = table
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        labels = ["model"]
+        ready = GaugeMetricFamily("covey_model_ready", "1 when the model's engine serves",
+                                  labels=labels)
+        in_flight = GaugeMetricFamily("covey_model_in_flight",
+                                      "requests being served or queued", labels=labels)
+        queued = GaugeMetricFamily("covey_model_queue_depth", "requests waiting for a slot",
+                                   labels=labels)
+        ok = CounterMetricFamily("covey_requests_completed", "requests completed",
+                                 labels=labels)
+        failed = CounterMetricFamily("covey_requests_failed",
+                                     "requests the engine failed", labels=labels)
+        tokens = CounterMetricFamily("covey_completion_tokens", "completion tokens relayed",
+                                     labels=labels)
+        ttft = GaugeMetricFamily("covey_ttft_ms", "time to first token over the rolling "
+                                 "window, milliseconds", labels=[*labels, "quantile"])
+        tps = GaugeMetricFamily("covey_decode_tokens_per_second", "decode speed over the "
+                                "rolling window", labels=[*labels, "quantile"])
+        native = GaugeMetricFamily("covey_native_tokens_per_second",
+                                   "native baseline measured straight against the engine",
+                                   labels=labels)
+        for m in self.table.models.values():
+            mid = [m.id]
+            ready.add_metric(mid, 1.0 if isinstance(m.engine.state, EngineReady) else 0.0)
+            in_flight.add_metric(mid, m.in_flight)
+            queued.add_metric(mid, m.queue_depth)
+            ok.add_metric(mid, m.meter.requests_ok)
+            failed.add_metric(mid, m.meter.requests_failed)
+            tokens.add_metric(mid, m.meter.completion_tokens)
+            # Missing measurements are left out, never exported as 0.
+            for family, window in ((ttft, m.meter.ttft_ms), (tps, m.meter.tokens_per_s)):
+                summary = window.summary(now)
+                for q, value in (("0.5", summary.p50), ("0.95", summary.p95)):
+                    if value is not None:
+                        family.add_metric([m.id, q], value)
+            if m.baseline is not None:
+                native.add_metric(mid, m.baseline.tokens_per_s)
+        yield from (ready, in_flight, queued, ok, failed, tokens, ttft, tps, native)
+
+
+def registry_for(table: ModelTable) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ModelCollector(table))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

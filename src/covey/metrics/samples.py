@@ -1,0 +1,82 @@
+"""Rolling windows of real-traffic measurements (TTFT, decode tokens/s) with percentiles.
+
+Pure: the caller passes `now`, so tests drive time by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from covey.types import Percentiles
+
+
+@dataclass
+class RollingWindow:
+    """Samples younger than `window_s` seconds, at most `max_samples` of them (oldest dropped)."""
+
+    window_s: float
+    max_samples: int = 10_000
+    _samples: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def add(self, value: float, now: float) -> None:
+        self._samples.append((now, value))
+        if len(self._samples) > self.max_samples:
+            self._samples.popleft()
+        self._expire(now)
+
+    def summary(self, now: float) -> Percentiles:
+        self._expire(now)
+        values = sorted(v for _, v in self._samples)
+        if not values:
+            return Percentiles(count=0, p50=None, p95=None)
+        return Percentiles(count=len(values), p50=percentile(values, 50),
+                           p95=percentile(values, 95))
+
+    def values(self, now: float) -> list[float]:
+        self._expire(now)
+        return [v for _, v in self._samples]
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@dataclass
+class ModelMeter:
+    """Real-traffic measurements for one model on this node."""
+
+    window_s: float
+    ttft_ms: RollingWindow = field(init=False)
+    tokens_per_s: RollingWindow = field(init=False)
+    requests_ok: int = 0
+    requests_failed: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.ttft_ms = RollingWindow(self.window_s)
+        self.tokens_per_s = RollingWindow(self.window_s)
+
+    def record(self, ttft_ms: float | None, tokens_per_s: float | None, tokens: int,
+               now: float) -> None:
+        self.requests_ok += 1
+        self.completion_tokens += tokens
+        if ttft_ms is not None:
+            self.ttft_ms.add(ttft_ms, now)
+        if tokens_per_s is not None:
+            self.tokens_per_s.add(tokens_per_s, now)

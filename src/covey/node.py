@@ -1,0 +1,239 @@
+"""The node: builds every component from one Settings and runs them under one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from covey.api.app import build_app
+from covey.api.openai import OpenAIRoutes
+from covey.api.status import StatusRoutes
+from covey.config import Settings
+from covey.engine import catalog
+from covey.engine.remote import RemoteBackend
+from covey.engine.supervisor import EngineOptions, LocalEngine
+from covey.mesh import identity
+from covey.metrics.baseline import BaselineKeeper
+from covey.metrics.export import registry_for
+from covey.metrics.samples import ModelMeter
+from covey.router.proxy import Relay
+from covey.router.table import ModelTable, ServedModel
+from covey.types import EngineFailed, EngineState, ModelCard, ModelId
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILE = "node.json"  # where a running node says which ports it got
+
+
+@dataclass
+class BrokenEngine:
+    """Stands in for an engine that could not be started (bad file, too big): shows why."""
+
+    reason: str
+    kind: str = "llama.cpp"
+    pid: None = None
+
+    @property
+    def state(self) -> EngineState:
+        return EngineFailed(reason=self.reason)
+
+
+class Node:
+    def __init__(self, settings: Settings,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.table = ModelTable()
+        self.identity = identity.load_or_create(settings.data_dir)
+        self.name = settings.node_name or socket.gethostname()
+        self.url: str | None = None
+        self._engines: list[LocalEngine] = []
+        self._backends: list[RemoteBackend] = []
+        self._keepers: dict[ModelId, asyncio.Task[None] | None] = {}  # None: not started yet
+        self._tasks: asyncio.TaskGroup | None = None
+        self._prepared = False
+
+    # --- building -------------------------------------------------------------------
+
+    def _meter(self) -> ModelMeter:
+        return ModelMeter(window_s=self.settings.metrics_window_s)
+
+    def _engine_options(self) -> EngineOptions:
+        s = self.settings
+        return EngineOptions(ctx_size=s.ctx_size, parallel=s.parallel, threads=s.threads,
+                             gpu_layers=s.gpu_layers, embeddings=s.embeddings,
+                             start_timeout_s=s.engine_start_timeout_s,
+                             backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s)
+
+    def _model_paths(self) -> list[Path]:
+        if self.settings.serves_default_model:
+            return [catalog.default_model_path(self.settings.data_dir, self.progress)]
+        return list(self.settings.models)
+
+    def prepare(self) -> None:
+        """Read every configured GGUF; a bad one becomes a failed row, never a dead node.
+
+        Blocking (file reads, default-model assembly); run() calls it if nobody did."""
+        if self._prepared:
+            return
+        self._prepared = True
+        s = self.settings
+        memory = catalog.fast_memory_bytes(s.fast_memory_bytes)
+        for path in self._model_paths():
+            card: ModelCard | None = None
+            try:
+                card = catalog.read_card(path)
+                catalog.check_fits(card, memory)
+            except catalog.ModelFileError as exc:
+                log.error("model %s: %s", path.name, exc)
+                card = card or _card_for_unreadable(path)
+                self._add(ServedModel(card=card, engine=BrokenEngine(str(exc)),
+                                      upstream_name=card.id, slots=s.parallel,
+                                      max_queue=s.max_queue, meter=self._meter()))
+                continue
+            if card.id in self.table.models:
+                log.warning("model %s: listed twice; serving it once", card.id)
+                continue
+            engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
+            self._engines.append(engine)
+            self._add(ServedModel(card=card, engine=engine, upstream_name=card.id,
+                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+        for url in s.backends:
+            self._backends.append(RemoteBackend(url, on_models=self._sync_backend_models))
+
+    def _add(self, model: ServedModel) -> None:
+        self.table.add(model)
+        if self.settings.baseline and not isinstance(model.engine, BrokenEngine):
+            self._keepers[model.id] = None
+            self._start_keepers()
+
+    def _start_keepers(self) -> None:
+        if self._tasks is None:
+            return  # run() starts them once the task group exists
+        s = self.settings
+        for mid, task in self._keepers.items():
+            if task is None:
+                keeper = BaselineKeeper(self.table.models[mid], s.data_dir,
+                                        s.baseline_max_tokens, s.baseline_settle_s,
+                                        s.baseline_refresh_s)
+                self._keepers[mid] = self._tasks.create_task(keeper.run(),
+                                                             name=f"baseline:{mid}")
+
+    def _sync_backend_models(self, backend: RemoteBackend) -> None:
+        """Mirror an attached backend's model list into the table (added and removed)."""
+        s = self.settings
+        mine = {mid for mid, m in self.table.models.items() if m.engine is backend}
+        for name in backend.models:
+            mid = ModelId(name)
+            if mid in self.table.models:
+                continue
+            card = ModelCard(id=mid, path=None, size_bytes=None, quantization=None,
+                             architecture=None, context_length=None)
+            self._add(ServedModel(card=card, engine=backend, upstream_name=name,
+                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+            log.info("model %s: served by attached backend %s", mid, backend.base_url)
+        for gone in mine - {ModelId(n) for n in backend.models}:
+            self.table.remove(gone)
+            task = self._keepers.pop(gone, None)
+            if task is not None:
+                task.cancel()
+            log.info("model %s: no longer listed by %s", gone, backend.base_url)
+
+    # --- running --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None
+                  ) -> None:
+        """Serve until `stop` is set, then shut down: in-flight requests get the grace
+        period, engines are terminated, the runtime file is removed."""
+        s = self.settings
+        self.prepare()
+        connector = engine_connector()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         auto_decompress=False) as session:
+            app = self._app(Relay(session))
+            # handler_cancellation: a client that hangs up cancels its handler at once, which
+            # closes the engine connection and frees the slot.
+            runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                                   shutdown_timeout=s.shutdown_grace_s)
+            await runner.setup()
+            site = web.TCPSite(runner, s.host, s.port)
+            await site.start()
+            port = runner.addresses[0][1]
+            self.url = f"http://{_url_host(s.host)}:{port}"
+            self._write_runtime(port)
+            log.info("node %s (%s) listening on %s", self.identity.node_id, self.name, self.url)
+            if on_listening:
+                on_listening(self.url)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
+                    for engine in self._engines:
+                        tasks.create_task(engine.run(), name=f"engine:{engine.card.id}")
+                    for backend in self._backends:
+                        tasks.create_task(backend.run(), name=f"backend:{backend.base_url}")
+                    self._start_keepers()
+                    await stop.wait()
+                    log.info("stopping: letting in-flight requests finish (up to %.0fs)",
+                             s.shutdown_grace_s)
+                    await runner.cleanup()
+                    raise _Stop
+            except* _Stop:
+                pass
+            finally:
+                self._tasks = None
+                await runner.cleanup()
+                with contextlib.suppress(OSError):
+                    (s.data_dir / RUNTIME_FILE).unlink()
+        log.info("stopped")
+
+    def _app(self, relay: Relay) -> web.Application:
+        s = self.settings
+        app = build_app(bind_host=s.host, api_key=s.api_key,
+                        allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
+        OpenAIRoutes(self.table, relay, self.identity.node_id, self.name,
+                     s.max_body_bytes).add_to(app)
+        StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
+                     s.metrics_window_s).add_to(app)
+        return app
+
+    def _write_runtime(self, port: int) -> None:
+        info = {"pid": os.getpid(), "url": self.url, "port": port,
+                "node_id": self.identity.node_id}
+        path = self.settings.data_dir / RUNTIME_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+
+
+def engine_connector() -> aiohttp.TCPConnector:
+    """Connections to engines are not reused: llama.cpp's server closes a connection after a
+    streamed answer, so a pooled one fails the next request with a reset. A loopback connect
+    costs far less than that failure."""
+    return aiohttp.TCPConnector(limit=0, force_close=True)
+
+
+class _Stop(Exception):
+    """Raised inside the task group to cancel every component on shutdown."""
+
+
+def _card_for_unreadable(path: Path) -> ModelCard:
+    size = path.stat().st_size if path.is_file() else None
+    return ModelCard(id=catalog.model_id_for(path, None), path=path, size_bytes=size,
+                     quantization=None, architecture=None, context_length=None)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

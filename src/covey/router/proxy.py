@@ -1,0 +1,155 @@
+"""Relay one OpenAI request to an engine and its answer back, measuring it on the way.
+
+Streams pass the engine's SSE bytes through as they arrive: no per-chunk decode/encode.
+Per chunk we only look for the first content token (until it is seen) and remember the
+tail, where the final usage/timings event lives. Everything else is parsed once per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
+from covey.metrics.timing import (
+    CONTENT,
+    completion_tokens_from_tail,
+    measure,
+    tokens_from_body,
+)
+from covey.router.table import ServedModel
+
+log = logging.getLogger(__name__)
+
+MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
+
+
+class UpstreamRejected(CoveyError):
+    """The engine refused the request (4xx): passed on with the engine's status and message."""
+
+    type, code = "invalid_request_error", "rejected_by_engine"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Relay:
+    """Owns the node's upstream HTTP session. One per node."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def forward(self, request: web.Request, model: ServedModel, path: str,
+                      body: bytes, stream: bool, headers: Mapping[str, str]) -> web.StreamResponse:
+        """Send `body` to the model's engine at `path`; raises CoveyError before any byte is
+        sent to the client, and ends a started stream with an in-band error instead."""
+        t_request: float = request["t_received"]
+        base_url = model.admit()
+        try:
+            try:
+                upstream = await self.session.post(
+                    base_url + path, data=body, headers={"Content-Type": "application/json"})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                model.meter.requests_failed += 1
+                raise UpstreamFailed(
+                    f"engine for {model.id!r} did not answer: {type(exc).__name__}",
+                    retry_after=2) from exc
+            try:
+                if upstream.status != 200:
+                    await _raise_for_upstream(upstream, model, path)
+                if stream:
+                    return await self._stream(request, model, upstream, t_request, headers)
+                return await self._whole(model, upstream, headers)
+            finally:
+                # Closing drops the engine connection; for an unfinished answer that is how
+                # llama.cpp learns to stop generating and free the slot.
+                upstream.close()
+        finally:
+            model.release()
+
+    async def _whole(self, model: ServedModel, upstream: aiohttp.ClientResponse,
+                     headers: Mapping[str, str]) -> web.Response:
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            model.meter.requests_failed += 1
+            raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
+                                 f"({type(exc).__name__}); retry", retry_after=2) from exc
+        try:
+            tokens = tokens_from_body(json.loads(data)) or 0
+        except ValueError:
+            tokens = 0
+        # A whole response shows no token timing; it counts, but adds no TTFT/speed sample.
+        model.meter.record(None, None, tokens, time.monotonic())
+        return web.Response(body=data, status=200, headers={
+            **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+
+    async def _stream(self, request: web.Request, model: ServedModel,
+                      upstream: aiohttp.ClientResponse, t_request: float,
+                      headers: Mapping[str, str]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={
+            **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        t_first: float | None = None
+        t_last: float | None = None
+        tail = b""
+        events = 0
+        clock = time.perf_counter
+        try:
+            async for chunk in upstream.content.iter_any():
+                now = clock()
+                if CONTENT.search(chunk) is not None:
+                    if t_first is None:
+                        t_first = now
+                    t_last = now
+                events += chunk.count(b"data: ")
+                tail = tail[-4096:] + chunk if len(chunk) < 8192 else chunk
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # The engine broke after the client got bytes: never retry, never invent a
+            # finish_reason; say so in-band so the client library raises.
+            model.meter.requests_failed += 1
+            log.warning("model %s: engine stream broke (%s)", model.id, type(exc).__name__)
+            err = UpstreamFailed(f"the engine serving {model.id!r} failed mid-stream "
+                                 f"({type(exc).__name__}); the answer is incomplete")
+            await response.write(sse_error_event(err))
+            await response.write_eof()
+            return response
+        tokens = completion_tokens_from_tail(tail)
+        if tokens is None:  # a backend without usage: one content event ≈ one token
+            tokens = max(0, events - 2)
+        result = measure(t_request, t_first, t_last, tokens)
+        model.meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
+                           time.monotonic())
+        await response.write_eof()
+        return response
+
+
+async def _raise_for_upstream(upstream: aiohttp.ClientResponse, model: ServedModel,
+                              path: str) -> None:
+    """Translate an engine's non-200 answer into our error shape, keeping its message."""
+    raw = await upstream.content.read(MAX_UPSTREAM_ERROR_BYTES)
+    message = f"engine answered HTTP {upstream.status}"
+    try:
+        body = json.loads(raw)
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+        elif isinstance(err, str):
+            message = err
+    except ValueError:
+        pass
+    if upstream.status == 501 and path == "/embeddings":
+        raise BadRequest(f"model {model.id!r} does not serve embeddings: {message}",
+                         code="embeddings_not_supported", param="model")
+    if 400 <= upstream.status < 500:
+        raise UpstreamRejected(upstream.status, message)
+    model.meter.requests_failed += 1
+    raise UpstreamFailed(f"engine for {model.id!r} failed: {message}", retry_after=2)

@@ -1,0 +1,125 @@
+"""The models this node can route to, each with its engine, load and measurements.
+
+`ModelTable.resolve()` and `ServedModel.admit()` are the single-node routing decisions:
+which model a request means, and whether it may enter now (ready, under capacity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from covey.errors import Busy, ModelNotFound, Unavailable
+from covey.metrics.samples import ModelMeter
+from covey.types import (
+    Baseline,
+    EngineFailed,
+    EngineReady,
+    EngineStarting,
+    EngineState,
+    ModelCard,
+    ModelId,
+)
+
+
+class Engine(Protocol):
+    """What the router needs from an engine: where it is and whether it can serve."""
+
+    kind: str
+
+    @property
+    def state(self) -> EngineState: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+@dataclass
+class ServedModel:
+    card: ModelCard
+    engine: Engine
+    upstream_name: str  # the model name the engine expects in request bodies
+    slots: int
+    max_queue: int
+    meter: ModelMeter
+    baseline: Baseline | None = None
+    in_flight: int = 0
+
+    @property
+    def id(self) -> ModelId:
+        return self.card.id
+
+    @property
+    def queue_depth(self) -> int:
+        return max(0, self.in_flight - self.slots)
+
+    def admit(self) -> str:
+        """Raise Unavailable/Busy if this model cannot take a request now; return the engine URL.
+
+        The caller must call `release()` once the request ends, however it ends.
+        """
+        state = self.engine.state
+        if not isinstance(state, EngineReady):
+            raise Unavailable(unavailable_reason(self.id, state),
+                              retry_after=_retry_after(state), code="model_not_ready")
+        if self.in_flight >= self.slots + self.max_queue:
+            raise Busy(f"model {self.id!r} is busy: {self.slots} slots in use and "
+                       f"{self.max_queue} requests queued; retry shortly",
+                       retry_after=2)
+        self.in_flight += 1
+        return state.base_url
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+def unavailable_reason(model: ModelId, state: EngineState) -> str:
+    if isinstance(state, EngineStarting):
+        return f"model {model!r} is loading (attempt {state.attempt}); retry shortly"
+    if isinstance(state, EngineFailed):
+        return f"model {model!r} cannot serve: {state.reason}"
+    return f"model {model!r} is not running (the node is stopping)"
+
+
+def _retry_after(state: EngineState) -> float | None:
+    if isinstance(state, EngineStarting):
+        return 2
+    if isinstance(state, EngineFailed):
+        return state.retry_in
+    return None
+
+
+@dataclass
+class ModelTable:
+    """Models by id, in the order they were configured; the first is the default."""
+
+    models: dict[ModelId, ServedModel] = field(default_factory=dict)
+    aliases: dict[str, ModelId] = field(default_factory=dict)
+
+    def add(self, model: ServedModel) -> None:
+        self.models[model.id] = model
+
+    def remove(self, model_id: ModelId) -> None:
+        self.models.pop(model_id, None)
+
+    def default(self) -> ServedModel | None:
+        for model in self.models.values():
+            if isinstance(model.engine.state, EngineReady):
+                return model
+        return next(iter(self.models.values()), None)
+
+    def resolve(self, name: str | None) -> ServedModel:
+        """The model a request names (exact id or alias), or the default when it names none."""
+        if name is None:
+            model = self.default()
+            if model is None:
+                raise Unavailable("this node serves no models; start it with --model PATH or "
+                                  "--backend URL", code="no_models")
+            return model
+        model_id = self.aliases.get(name, ModelId(name))
+        model = self.models.get(model_id)
+        if model is None:
+            available = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"model {name!r} not found; available: {available}",
+                                param="model")
+        return model
