@@ -89,7 +89,8 @@ class Settings:
         s = dataclasses.replace(
             self,
             data_dir=self.data_dir.expanduser().resolve(),
-            models=tuple(p.expanduser().resolve() for p in self.models),
+            # absolute(), not resolve(): the name the user gave (a symlink, say) is the model id.
+            models=tuple(p.expanduser().absolute() for p in self.models),
         )
         s._check()
         return s

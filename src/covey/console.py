@@ -181,5 +181,5 @@ async def _chat(url: str, api_key: str | None, prompt: str, model: str | None,
     sys.stdout.write("\n")
     err.print(f"[dim]model {served_model} · served by {served_by} · "
               f"TTFT {_fmt(result.ttft_ms, 'ms', 0)} · "
-              f"{_fmt(result.tokens_per_s, 'tok/s')}[/]")
+              f"{_fmt(result.tokens_per_s, 'tok/s')}[/]", soft_wrap=True)
     return 0

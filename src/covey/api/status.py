@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from covey import __version__
 from covey.metrics.export import render
 from covey.router.table import ModelTable, ServedModel
-from covey.types import EngineFailed, NodeId, Percentiles
+from covey.types import EngineFailed, EngineReady, NodeId, Percentiles
 
 
 def _percentiles(p: Percentiles) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
         "reason": state.reason if isinstance(state, EngineFailed) else None,
         "engine": m.engine.kind,
         "pid": m.engine.pid,
+        "engine_url": state.base_url if isinstance(state, EngineReady) else None,
         "path": str(m.card.path) if m.card.path else None,
         "size_bytes": m.card.size_bytes,
         "quantization": m.card.quantization,

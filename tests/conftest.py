@@ -1,0 +1,189 @@
+"""Shared fixtures: the embedded model assembled once, and real node processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+
+from covey.engine import catalog
+
+# Settings every test node uses: small, quick, and light on a 2-core machine.
+FAST = ["--port", "0", "--threads", "2", "--parallel", "2", "--ctx-size", "512",
+        "--baseline-max-tokens", "8", "--baseline-settle-s", "0", "--restart-backoff-s", "0.2",
+        "--shutdown-grace-s", "3"]
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+              interval: float = 0.1) -> Any:
+    """Poll until `predicate()` is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, decoded JSON or text). Test-side plain HTTP, no retries."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    parts = urlsplit(url)
+    conn = HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        text = r.read().decode(errors="replace")
+        status, got_headers = r.status, {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+    try:
+        decoded: Any = json.loads(text)
+    except ValueError:
+        decoded = text
+    return status, got_headers, decoded
+
+
+class NodeProcess:
+    """One `covey serve` child with its own data dir; stderr goes to a log file."""
+
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = args
+        self.log_path = data_dir / "node-test.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "covey", "serve", "--data-dir", str(data_dir), *args],
+            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})})
+        self.url = ""
+
+    def wait_listening(self, timeout: float = 60) -> str:
+        runtime = self.data_dir / "node.json"
+
+        def listening() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return str(json.loads(runtime.read_text())["url"])
+            except (OSError, ValueError, KeyError):
+                return None
+
+        self.url = wait_for(listening, timeout, "the node to listen")
+        return self.url
+
+    def status(self) -> dict[str, Any]:
+        code, _, body = http("GET", self.url + "/api/status")
+        assert code == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def model(self, model_id: str | None = None) -> dict[str, Any]:
+        models = self.status()["models"]
+        return next(m for m in models if model_id is None or m["id"] == model_id)
+
+    def wait_ready(self, model_id: str | None = None, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (m := self.model(model_id))["state"] == "ready" and m,
+                        timeout, f"model {model_id or '(default)'} to be ready")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def engine_pids(self) -> list[int]:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [c.pid for c in children]
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                log = self.log()
+                raise AssertionError(f"node ignored SIGTERM for {timeout}s:\n{log}") from None
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded Gemma 3 270M, assembled and hash-checked once per test session."""
+    return catalog.default_model_path(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Start nodes for one test; every one is stopped (and checked for orphans) afterwards."""
+    nodes: list[NodeProcess] = []
+
+    def start(*args: str, name: str = "node", env: dict[str, str] | None = None,
+              fast: bool = True) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"{name}-{len(nodes)}", [*(FAST if fast else []), *args],
+                           env=env)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        pids = node.engine_pids()
+        node.stop()
+        for pid in pids:
+            wait_for(lambda pid=pid: not psutil.pid_exists(pid) or
+                     psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                     10, f"engine pid {pid} to exit with its node")
+
+
+@pytest.fixture(scope="module")
+def shared_node(model_path: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[NodeProcess]:
+    """One ready node on the embedded model, shared by a module's read-mostly tests."""
+    node = NodeProcess(tmp_path_factory.mktemp("shared"), [*FAST, "--model", str(model_path)])
+    try:
+        node.wait_listening()
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def fake_backend() -> Iterator[Callable[..., str]]:
+    """Start fake OpenAI-compatible backends (see tests/fake_backend.py); returns its /v1 URL."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(models: str = "fake-model", tokens: int = 20, token_delay: float = 0.05) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_backend", "--models", models,
+             "--tokens", str(tokens), "--token-delay", str(token_delay)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("FAKE-LISTENING "), line
+        return line.split()[1]
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()

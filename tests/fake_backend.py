@@ -1,0 +1,73 @@
+"""A fake OpenAI-compatible backend for load and fault tests where a real engine cannot reach
+the needed numbers (holding every slot busy on demand, say).
+
+    python -m tests.fake_backend --models a,b --token-delay 0.2 --tokens 20
+
+Prints `FAKE-LISTENING <url>` once serving on 127.0.0.1. Streams `tokens` chat chunks,
+one every `token-delay` seconds, then a usage event and [DONE].
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+
+def _app(model_ids: list[str], tokens: int, delay: float) -> web.Application:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in model_ids]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = body.get("model")
+        if model not in model_ids:
+            return web.json_response({"error": {"message": f"unknown model {model}",
+                                                "type": "invalid_request_error"}}, status=404)
+        n = min(int(body.get("max_tokens") or tokens), tokens)
+        base = {"id": "fake-1", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": model}
+        if not body.get("stream"):
+            await asyncio.sleep(delay * n)
+            return web.json_response({**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "tok " * n},
+                 "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(n):
+            await asyncio.sleep(delay)
+            chunk = {**base, "choices": [{"index": 0, "delta": {"content": f"t{i} "},
+                                          "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}}
+        await resp.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+async def _main(args: argparse.Namespace) -> None:
+    runner = web.AppRunner(_app(args.models.split(","), args.tokens, args.token_delay))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"FAKE-LISTENING http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="fake-model")
+    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--token-delay", type=float, default=0.05)
+    asyncio.run(_main(p.parse_args()))
