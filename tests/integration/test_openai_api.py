@@ -37,7 +37,8 @@ def test_chat_stream(client: openai.OpenAI, shared_node: NodeProcess) -> None:
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Count to ten"}], max_tokens=12,
         stream=True, temperature=0)
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    pieces = [c.choices[0].delta.content for c in stream
+              if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2
     model = shared_node.model()
     assert model["tokens_per_s"]["count"] == before + 1

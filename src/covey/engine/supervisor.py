@@ -105,7 +105,9 @@ class LocalEngine:
                 await asyncio.sleep(delay)
         finally:
             await self._kill()
-            self._set(EngineStopped())
+            # A load failure is final and must stay visible; anything else ends as stopped.
+            if not (isinstance(self._state, EngineFailed) and self._state.retry_in is None):
+                self._set(EngineStopped())
 
     async def _start(self) -> float | None:
         """Start the child and wait until it serves. Returns the ready time, or None."""

@@ -1,0 +1,192 @@
+"""Engine faults with real processes: a child killed mid-stream, bad model files beside a good
+one, a client that hangs up, and shutdown leaving no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from http.client import HTTPConnection
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from tests.conftest import NodeProcess, http, wait_for
+
+pytestmark = pytest.mark.engine
+
+MODEL = "gemma-3-270m-q4_k_m"
+LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story"}],
+        "max_tokens": 400, "stream": True, "ignore_eos": True}
+
+
+def _open_stream(url: str, body: dict[str, object]) -> tuple[HTTPConnection, object]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return conn, resp
+
+
+def test_engine_crash_mid_stream_then_restart(start_node: Callable[..., NodeProcess],
+                                              model_path: Path) -> None:
+    node = start_node("--model", str(model_path), "--no-baseline")
+    node.wait_listening()
+    pid = node.wait_ready()["pid"]
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell a long story"}],
+        max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+    received = 0
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+                if received == 3:
+                    killed_at = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
+            assert not (chunk.choices and chunk.choices[0].finish_reason), \
+                "a killed engine must not produce an invented finish_reason"
+    assert "failed mid-stream" in info.value.message
+    assert time.monotonic() - killed_at < 5, "the broken stream was noticed late"
+
+    # While it restarts: a named 503 with Retry-After for a whole (non-streamed) request.
+    def restarting() -> tuple[int, dict[str, str], object] | None:
+        answer = http("POST", node.url + "/v1/chat/completions",
+                      {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        return answer if answer[0] == 503 else None
+
+    _, headers, body = wait_for(restarting, 5, "a 503 while the engine restarts")
+    assert int(headers["retry-after"]) >= 1
+    assert body["error"]["code"] == "model_not_ready"
+
+    model = node.wait_ready(timeout=60)
+    assert model["pid"] != pid and model["restarts"] == 1
+    r = client.chat.completions.create(model=MODEL, max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content is not None
+
+
+def test_bad_models_beside_a_good_one(start_node: Callable[..., NodeProcess], model_path: Path,
+                                      tmp_path: Path) -> None:
+    not_gguf = tmp_path / "notes-q4_0.gguf"
+    not_gguf.write_text("these are not weights")
+    truncated = tmp_path / "cut-q4_k_m.gguf"  # header intact, tensor data cut: llama.cpp fails
+    with model_path.open("rb") as src, truncated.open("wb") as dst:
+        dst.write(src.read(model_path.stat().st_size // 2))
+    missing = tmp_path / "missing-q8_0.gguf"
+    node = start_node("--model", str(model_path), "--model", str(not_gguf),
+                      "--model", str(truncated), "--model", str(missing), "--no-baseline")
+    node.wait_listening()
+    node.wait_ready(MODEL)
+
+    def failures() -> dict[str, str] | None:
+        reasons = {m["id"]: m["reason"] for m in node.status()["models"]
+                   if m["state"] == "failed"}
+        return reasons if len(reasons) == 3 else None
+
+    failed = wait_for(failures, 60, "all three bad models to show as failed")
+    assert "not a GGUF" in failed["notes-q4_0"]
+    assert "not found" in failed["missing-q8_0"]
+    assert "could not load" in failed["cut-q4_k_m"]
+    for model_id, reason in failed.items():
+        code, _, body = http("POST", node.url + "/v1/chat/completions",
+                                   {"model": model_id, "max_tokens": 1,
+                                    "messages": [{"role": "user", "content": "hi"}]})
+        assert code == 503
+        assert reason in body["error"]["message"]
+    code, _, body = http("POST", node.url + "/v1/chat/completions",
+                         {"model": MODEL, "max_tokens": 1,
+                          "messages": [{"role": "user", "content": "hi"}]})
+    assert code == 200, body
+
+
+def test_model_too_big_for_memory(start_node: Callable[..., NodeProcess],
+                                  model_path: Path) -> None:
+    node = start_node("--model", str(model_path), "--fast-memory-bytes", str(100 * 2**20))
+    node.wait_listening()
+    model = node.model(MODEL)
+    assert model["state"] == "failed"
+    assert "needs 0.26 GiB" in model["reason"] and "0.10 GiB is available" in model["reason"]
+    assert node.engine_pids() == []
+
+
+def test_client_disconnect_frees_the_slot(shared_node: NodeProcess) -> None:
+    # The native baseline is the only other traffic; let it finish so slots count just ours.
+    wait_for(lambda: shared_node.model()["baseline"], 60, "the native baseline to finish")
+    conn, resp = _open_stream(shared_node.url, LONG)
+    resp.read1(4096)  # type: ignore[attr-defined]
+    engine = shared_node.model()["engine_url"].removesuffix("/v1")
+
+    def busy_slots() -> int:
+        return sum(s["is_processing"] for s in http("GET", engine + "/slots")[2])
+
+    assert busy_slots() == 1 and shared_node.model()["in_flight"] == 1
+    conn.sock.shutdown(2)  # the client hangs up mid-stream
+    resp.close()  # type: ignore[attr-defined]
+    conn.close()
+    wait_for(lambda: busy_slots() == 0, 5, "the engine slot to be freed")
+    wait_for(lambda: shared_node.model()["in_flight"] == 0, 5, "the node to release the request")
+
+
+def test_shutdown_finishes_streams_and_leaves_no_orphans(
+        start_node: Callable[..., NodeProcess], model_path: Path, tmp_path: Path) -> None:
+    node = start_node("--model", str(model_path), "--no-baseline")
+    node.wait_listening()
+    node.wait_ready()
+    engine_pids = node.engine_pids()
+    assert engine_pids
+    conn, resp = _open_stream(node.url, {**LONG, "max_tokens": 24})
+    resp.read1(1024)  # type: ignore[attr-defined]
+    node.proc.send_signal(signal.SIGTERM)
+    rest = resp.read().decode()  # the stream finishes within the grace period
+    resp.close()  # type: ignore[attr-defined]
+    conn.close()
+    assert rest.rstrip().endswith("data: [DONE]")
+    assert '"finish_reason":"length"' in rest
+    assert node.proc.wait(20) == 0
+    for pid in engine_pids:
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid), 10, f"engine {pid} to exit")
+    assert not (node.data_dir / "node.json").exists()
+
+
+def test_engine_exits_when_its_node_is_killed(start_node: Callable[..., NodeProcess],
+                                              model_path: Path) -> None:
+    """SIGKILL gives the node no chance to clean up: the child must notice on its own."""
+    node = start_node("--model", str(model_path), "--no-baseline")
+    node.wait_listening()
+    node.wait_ready()
+    engine_pids = node.engine_pids()
+    node.proc.kill()
+    node.proc.wait()
+    for pid in engine_pids:
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid), 10, f"orphan engine {pid} to exit")
+
+
+def test_several_models(start_node: Callable[..., NodeProcess], model_path: Path,
+                        tmp_path: Path) -> None:
+    second = tmp_path / "gemma-copy-q4_k_m.gguf"
+    try:
+        second.symlink_to(model_path)
+    except OSError:
+        shutil.copy(model_path, second)
+    node = start_node("--model", str(model_path), "--model", str(second), "--no-baseline",
+                      "--parallel", "1")
+    node.wait_listening()
+    for model_id in (MODEL, "gemma-copy-q4_k_m"):
+        node.wait_ready(model_id)
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0)
+    assert [m.id for m in client.models.list()] == [MODEL, "gemma-copy-q4_k_m"]
+    pids = {m["pid"] for m in node.status()["models"]}
+    assert len(pids) == 2, "each model runs in its own engine process"
+    for model_id in (MODEL, "gemma-copy-q4_k_m"):
+        r = client.chat.completions.create(model=model_id, max_tokens=2,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert r.model == model_id
