@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import openai
 import psutil
 import pytest
 
@@ -124,6 +125,21 @@ class NodeProcess:
         return self.proc.returncode
 
 
+@pytest.fixture
+def openai_client() -> Iterator[Callable[[str], openai.OpenAI]]:
+    """Official openai clients for node URLs, closed after the test (no leaked sockets)."""
+    clients: list[openai.OpenAI] = []
+
+    def make(node_url: str) -> openai.OpenAI:
+        clients.append(openai.OpenAI(base_url=node_url + "/v1", api_key="unused",
+                                     max_retries=0))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded Gemma 3 270M, assembled and hash-checked once per test session."""
@@ -165,25 +181,37 @@ def shared_node(model_path: Path, tmp_path_factory: pytest.TempPathFactory
         node.stop()
 
 
-@pytest.fixture
-def fake_backend() -> Iterator[Callable[..., str]]:
-    """Start fake OpenAI-compatible backends (see tests/fake_backend.py); returns its /v1 URL."""
-    procs: list[subprocess.Popen[str]] = []
+class FakeBackend:
+    """A running tests/fake_backend.py process."""
 
-    def start(models: str = "fake-model", tokens: int = 20, token_delay: float = 0.05) -> str:
-        proc = subprocess.Popen(
+    def __init__(self, models: str, tokens: int, token_delay: float) -> None:
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_backend", "--models", models,
              "--tokens", str(tokens), "--token-delay", str(token_delay)],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-        procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
         assert line.startswith("FAKE-LISTENING "), line
-        return line.split()[1]
+        self.url = line.split()[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def fake_backend() -> Iterator[Callable[..., FakeBackend]]:
+    """Start fake OpenAI-compatible backends (see tests/fake_backend.py)."""
+    backends: list[FakeBackend] = []
+
+    def start(models: str = "fake-model", tokens: int = 20,
+              token_delay: float = 0.05) -> FakeBackend:
+        backends.append(FakeBackend(models, tokens, token_delay))
+        return backends[-1]
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
+    for backend in backends:
+        backend.stop()

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.conftest import NodeProcess, http, wait_for
+from tests.conftest import FakeBackend, NodeProcess, http, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -49,8 +49,9 @@ def test_schema_violation_names_the_field(shared_node: NodeProcess, payload: dic
     assert str(err["message"]).startswith(field)
 
 
-def test_unknown_model_is_404_listing_ids(shared_node: NodeProcess) -> None:
-    client = openai.OpenAI(base_url=shared_node.url + "/v1", api_key="x", max_retries=0)
+def test_unknown_model_is_404_listing_ids(shared_node: NodeProcess, openai_client: Callable[
+        [str], openai.OpenAI]) -> None:
+    client = openai_client(shared_node.url)
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", max_tokens=1,
                                        messages=[{"role": "user", "content": "hi"}])
@@ -118,9 +119,9 @@ def test_node_survives_garbage(shared_node: NodeProcess) -> None:
 
 
 def test_queue_full_is_429(start_node: Callable[..., NodeProcess],
-                           fake_backend: Callable[..., str]) -> None:
+                           fake_backend: Callable[..., FakeBackend]) -> None:
     """Fake backend: a real engine cannot be held busy on demand. One slot, no queue."""
-    url = fake_backend(tokens=30, token_delay=0.1)
+    url = fake_backend(tokens=30, token_delay=0.1).url
     node = start_node("--backend", url, "--parallel", "1", "--max-queue", "0", "--no-baseline")
     node.wait_listening()
     node.wait_ready("fake-model")

@@ -36,11 +36,12 @@ def _open_stream(url: str, body: dict[str, object]) -> tuple[HTTPConnection, obj
 
 
 def test_engine_crash_mid_stream_then_restart(start_node: Callable[..., NodeProcess],
-                                              model_path: Path) -> None:
+                                              model_path: Path, openai_client: Callable[
+                                                  [str], openai.OpenAI]) -> None:
     node = start_node("--model", str(model_path), "--no-baseline")
     node.wait_listening()
     pid = node.wait_ready()["pid"]
-    client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0)
+    client = openai_client(node.url)
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Tell a long story"}],
         max_tokens=400, stream=True, extra_body={"ignore_eos": True})
@@ -171,7 +172,8 @@ def test_engine_exits_when_its_node_is_killed(start_node: Callable[..., NodeProc
 
 
 def test_several_models(start_node: Callable[..., NodeProcess], model_path: Path,
-                        tmp_path: Path) -> None:
+                        tmp_path: Path,
+                        openai_client: Callable[[str], openai.OpenAI]) -> None:
     second = tmp_path / "gemma-copy-q4_k_m.gguf"
     try:
         second.symlink_to(model_path)
@@ -182,7 +184,7 @@ def test_several_models(start_node: Callable[..., NodeProcess], model_path: Path
     node.wait_listening()
     for model_id in (MODEL, "gemma-copy-q4_k_m"):
         node.wait_ready(model_id)
-    client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0)
+    client = openai_client(node.url)
     assert [m.id for m in client.models.list()] == [MODEL, "gemma-copy-q4_k_m"]
     pids = {m["pid"] for m in node.status()["models"]}
     assert len(pids) == 2, "each model runs in its own engine process"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import openai
 import pytest
 
@@ -13,8 +15,10 @@ MODEL = "gemma-3-270m-q4_k_m"
 
 
 @pytest.fixture(scope="module")
-def client(shared_node: NodeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=shared_node.url + "/v1", api_key="unused", max_retries=0)
+def client(shared_node: NodeProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=shared_node.url + "/v1", api_key="unused",
+                       max_retries=0) as client:
+        yield client
 
 
 def test_models_list(client: openai.OpenAI) -> None:
@@ -40,7 +44,9 @@ def test_chat_stream(client: openai.OpenAI, shared_node: NodeProcess) -> None:
     pieces = [c.choices[0].delta.content for c in stream
               if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2
-    model = shared_node.model()
+    # The node records the sample after the engine closes the stream, just after [DONE].
+    model = wait_for(lambda: (m := shared_node.model())["tokens_per_s"]["count"] > before and m,
+                     5, "the stream's sample to be recorded")
     assert model["tokens_per_s"]["count"] == before + 1
     assert model["tokens_per_s"]["p50"] > 0
     assert model["ttft_ms"]["p50"] > 0
