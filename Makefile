@@ -17,6 +17,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(ARGS)

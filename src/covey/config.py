@@ -127,7 +127,7 @@ class Settings:
     @classmethod
     def local_test(cls, data_dir: Path, **overrides: Any) -> Settings:
         """A fast profile for tests: port 0, small contexts, short baseline, quick restarts."""
-        base = dict(
+        base: dict[str, Any] = dict(
             data_dir=data_dir, port=0, ctx_size=512, parallel=2, threads=2,
             baseline_max_tokens=8, baseline_settle_s=0.0, restart_backoff_s=0.2,
             shutdown_grace_s=3.0,

@@ -82,8 +82,8 @@ def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[s
         except CoveyError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
         except web.HTTPRequestEntityTooLarge:
-            exc = _too_large(max_body_bytes)
-            return web.json_response(exc.body(), status=exc.status)
+            big = _too_large(max_body_bytes)
+            return web.json_response(big.body(), status=big.status)
         except web.HTTPNotFound:
             nf = NotFound(f"no such endpoint: {request.method} {request.path}")
             return web.json_response(nf.body(), status=nf.status)

