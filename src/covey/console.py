@@ -77,11 +77,19 @@ def _size(n: int | None) -> str:
     return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def status(url: str, api_key: str | None, as_json: bool) -> int:
+def _fetch_status(url: str, api_key: str | None) -> dict[str, Any] | None:
+    """The node's /api/status, or None after telling the user why it could not be had."""
     try:
-        snap = asyncio.run(_get_json(url + "/api/status", api_key))
+        snap: dict[str, Any] = asyncio.run(_get_json(url + "/api/status", api_key))
     except NodeUnreachable as exc:
         err.print(f"covey: {exc}")
+        return None
+    return snap
+
+
+def status(url: str, api_key: str | None, as_json: bool) -> int:
+    snap = _fetch_status(url, api_key)
+    if snap is None:
         return 1
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -107,10 +115,8 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
 
 
 def models(url: str, api_key: str | None, as_json: bool) -> int:
-    try:
-        snap = asyncio.run(_get_json(url + "/api/status", api_key))
-    except NodeUnreachable as exc:
-        err.print(f"covey: {exc}")
+    snap = _fetch_status(url, api_key)
+    if snap is None:
         return 1
     rows = [{k: m[k] for k in ("id", "size_bytes", "quantization", "state", "reason", "engine")}
             for m in snap["models"]]
