@@ -63,6 +63,7 @@ class ModelCard:
     quantization: str | None
     architecture: str | None
     context_length: int | None  # what the model was trained for, not what we configure
+    declares_pooling: bool = False  # the GGUF names an embedding pooling (embedding models do)
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,16 @@ def test_several_models(start_node: Callable[..., NodeProcess], model_path: Path
         r = client.chat.completions.create(model=model_id, max_tokens=2,
                                            messages=[{"role": "user", "content": "hi"}])
         assert r.model == model_id
+
+
+def test_embeddings_mode(start_node: Callable[..., NodeProcess], model_path: Path,
+                         openai_client: Callable[[str], openai.OpenAI]) -> None:
+    """`--embeddings` makes /v1/embeddings work, even for a model that declares no pooling."""
+    node = start_node("--model", str(model_path), "--embeddings", "--no-baseline",
+                      "--parallel", "1")
+    node.wait_listening()
+    node.wait_ready()
+    result = openai_client(node.url).embeddings.create(model=MODEL, input=["hello", "rain"])
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) == 640  # Gemma 3 270M's embedding width
+    assert result.data[0].embedding != result.data[1].embedding

@@ -63,6 +63,7 @@ def read_card(path: Path) -> ModelCard:
         quantization=quant or _quant_from_name(path.stem),
         architecture=arch if isinstance(arch, str) else None,
         context_length=ctx if isinstance(ctx, int) else None,
+        declares_pooling=f"{arch}.pooling_type" in meta,
     )
 
 

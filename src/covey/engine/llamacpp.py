@@ -28,6 +28,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gpu-layers", type=int, default=None)
     p.add_argument("--embeddings", action="store_true")
+    p.add_argument("--mean-pooling", action="store_true",
+                   help="pool embeddings by mean (for models that do not declare a pooling)")
     return p.parse_args(argv)
 
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         params.n_gpu_layers = args.gpu_layers
     if args.embeddings:
         params.embedding = True
+    if args.mean_pooling:
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     # SIGTERM from the supervisor: leave at once; llama.cpp holds nothing worth flushing.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:

@@ -120,6 +120,10 @@ class LocalEngine:
             argv += ["--gpu-layers", str(o.gpu_layers)]
         if o.embeddings:
             argv.append("--embeddings")
+            if not self.card.declares_pooling:
+                # Generative models declare no pooling; llama.cpp then returns per-token
+                # vectors, which the OpenAI embeddings API cannot express.
+                argv.append("--mean-pooling")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as errlog:
             self._log_offset = errlog.tell()
