@@ -43,12 +43,14 @@ def cache_key(model: ServedModel) -> str | None:
 
 def load_cached(data_dir: Path, key: str, now: float, refresh_s: float) -> Baseline | None:
     try:
-        entry = json.loads((data_dir / CACHE_FILE).read_text()).get(key)
-        baseline = Baseline(**entry) if isinstance(entry, dict) else None
+        entry = json.loads((data_dir / CACHE_FILE).read_text())[key]
+        baseline = Baseline(tokens_per_s=float(entry["tokens_per_s"]),
+                            ttft_ms=float(entry["ttft_ms"]),
+                            measured_at=float(entry["measured_at"]), runs=int(entry["runs"]))
     # A missing, old-format or hand-edited cache is simply measured again.
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    if baseline is None or now - baseline.measured_at > refresh_s:
+    if now - baseline.measured_at > refresh_s:
         return None
     return baseline
 
