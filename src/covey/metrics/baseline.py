@@ -17,16 +17,14 @@ from typing import Any
 
 import aiohttp
 
+from covey.metrics.probe import deterministic_chat, stream_chat
 from covey.metrics.samples import median
-from covey.metrics.timing import CONTENT, completion_tokens_from_tail, measure
 from covey.router.table import ServedModel
 from covey.types import Baseline, EngineReady
 
 log = logging.getLogger(__name__)
 
 RUNS = 3
-# A fixed synthetic prompt: baselines never use anything a user sent.
-PROMPT = "Count from one to one hundred in words, separated by commas."
 CACHE_FILE = "baselines.json"
 
 
@@ -67,31 +65,6 @@ def store(data_dir: Path, key: str, baseline: Baseline) -> None:
     tmp.replace(path)
 
 
-async def one_run(session: aiohttp.ClientSession, base_url: str, model_name: str,
-                  max_tokens: int, llama_cpp: bool) -> tuple[float | None, float | None]:
-    """(TTFT ms, tokens/s) of one streamed deterministic chat straight to the engine."""
-    body: dict[str, Any] = {
-        "model": model_name, "stream": True, "temperature": 0, "seed": 42,
-        "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}],
-    }
-    if llama_cpp:
-        body["ignore_eos"] = True  # always decode max_tokens, so runs are comparable
-    t0 = time.perf_counter()
-    t_first = t_last = None
-    tail = b""
-    async with session.post(base_url + "/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for chunk in r.content.iter_any():
-            now = time.perf_counter()
-            if CONTENT.search(chunk):
-                t_first = t_first or now
-                t_last = now
-            tail = tail[-4096:] + chunk
-    tokens = completion_tokens_from_tail(tail) or 0
-    result = measure(t0, t_first, t_last, tokens)
-    return result.ttft_ms, result.tokens_per_s
-
-
 async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
                            max_tokens: int) -> Baseline | None:
     state = model.engine.state
@@ -99,12 +72,12 @@ async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
         return None
     ttfts: list[float] = []
     rates: list[float] = []
+    body = deterministic_chat(model.upstream_name, max_tokens, model.engine.kind == "llama.cpp")
     for _ in range(RUNS):
-        ttft, rate = await one_run(session, state.base_url, model.upstream_name, max_tokens,
-                                   model.engine.kind == "llama.cpp")
-        if ttft is not None and rate is not None:
-            ttfts.append(ttft)
-            rates.append(rate)
+        stats = await stream_chat(session, state.base_url, body)
+        if stats.ttft_ms is not None and stats.tokens_per_s is not None:
+            ttfts.append(stats.ttft_ms)
+            rates.append(stats.tokens_per_s)
     if not rates:
         return None
     return Baseline(tokens_per_s=median(rates), ttft_ms=median(ttfts),

@@ -1,0 +1,225 @@
+"""`covey bench`: what the node's relay costs, measured side by side in one run.
+
+A real node (child process) serves the model with a real llama.cpp engine. The same client
+streams the same deterministic chat straight to the engine and through the node, alternating
+which goes first each round so drift on a shared machine hits both sides alike. Reported:
+through-node ÷ direct decode tokens/s at 1 and 4 concurrent streams (medians over runs), the
+TTFT the node adds (paired per round, p50/p99), and the node process's CPU time per relayed
+SSE event (the engine is a separate process, so it is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from covey.console import assembly_progress
+from covey.engine.catalog import default_model_path
+from covey.metrics.probe import StreamStats, deterministic_chat, stream_chat
+from covey.metrics.samples import median, percentile
+
+err = Console(stderr=True)
+
+GOALS = {  # key: (goal, higher is better)
+    "ratio_1_stream": (0.99, True),
+    "ratio_4_streams": (0.97, True),
+    "ttft_added_ms_p50": (2.0, False),
+    "cpu_us_per_chunk": (50.0, False),
+}
+
+
+@dataclass(frozen=True)
+class NodeUnderTest:
+    url: str  # the node's OpenAI root (…/v1)
+    engine_url: str  # the engine's OpenAI root, for the direct path
+    model: str
+    pid: int
+
+
+@contextlib.contextmanager
+def running_node(model: Path, threads: int | None, streams: int) -> Iterator[NodeUnderTest]:
+    """A `covey serve` child on a free port with a throwaway data dir; stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="covey-bench-") as tmp:
+        argv = [sys.executable, "-m", "covey", "serve", "--data-dir", tmp, "--port", "0",
+                "--model", str(model), "--parallel", str(streams), "--no-baseline",
+                "--log-level", "warning"]
+        if threads:
+            argv += ["--threads", str(threads)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            yield _wait_ready(proc, Path(tmp) / "node.json")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], runtime: Path,
+                timeout_s: float = 180) -> NodeUnderTest:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with status {proc.returncode}")
+        try:
+            url = json.loads(runtime.read_text())["url"]
+            model = json.loads(_get(url + "/api/status"))["models"][0]
+        # Not written yet, or not answering yet: keep polling until the deadline.
+        except (OSError, ValueError, KeyError, IndexError):
+            time.sleep(0.2)
+            continue
+        if model["state"] == "ready":
+            return NodeUnderTest(url=url + "/v1", engine_url=model["engine_url"],
+                                 model=model["id"], pid=proc.pid)
+        if model["state"] == "failed":
+            raise RuntimeError(f"the engine failed: {model['reason']}")
+        time.sleep(0.2)
+    raise RuntimeError(f"the node was not ready within {timeout_s:.0f}s")
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+@dataclass
+class Side:
+    """Samples for one path (direct or through the node)."""
+
+    one_tps: list[float]
+    one_ttft: list[float]
+    four_tps: list[float]
+    events: int = 0
+    cpu_s: float = 0.0
+
+
+async def _one_stream(session: aiohttp.ClientSession, base: str,
+                      body: dict[str, Any]) -> StreamStats:
+    stats = await stream_chat(session, base, body)
+    if stats.tokens_per_s is None or stats.ttft_ms is None:
+        raise RuntimeError(f"a stream from {base} produced fewer than two tokens")
+    return stats
+
+
+async def measure(node: NodeUnderTest, runs: int, max_tokens: int,
+                  progress: Callable[[str], None]) -> dict[str, Any]:
+    body = deterministic_chat(node.model, max_tokens, llama_cpp=True)
+    node_proc = psutil.Process(node.pid)
+    direct = Side([], [], [])
+    through = Side([], [], [])
+    timeout = aiohttp.ClientTimeout(total=600)
+
+    async def timed(side: Side, base: str, concurrent: int) -> list[StreamStats]:
+        cpu0 = node_proc.cpu_times()
+        results = await asyncio.gather(*(_one_stream(session, base, body)
+                                         for _ in range(concurrent)))
+        cpu1 = node_proc.cpu_times()
+        if side is through:
+            side.cpu_s += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+            side.events += sum(r.events for r in results)
+        return list(results)
+
+    # One connection per request on both paths, so neither side gets cheaper connects.
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for base in (node.engine_url, node.url):  # warm-up, not counted
+            await _one_stream(session, base, body)
+        for i in range(runs):
+            progress(f"round {i + 1}/{runs}")
+            order: list[tuple[Side, str]] = [(direct, node.engine_url), (through, node.url)]
+            for side, base in order if i % 2 == 0 else order[::-1]:
+                (one,) = await timed(side, base, 1)
+                side.one_tps.append(one.tokens_per_s or 0.0)
+                side.one_ttft.append(one.ttft_ms or 0.0)
+                four = await timed(side, base, 4)
+                side.four_tps.append(sum(r.tokens_per_s or 0.0 for r in four) / len(four))
+    added = sorted(t - d for t, d in zip(through.one_ttft, direct.one_ttft, strict=True))
+    return {
+        "model": node.model, "runs": runs, "max_tokens": max_tokens,
+        "ratio_1_stream": median(through.one_tps) / median(direct.one_tps),
+        "ratio_4_streams": median(through.four_tps) / median(direct.four_tps),
+        "ttft_added_ms_p50": percentile(added, 50),
+        "ttft_added_ms_p99": percentile(added, 99),
+        # A chunk is one SSE event relayed by the node (what the engine framed as one).
+        "cpu_us_per_chunk": through.cpu_s * 1e6 / max(1, through.events),
+        "direct_tokens_per_s_1_stream": median(direct.one_tps),
+        "through_tokens_per_s_1_stream": median(through.one_tps),
+        "direct_tokens_per_s_4_streams": median(direct.four_tps),
+        "through_tokens_per_s_4_streams": median(through.four_tps),
+        "direct_ttft_ms_p50": median(direct.one_ttft),
+        "through_ttft_ms_p50": median(through.one_ttft),
+        "events_relayed": through.events,
+    }
+
+
+def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Pure: each goal with whether this result meets it."""
+    return {key: {"goal": goal, "met": result[key] >= goal if higher else result[key] <= goal}
+            for key, (goal, higher) in GOALS.items()}
+
+
+def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
+    """Entry point for `covey bench`. Exit 0 whether or not goals are met (it measures)."""
+    if args.runs < 1 or args.max_tokens < 2:
+        err.print("covey bench: --runs must be ≥ 1 and --max-tokens ≥ 2")
+        return 2
+    with assembly_progress() as progress:
+        model = args.model or default_model_path(data_dir, progress)
+    try:
+        with err.status("starting a node and its engine…") as status, \
+                running_node(model, args.threads, streams=4) as node:
+            result = asyncio.run(measure(node, args.runs, args.max_tokens,
+                                         lambda text: status.update(f"measuring: {text}")))
+        result["goals"] = goals(result)
+    except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+        err.print(f"covey bench: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result)
+    return 0
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    table = Table(title=f"covey bench · {result['model']} · {result['runs']} runs × "
+                        f"{result['max_tokens']} tokens (medians)")
+    for col in ("figure", "measured", "goal", ""):
+        table.add_column(col)
+    rows: list[tuple[str, str, str]] = [
+        ("ratio_1_stream", f"{result['ratio_1_stream']:.3f}", "≥ 0.99"),
+        ("ratio_4_streams", f"{result['ratio_4_streams']:.3f}", "≥ 0.97"),
+        ("ttft_added_ms_p50", f"{result['ttft_added_ms_p50']:.2f} ms", "≤ 2 ms"),
+        ("ttft_added_ms_p99", f"{result['ttft_added_ms_p99']:.2f} ms", ""),
+        ("cpu_us_per_chunk", f"{result['cpu_us_per_chunk']:.1f} µs", "≤ 50 µs"),
+    ]
+    for key, value, goal in rows:
+        met = result["goals"].get(key, {}).get("met")
+        table.add_row(key, value, goal, "" if met is None else ("✓" if met else "✗"))
+    table.add_row("direct tok/s (1 / 4 streams)",
+                  f"{result['direct_tokens_per_s_1_stream']:.1f} / "
+                  f"{result['direct_tokens_per_s_4_streams']:.1f}", "", "")
+    table.add_row("TTFT p50 direct / through",
+                  f"{result['direct_ttft_ms_p50']:.1f} / {result['through_ttft_ms_p50']:.1f} ms",
+                  "", "")
+    Console().print(table)

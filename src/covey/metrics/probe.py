@@ -1,0 +1,59 @@
+"""One streamed chat, timed from the client's side: shared by the native baseline and the
+benchmark so both measure exactly alike."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from covey.metrics.timing import CONTENT, completion_tokens_from_tail, measure
+
+# A fixed synthetic prompt: measurements never use anything a user sent.
+PROMPT = "Count from one to one hundred in words, separated by commas."
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    tokens: int
+    events: int  # SSE events received (chunks as the engine framed them)
+
+
+def deterministic_chat(model: str, max_tokens: int, llama_cpp: bool) -> dict[str, Any]:
+    """Temperature 0, seed 42; on llama.cpp `ignore_eos` so every run decodes max_tokens."""
+    body: dict[str, Any] = {
+        "model": model, "stream": True, "temperature": 0, "seed": 42, "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if llama_cpp:
+        body["ignore_eos"] = True
+    return body
+
+
+async def stream_chat(session: aiohttp.ClientSession, base_url: str,
+                      body: dict[str, Any]) -> StreamStats:
+    """POST `body` to `<base_url>/chat/completions` and time the stream as it arrives.
+
+    Raises aiohttp.ClientResponseError on a non-200 answer. Sessions aimed straight at
+    llama.cpp need `force_close=True` connectors (it drops connections after a stream)."""
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    tail = b""
+    events = 0
+    async with session.post(base_url + "/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for chunk in r.content.iter_any():
+            now = time.perf_counter()
+            if CONTENT.search(chunk):
+                t_first = t_first or now
+                t_last = now
+            events += chunk.count(b"data: ")
+            tail = tail[-4096:] + chunk
+    tokens = completion_tokens_from_tail(tail) or 0
+    result = measure(t0, t_first, t_last, tokens)
+    return StreamStats(ttft_ms=result.ttft_ms, tokens_per_s=result.tokens_per_s,
+                       tokens=tokens, events=events)

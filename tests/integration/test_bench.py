@@ -1,0 +1,28 @@
+"""`covey bench` runs end to end and reports every figure (no timing goals asserted here:
+timings belong to the benchmark, not to tests on a shared machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+
+def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "covey", "bench", "--json", "--runs", "1",
+                        "--max-tokens", "8", "--model", str(model_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    for key in ("ratio_1_stream", "ratio_4_streams", "cpu_us_per_chunk"):
+        assert result[key] > 0, key
+    for key in ("ttft_added_ms_p50", "ttft_added_ms_p99"):
+        assert isinstance(result[key], float)
+    assert result["events_relayed"] >= 5 * 8  # 1 + 4 streams of at least 8 tokens
+    assert set(result["goals"]) == {"ratio_1_stream", "ratio_4_streams", "ttft_added_ms_p50",
+                                    "cpu_us_per_chunk"}
