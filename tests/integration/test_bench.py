@@ -19,7 +19,8 @@ def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    for key in ("ratio_1_stream", "ratio_4_streams", "cpu_us_per_chunk"):
+    for key in ("ratio_1_stream", "ratio_4_streams", "cpu_us_per_chunk",
+                "cpu_us_per_chunk_floor", "through_tokens_per_s_1_stream"):
         assert result[key] > 0, key
     for key in ("ttft_added_ms_p50", "ttft_added_ms_p99"):
         assert isinstance(result[key], float)

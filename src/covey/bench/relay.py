@@ -1,11 +1,13 @@
 """`covey bench`: what the node's relay costs, measured side by side in one run.
 
 A real node (child process) serves the model with a real llama.cpp engine. The same client
-streams the same deterministic chat straight to the engine and through the node, alternating
-which goes first each round so drift on a shared machine hits both sides alike. Reported:
-through-node ÷ direct decode tokens/s at 1 and 4 concurrent streams (medians over runs), the
-TTFT the node adds (paired per round, p50/p99), and the node process's CPU time per relayed
-SSE event (the engine is a separate process, so it is not counted).
+streams the same deterministic chat straight to the engine, through the node, and through a
+bare TCP byte pipe (covey.bench.floor), rotating which goes first each round so drift on a
+shared machine hits every path alike. Reported: through-node ÷ direct decode tokens/s at 1 and
+4 concurrent streams (medians over runs); the TTFT the node adds, from many interleaved
+one-token request pairs (p50/p99); the node process's CPU time per relayed SSE event, next to
+the same figure for the byte pipe, so the machine's own cost of waking a relay once per token
+is visible (the engine is a separate process and is not counted).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -104,70 +107,108 @@ def _get(url: str) -> str:
 
 @dataclass
 class Side:
-    """Samples for one path (direct or through the node)."""
+    """One path to the engine (direct, through the node, through the floor relay)."""
 
-    one_tps: list[float]
-    one_ttft: list[float]
-    four_tps: list[float]
+    base_url: str
+    pid: int | None  # the relay process whose CPU is counted; None for the direct path
+    one_tps: list[float] = field(default_factory=list)
+    four_tps: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
     events: int = 0
     cpu_s: float = 0.0
 
-
-async def _one_stream(session: aiohttp.ClientSession, base: str,
-                      body: dict[str, Any]) -> StreamStats:
-    stats = await stream_chat(session, base, body)
-    if stats.tokens_per_s is None or stats.ttft_ms is None:
-        raise RuntimeError(f"a stream from {base} produced fewer than two tokens")
-    return stats
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_s * 1e6 / max(1, self.events)
 
 
-async def measure(node: NodeUnderTest, runs: int, max_tokens: int,
+@contextlib.contextmanager
+def floor_relay(engine_url: str) -> Iterator[tuple[str, int]]:
+    """The byte-pipe relay of covey.bench.floor in front of the engine: (its /v1 URL, pid)."""
+    upstream = urlsplit(engine_url)
+    proc = subprocess.Popen([sys.executable, "-m", "covey.bench.floor", "--upstream",
+                             f"{upstream.hostname}:{upstream.port}"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("FLOOR-LISTENING "):
+            raise RuntimeError("the floor relay did not start")
+        yield f"http://127.0.0.1:{line.split()[1]}/v1", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+async def _streams(session: aiohttp.ClientSession, side: Side, body: dict[str, Any],
+                   concurrent: int) -> list[StreamStats]:
+    """`concurrent` streams at once through `side`, charging its relay's CPU to it."""
+    proc = psutil.Process(side.pid) if side.pid else None
+    cpu0 = proc.cpu_times() if proc else None
+    results = await asyncio.gather(*(stream_chat(session, side.base_url, body)
+                                     for _ in range(concurrent)))
+    if proc and cpu0:
+        cpu1 = proc.cpu_times()
+        side.cpu_s += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        side.events += sum(r.events for r in results)
+    if any(r.tokens_per_s is None for r in results):
+        raise RuntimeError(f"a stream from {side.base_url} produced fewer than two tokens")
+    return list(results)
+
+
+async def measure(node: NodeUnderTest, floor: tuple[str, int], runs: int, max_tokens: int,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     body = deterministic_chat(node.model, max_tokens, llama_cpp=True)
-    node_proc = psutil.Process(node.pid)
-    direct = Side([], [], [])
-    through = Side([], [], [])
-    timeout = aiohttp.ClientTimeout(total=600)
-
-    async def timed(side: Side, base: str, concurrent: int) -> list[StreamStats]:
-        cpu0 = node_proc.cpu_times()
-        results = await asyncio.gather(*(_one_stream(session, base, body)
-                                         for _ in range(concurrent)))
-        cpu1 = node_proc.cpu_times()
-        if side is through:
-            side.cpu_s += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-            side.events += sum(r.events for r in results)
-        return list(results)
-
-    # One connection per request on both paths, so neither side gets cheaper connects.
-    async with aiohttp.ClientSession(timeout=timeout,
+    direct = Side(node.engine_url, None)
+    through = Side(node.url, node.pid)
+    floor_side = Side(*floor)
+    sides = [direct, through, floor_side]
+    ttft_pairs = max(20, 4 * runs)
+    # One connection per request on every path, so no side gets cheaper connects.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
                                      connector=aiohttp.TCPConnector(force_close=True)) as session:
-        for base in (node.engine_url, node.url):  # warm-up, not counted
-            await _one_stream(session, base, body)
+        for side in sides:  # warm-up, not counted
+            await stream_chat(session, side.base_url, body)
+        # Added TTFT: many cheap one-token requests. The repeated prompt is cached by the
+        # engine, so prompt-processing jitter does not drown the node's share.
+        one_token = {**body, "max_tokens": 1}
+        for i in range(ttft_pairs):
+            progress(f"TTFT pair {i + 1}/{ttft_pairs}")
+            for side in (direct, through) if i % 2 == 0 else (through, direct):
+                stats = await stream_chat(session, side.base_url, one_token)
+                if stats.ttft_ms is None:
+                    raise RuntimeError(f"no token came back from {side.base_url}")
+                side.ttft.append(stats.ttft_ms)
         for i in range(runs):
-            progress(f"round {i + 1}/{runs}")
-            order: list[tuple[Side, str]] = [(direct, node.engine_url), (through, node.url)]
-            for side, base in order if i % 2 == 0 else order[::-1]:
-                (one,) = await timed(side, base, 1)
+            progress(f"decode round {i + 1}/{runs}")
+            for side in sides[i % 3:] + sides[:i % 3]:  # rotate who goes first
+                (one,) = await _streams(session, side, body, 1)
                 side.one_tps.append(one.tokens_per_s or 0.0)
-                side.one_ttft.append(one.ttft_ms or 0.0)
-                four = await timed(side, base, 4)
+                four = await _streams(session, side, body, 4)
                 side.four_tps.append(sum(r.tokens_per_s or 0.0 for r in four) / len(four))
-    added = sorted(t - d for t, d in zip(through.one_ttft, direct.one_ttft, strict=True))
+    added = sorted(t - d for t, d in zip(through.ttft, direct.ttft, strict=True))
     return {
-        "model": node.model, "runs": runs, "max_tokens": max_tokens,
+        "model": node.model, "runs": runs, "max_tokens": max_tokens, "ttft_pairs": ttft_pairs,
         "ratio_1_stream": median(through.one_tps) / median(direct.one_tps),
         "ratio_4_streams": median(through.four_tps) / median(direct.four_tps),
         "ttft_added_ms_p50": percentile(added, 50),
         "ttft_added_ms_p99": percentile(added, 99),
-        # A chunk is one SSE event relayed by the node (what the engine framed as one).
-        "cpu_us_per_chunk": through.cpu_s * 1e6 / max(1, through.events),
+        # A chunk is one SSE event relayed (what the engine framed as one), counted in the
+        # node process only: the engine is a separate process.
+        "cpu_us_per_chunk": through.cpu_us_per_event(),
+        # The same figure for a bare TCP byte pipe on the same machine in the same run: what
+        # any relay process costs here by waking once per token, before doing any work.
+        "cpu_us_per_chunk_floor": floor_side.cpu_us_per_event(),
+        "cpu_us_per_chunk_above_floor":
+            through.cpu_us_per_event() - floor_side.cpu_us_per_event(),
         "direct_tokens_per_s_1_stream": median(direct.one_tps),
         "through_tokens_per_s_1_stream": median(through.one_tps),
+        "floor_tokens_per_s_1_stream": median(floor_side.one_tps),
         "direct_tokens_per_s_4_streams": median(direct.four_tps),
         "through_tokens_per_s_4_streams": median(through.four_tps),
-        "direct_ttft_ms_p50": median(direct.one_ttft),
-        "through_ttft_ms_p50": median(through.one_ttft),
+        "direct_ttft_ms_p50": median(direct.ttft),
+        "through_ttft_ms_p50": median(through.ttft),
         "events_relayed": through.events,
     }
 
@@ -188,8 +229,9 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         with err.status("starting a node and its engine…") as status, \
                 running_node(model, args.threads, streams=4) as node:
-            result = asyncio.run(measure(node, args.runs, args.max_tokens,
-                                         lambda text: status.update(f"measuring: {text}")))
+            with floor_relay(node.engine_url) as floor:
+                result = asyncio.run(measure(node, floor, args.runs, args.max_tokens,
+                                             lambda text: status.update(f"measuring: {text}")))
         result["goals"] = goals(result)
     except (RuntimeError, OSError, aiohttp.ClientError) as exc:
         err.print(f"covey bench: {exc}")
@@ -212,6 +254,8 @@ def _print_table(result: dict[str, Any]) -> None:
         ("ttft_added_ms_p50", f"{result['ttft_added_ms_p50']:.2f} ms", "≤ 2 ms"),
         ("ttft_added_ms_p99", f"{result['ttft_added_ms_p99']:.2f} ms", ""),
         ("cpu_us_per_chunk", f"{result['cpu_us_per_chunk']:.1f} µs", "≤ 50 µs"),
+        ("  floor: bare TCP relay", f"{result['cpu_us_per_chunk_floor']:.1f} µs", ""),
+        ("  node above the floor", f"{result['cpu_us_per_chunk_above_floor']:.1f} µs", ""),
     ]
     for key, value, goal in rows:
         met = result["goals"].get(key, {}).get("met")
