@@ -39,8 +39,8 @@ def test_chat_whole(client: openai.OpenAI) -> None:
 def test_chat_stream(client: openai.OpenAI, shared_node: NodeProcess) -> None:
     before = shared_node.model()["tokens_per_s"]["count"]
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count to ten"}], max_tokens=12,
-        stream=True, temperature=0)
+        model=MODEL, messages=[{"role": "user", "content": "Count to ten"}], max_tokens=32,
+        stream=True, temperature=0, extra_body={"ignore_eos": True})
     pieces = [c.choices[0].delta.content for c in stream
               if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2

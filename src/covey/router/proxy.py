@@ -7,6 +7,7 @@ tail, where the final usage/timings event lives. Everything else is parsed once 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -111,7 +112,12 @@ class Relay:
                     t_last = now
                 events += chunk.count(b"data: ")
                 tail = tail[-4096:] + chunk if len(chunk) < 8192 else chunk
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                # The client hung up. Returning closes the engine connection (see forward),
+                # which frees the slot; this is not the engine's failure.
+                except ConnectionResetError:
+                    return response
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
@@ -119,8 +125,9 @@ class Relay:
             log.warning("model %s: engine stream broke (%s)", model.id, type(exc).__name__)
             err = UpstreamFailed(f"the engine serving {model.id!r} failed mid-stream "
                                  f"({type(exc).__name__}); the answer is incomplete")
-            await response.write(sse_error_event(err))
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(sse_error_event(err))
+                await response.write_eof()
             return response
         tokens = completion_tokens_from_tail(tail)
         if tokens is None:  # a backend without usage: one content event ≈ one token
@@ -128,7 +135,8 @@ class Relay:
         result = measure(t_request, t_first, t_last, tokens)
         model.meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                            time.monotonic())
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
+            await response.write_eof()
         return response
 
 
