@@ -99,8 +99,8 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
     out.print(f"[bold]{node['name']}[/] {node['id']}  covey {node['version']}  "
               f"up {node['uptime_s']:.0f}s  {url}")
     table = Table(show_lines=False)
-    for col in ("model", "state", "slots", "queue", "TTFT p50", "tok/s p50", "native tok/s",
-                "samples"):
+    table.add_column("model", no_wrap=True)
+    for col in ("state", "slots", "queue", "TTFT p50", "tok/s p50", "native tok/s", "samples"):
         table.add_column(col)
     for m in snap["models"]:
         state = m["state"] if not m.get("reason") else f"{m['state']}: {m['reason']}"
@@ -124,7 +124,8 @@ def models(url: str, api_key: str | None, as_json: bool) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table()
-    for col in ("model", "size", "quant", "engine", "status"):
+    table.add_column("model", no_wrap=True)
+    for col in ("size", "quant", "engine", "status"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], _size(r["size_bytes"]), r["quantization"] or "-", r["engine"],
