@@ -1,0 +1,187 @@
+"""Signed node records: what each node tells the mesh about itself, and who to believe.
+
+Verification order matters: open the envelope, check the signature with the key inside the body,
+check that key hashes to the claimed node id, and only then look at any other field. Readers
+ignore unknown fields (protocols evolve) and cap every size and count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from covey.mesh.identity import node_id_for
+from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, unseal
+
+DOMAIN = b"covey-record-v1"
+PROTOCOL = 1
+MAX_ENVELOPE = 64 * 1024
+MAX_LIFETIME_S = 24 * 3600.0  # a record claiming to live longer is refused
+MAX_SKEW_S = 300.0  # clocks may disagree this much
+
+_Id = Field(min_length=1, max_length=256)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Hardware(_Wire):
+    ram_bytes: int | None = Field(default=None, ge=0)
+    gpu_bytes: int | None = Field(default=None, ge=0)
+    fast_memory_bytes: int | None = Field(default=None, ge=0)
+
+
+class ModelAd(_Wire):
+    id: str = _Id
+    size_bytes: int | None = Field(default=None, ge=0)
+    sha256: str | None = Field(default=None, max_length=64)
+    quantization: str | None = Field(default=None, max_length=32)
+    context: int | None = Field(default=None, ge=0)
+    slots: int = Field(default=1, ge=0, le=4096)
+    queue_depth: int = Field(default=0, ge=0, le=1_000_000)
+    state: Literal["starting", "ready", "failed", "stopped"] = "stopped"
+
+
+class ModelMetrics(_Wire):
+    ttft_ms_p50: float | None = Field(default=None, ge=0)
+    tokens_per_s_p50: float | None = Field(default=None, ge=0)
+    samples: int = Field(default=0, ge=0)
+
+
+class NodeRecord(_Wire):
+    protocol: int = Field(ge=1)
+    mesh_id: str = _Id
+    node_id: str = _Id
+    public_key: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=1)
+    issued_at: float
+    expires_at: float
+    name: str = Field(default="", max_length=256)
+    addresses: list[str] = Field(default_factory=list, max_length=16)
+    hardware: Hardware = Field(default_factory=Hardware)
+    models: list[ModelAd] = Field(default_factory=list, max_length=64)
+    metrics: dict[str, ModelMetrics] = Field(default_factory=dict, max_length=64)
+    baseline: dict[str, float] = Field(default_factory=dict, max_length=64)
+    software_version: str = Field(default="", max_length=64)
+
+
+class RecordRejected(Exception):
+    """A record that must not be believed. `reason` is a stable code for logs and tests:
+    oversize, malformed, bad_signature, wrong_key, wrong_mesh, not_member, expired, future,
+    too_long_lived, stale (seq not newer than one already held)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sign_record(record: NodeRecord, key: Ed25519PrivateKey) -> bytes:
+    if b64d(record.public_key) != public_bytes(key):
+        raise ValueError("the record's public_key is not this key's")
+    return seal(DOMAIN, record.model_dump(mode="json"), key)
+
+
+def verify_record(envelope: bytes, *, mesh_id: str, is_member: Callable[[str, bytes], bool],
+                  now: float) -> NodeRecord:
+    """The record inside `envelope`, or RecordRejected. `is_member(node_id, public_key)` says
+    whether the node holds a valid, unrevoked member certificate."""
+    try:
+        body_raw, sig, body = unseal(DOMAIN, envelope, MAX_ENVELOPE)
+        key_text = body.get("public_key")
+        if not isinstance(key_text, str) or len(key_text) > 64:
+            raise RecordRejected("malformed", "record has no public key")
+        key = b64d(key_text)
+        check(DOMAIN, body_raw, sig, key)
+    except SealError as exc:
+        raise RecordRejected(exc.reason, str(exc)) from exc
+    try:
+        record = NodeRecord.model_validate(body)
+    except ValidationError as exc:
+        raise RecordRejected("malformed", f"record fields invalid: {exc.error_count()} errors"
+                             ) from exc
+    if node_id_for(key) != record.node_id:
+        raise RecordRejected("wrong_key", f"key does not belong to node {record.node_id}")
+    if record.mesh_id != mesh_id:
+        raise RecordRejected("wrong_mesh", f"record is for mesh {record.mesh_id}")
+    if not is_member(record.node_id, key):
+        raise RecordRejected("not_member", f"node {record.node_id} is not a member (or revoked)")
+    if record.expires_at <= now:
+        raise RecordRejected("expired", "record expired")
+    if record.issued_at > now + MAX_SKEW_S:
+        raise RecordRejected("future", "record issued in the future")
+    if record.expires_at > now + MAX_LIFETIME_S + MAX_SKEW_S:
+        raise RecordRejected("too_long_lived", "record claims an implausibly long life")
+    return record
+
+
+@dataclass(frozen=True)
+class Held:
+    record: NodeRecord
+    envelope: bytes  # passed on to peers byte for byte, so their signature checks hold
+
+
+class RecordTable:
+    """Newest verified record per node. Only `apply` and `expire` change it."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, node_id: str) -> Held | None:
+        return self._held.get(node_id)
+
+    def records(self) -> list[NodeRecord]:
+        return [h.record for h in self._held.values()]
+
+    def digest(self) -> dict[str, int]:
+        return {node_id: h.record.seq for node_id, h in self._held.items()}
+
+    def apply(self, record: NodeRecord, envelope: bytes) -> None:
+        """Keep `record` if it is newer than what is held; raise RecordRejected('stale') if not."""
+        held = self._held.get(record.node_id)
+        if held is not None and record.seq <= held.record.seq:
+            raise RecordRejected("stale", f"seq {record.seq} is not newer than "
+                                          f"{held.record.seq} for node {record.node_id}")
+        self._held[record.node_id] = Held(record, envelope)
+
+    def expire(self, now: float) -> list[str]:
+        """Drop records past their expiry (the node is gone); return their node ids."""
+        gone = [nid for nid, h in self._held.items() if h.record.expires_at <= now]
+        for nid in gone:
+            del self._held[nid]
+        return gone
+
+
+def next_seq(path: Path, now: float) -> int:
+    """A sequence number greater than any this node used before, across restarts.
+
+    max(last stored + 1, milliseconds now): survives a lost file as long as the clock moves on,
+    and survives a clock stepping back as long as the file is there."""
+    try:
+        last = int(path.read_text())
+    except (OSError, ValueError):
+        last = 0
+    seq = max(last + 1, int(now * 1000))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(seq))
+    os.replace(tmp, path)
+    return seq
+
+
+def new_record(key: Ed25519PrivateKey, *, mesh_id: str, seq: int, now: float, ttl_s: float,
+               **fields: object) -> NodeRecord:
+    """A record for this node, valid from `now` for `ttl_s` seconds."""
+    raw = public_bytes(key)
+    return NodeRecord.model_validate({
+        "protocol": PROTOCOL, "mesh_id": mesh_id, "node_id": node_id_for(raw),
+        "public_key": b64e(raw), "seq": seq, "issued_at": now, "expires_at": now + ttl_s,
+        **fields})

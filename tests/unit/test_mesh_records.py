@@ -1,0 +1,150 @@
+"""Signed node records: every forgery, tamper, wrong mesh, stale and replayed record refused.
+
+Property-style loops over many seeded random records (hypothesis is not a dependency)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from covey.mesh.records import (
+    MAX_ENVELOPE,
+    NodeRecord,
+    RecordRejected,
+    RecordTable,
+    new_record,
+    next_seq,
+    sign_record,
+    verify_record,
+)
+from covey.mesh.sealed import b64d, b64e, canonical
+
+MESH = "mtestmesh0000000"
+NOW = 1_800_000_000.0
+
+
+def _anyone(node_id: str, key: bytes) -> bool:
+    return True
+
+
+def _record(key: Ed25519PrivateKey, seq: int = 1, rng: random.Random | None = None,
+            **fields: object) -> NodeRecord:
+    rng = rng or random.Random(0)
+    models = [{"id": f"model-{rng.randrange(1000)}", "size_bytes": rng.randrange(1, 10**10),
+               "slots": rng.randrange(1, 8), "queue_depth": rng.randrange(0, 4),
+               "state": rng.choice(["ready", "starting", "failed"])}
+              for _ in range(rng.randrange(0, 4))]
+    base: dict[str, object] = {
+        "name": f"node-{rng.randrange(100)}", "addresses": [f"10.0.0.{rng.randrange(255)}:7070"],
+        "models": models, "software_version": "0.1.0",
+        "metrics": {m["id"]: {"tokens_per_s_p50": rng.random() * 100, "samples": 3}
+                    for m in models},
+    }
+    base.update(fields)
+    return new_record(key, mesh_id=MESH, seq=seq, now=NOW, ttl_s=60, **base)
+
+
+def _verify(envelope: bytes, **kw: object) -> NodeRecord:
+    args: dict[str, object] = {"mesh_id": MESH, "is_member": _anyone, "now": NOW + 1}
+    args.update(kw)
+    return verify_record(envelope, **args)  # type: ignore[arg-type]
+
+
+def _reason(envelope: bytes, **kw: object) -> str:
+    with pytest.raises(RecordRejected) as info:
+        _verify(envelope, **kw)
+    return info.value.reason
+
+
+def test_round_trip_over_many_random_records() -> None:
+    rng = random.Random(1)
+    for i in range(50):
+        key = Ed25519PrivateKey.generate()
+        record = _record(key, seq=i + 1, rng=rng)
+        assert _verify(sign_record(record, key)) == record
+
+
+def test_every_tampered_byte_is_refused() -> None:
+    key = Ed25519PrivateKey.generate()
+    envelope = json.loads(sign_record(_record(key), key))
+    body = bytearray(b64d(envelope["body"]))
+    rng = random.Random(2)
+    for pos in rng.sample(range(len(body)), min(300, len(body))):
+        forged = bytearray(body)
+        forged[pos] ^= 1 << rng.randrange(8)
+        tampered = canonical({"body": b64e(bytes(forged)), "sig": envelope["sig"]})
+        assert _reason(tampered) in {"bad_signature", "malformed"}
+
+
+def test_a_field_rewritten_and_resigned_by_another_key_is_refused() -> None:
+    victim, forger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    record = _record(victim)
+    forged = record.model_copy(update={"public_key": b64e(
+        forger.public_key().public_bytes_raw())})
+    assert _reason(sign_record(forged, forger)) == "wrong_key"
+
+
+@pytest.mark.parametrize(("kw", "reason"), [
+    ({"mesh_id": "mothermesh000000"}, "wrong_mesh"),
+    ({"is_member": lambda node_id, key: False}, "not_member"),
+    ({"now": NOW + 61}, "expired"),
+    ({"now": NOW - 1000}, "future"),
+])
+def test_verifier_context(kw: dict[str, object], reason: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    assert _reason(sign_record(_record(key), key), **kw) == reason
+
+
+def test_too_long_lived_is_refused() -> None:
+    key = Ed25519PrivateKey.generate()
+    record = _record(key).model_copy(update={"expires_at": NOW + 10 * 24 * 3600})
+    assert _reason(sign_record(record, key)) == "too_long_lived"
+
+
+@pytest.mark.parametrize("envelope", [
+    b"", b"{", b"[]", b'{"body": "!!!", "sig": ""}', b'{"body": "e30", "sig": "AA"}',
+    b"[" * 100_000, b"x" * (MAX_ENVELOPE + 1),
+    canonical({"body": b64e(b"[" * 5000 + b"]" * 5000), "sig": "AA"}),
+])
+def test_garbage_is_refused(envelope: bytes) -> None:
+    assert _reason(envelope) in {"malformed", "oversize", "bad_signature"}
+
+
+def test_unknown_fields_are_ignored_but_signed() -> None:
+    key = Ed25519PrivateKey.generate()
+    record = _record(key)
+    from covey.mesh.sealed import seal
+
+    body = {**record.model_dump(mode="json"), "from_the_future": {"x": 1}}
+    assert _verify(seal(b"covey-record-v1", body, key)) == record
+
+
+def test_table_keeps_the_newest_and_refuses_replays() -> None:
+    key = Ed25519PrivateKey.generate()
+    table = RecordTable()
+    old, new = _record(key, seq=5), _record(key, seq=6)
+    old_env, new_env = sign_record(old, key), sign_record(new, key)
+    table.apply(_verify(old_env), old_env)
+    table.apply(_verify(new_env), new_env)
+    for replay in (old_env, new_env):
+        with pytest.raises(RecordRejected) as info:
+            table.apply(_verify(replay), replay)
+        assert info.value.reason == "stale"
+    held = table.get(new.node_id)
+    assert held is not None and held.envelope == new_env
+    assert table.digest() == {new.node_id: 6}
+    assert table.expire(NOW + 30) == [] and table.expire(NOW + 61) == [new.node_id]
+    assert len(table) == 0
+
+
+def test_sequence_numbers_grow_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "seq"
+    first = next_seq(path, now=NOW)
+    assert next_seq(path, now=NOW) == first + 1
+    assert next_seq(path, now=NOW - 3600) == first + 2  # the clock stepped back
+    path.unlink()
+    assert next_seq(path, now=NOW + 1) > first + 2  # the file was lost; the clock moved on
