@@ -36,7 +36,8 @@ def b64e(raw: bytes) -> str:
 
 def b64d(text: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # validate=True: characters outside the alphabet are an error, not silently dropped.
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SealError("malformed", "bad base64") from exc
 

@@ -1,0 +1,108 @@
+"""Signed peer requests (membership, freshness, replays) and TLS pinned to the node key."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from covey.mesh.identity import node_id_for
+from covey.mesh.sealed import public_bytes
+from covey.mesh.transport import (
+    H_NODE,
+    H_SIG,
+    PeerRefused,
+    RequestVerifier,
+    sign_request,
+    tls_identity,
+)
+
+MESH = "mtestmesh0000000"
+NOW = 1_800_000_000.0
+BODY = b'{"messages": []}'
+
+
+def _verifier(members: set[str]) -> RequestVerifier:
+    return RequestVerifier(MESH, lambda node_id, key, now: node_id in members)
+
+
+def _signed(key: Ed25519PrivateKey, **kw: object) -> dict[str, str]:
+    args: dict[str, object] = {"mesh_id": MESH, "method": "POST", "path": "/mesh/chat",
+                               "body": BODY, "now": NOW}
+    args.update(kw)
+    return sign_request(key, **args)  # type: ignore[arg-type]
+
+
+def _refusal(verifier: RequestVerifier, headers: dict[str, str], *, method: str = "POST",
+             path: str = "/mesh/chat", body: bytes = BODY, now: float = NOW) -> str:
+    with pytest.raises(PeerRefused) as info:
+        verifier.verify(method, path, headers, body, now)
+    return info.value.reason
+
+
+def test_signed_request_accepted_once() -> None:
+    key = Ed25519PrivateKey.generate()
+    node_id = node_id_for(public_bytes(key))
+    verifier = _verifier({node_id})
+    headers = _signed(key)
+    assert verifier.verify("POST", "/mesh/chat", headers, BODY, NOW + 1) == node_id
+    assert _refusal(verifier, headers, now=NOW + 2) == "replay"
+
+
+def test_refusals() -> None:
+    key, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verifier = _verifier({node_id_for(public_bytes(key))})
+    assert _refusal(verifier, {}) == "unsigned"
+    assert _refusal(verifier, _signed(stranger)) == "not_member"
+    assert _refusal(verifier, _signed(key, mesh_id="mothermesh000000")) == "bad_signature"
+    assert _refusal(verifier, _signed(key), body=b"{}") == "bad_signature"
+    assert _refusal(verifier, _signed(key), path="/mesh/admin") == "bad_signature"
+    assert _refusal(verifier, _signed(key), method="GET") == "bad_signature"
+    assert _refusal(verifier, _signed(key, now=NOW - 31)) == "stale"
+    assert _refusal(verifier, _signed(key, now=NOW + 31)) == "stale"
+    claimed = {**_signed(stranger), H_NODE: node_id_for(public_bytes(key))}
+    assert _refusal(verifier, claimed) == "wrong_key"
+    assert _refusal(verifier, {**_signed(key), H_SIG: "!!"}) == "malformed"
+    assert _refusal(verifier, {**_signed(key), H_SIG: "A" * 500}) == "malformed"
+    forwarded = {**_signed(stranger), "x-forwarded-for": "127.0.0.1"}
+    assert _refusal(verifier, forwarded) == "not_member"
+
+
+def test_tls_identity_is_stable(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    first = tls_identity(key, tmp_path)
+    assert tls_identity(key, tmp_path) == first
+    assert (first.key_path.stat().st_mode & 0o777) == 0o600
+
+
+async def test_tls_pinned_to_the_fingerprint(tmp_path: Path) -> None:
+    """A real TLS handshake on loopback: the pinned fingerprint passes, any other fails."""
+    ident = tls_identity(Ed25519PrivateKey.generate(), tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ident.cert_path, ident.key_path)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        async with aiohttp.ClientSession() as session:
+            pinned = aiohttp.Fingerprint(bytes.fromhex(ident.fingerprint))
+            async with session.get(url, ssl=pinned) as r:
+                assert await r.text() == "hello"
+            wrong = aiohttp.Fingerprint(bytes(32))
+            with pytest.raises(aiohttp.ServerFingerprintMismatch):
+                async with session.get(url, ssl=wrong):
+                    pass
+    finally:
+        await runner.cleanup()
