@@ -207,14 +207,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
         tp, _ = _base_type(_hints()[f.name])
-        help_text = f"{f.metadata['help']} (default: {_show(f.default)})"
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:
+            help_text += f" (default: {_show(f.default)})"
+        metavar = flag[2:].upper().replace("-", "_")
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         elif typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, action="append", default=None,
+                                help=help_text, metavar=metavar)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text,
+                                metavar=metavar)
 
 
 def _show(value: Any) -> str:

@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +58,11 @@ class LocalEngine:
 
     kind = "llama.cpp"
 
-    def __init__(self, card: ModelCard, options: EngineOptions, log_dir: Path,
-                 on_change: Callable[[EngineState], None] | None = None) -> None:
+    def __init__(self, card: ModelCard, options: EngineOptions, log_dir: Path) -> None:
         assert card.path is not None
         self.card = card
         self.options = options
         self.log_path = log_dir / f"engine-{card.id}.log"
-        self._on_change = on_change
         self._state: EngineState = EngineStopped()
         self._proc: asyncio.subprocess.Process | None = None
         self._log_offset = 0
@@ -81,8 +78,6 @@ class LocalEngine:
 
     def _set(self, state: EngineState) -> None:
         self._state = state
-        if self._on_change:
-            self._on_change(state)
 
     async def run(self) -> None:
         delay: float | None = None
