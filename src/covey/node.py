@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,8 +126,8 @@ class Node:
                 keeper = BaselineKeeper(self.table.models[mid], s.data_dir,
                                         s.baseline_max_tokens, s.baseline_settle_s,
                                         s.baseline_refresh_s)
-                self._keepers[mid] = self._tasks.create_task(keeper.run(),
-                                                             name=f"baseline:{mid}")
+                self._keepers[mid] = self._tasks.create_task(
+                    keep_running(keeper.run, f"baseline:{mid}"), name=f"baseline:{mid}")
 
     def _sync_backend_models(self, backend: RemoteBackend) -> None:
         """Mirror an attached backend's model list into the table (added and removed)."""
@@ -179,9 +179,11 @@ class Node:
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
                     for engine in self._engines:
-                        tasks.create_task(engine.run(), name=f"engine:{engine.card.id}")
+                        name = f"engine:{engine.card.id}"
+                        tasks.create_task(keep_running(engine.run, name), name=name)
                     for backend in self._backends:
-                        tasks.create_task(backend.run(), name=f"backend:{backend.base_url}")
+                        name = f"backend:{backend.base_url}"
+                        tasks.create_task(keep_running(backend.run, name), name=name)
                     self._start_keepers()
                     await stop.wait()
                     log.info("stopping: letting in-flight requests finish (up to %.0fs)",
@@ -214,6 +216,21 @@ class Node:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(path)
+
+
+async def keep_running(run: Callable[[], Awaitable[None]], name: str,
+                       delay_s: float = 5.0) -> None:
+    """Run a component; if it fails with a bug, log it and start it again after `delay_s`.
+
+    One component's bug must not take the node down: the task group would otherwise cancel
+    every other component, and the API with them. Cancellation still stops it at once."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("component %s failed; restarting it in %.0fs", name, delay_s)
+            await asyncio.sleep(delay_s)
 
 
 def engine_connector() -> aiohttp.TCPConnector:

@@ -1,0 +1,36 @@
+"""A component's bug is logged and the component restarted; it never takes the node down."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from covey.node import keep_running
+
+
+async def test_failing_component_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("a bug")
+
+    await asyncio.wait_for(keep_running(flaky, "flaky", delay_s=0), timeout=5)
+    assert len(calls) == 3
+    assert caplog.text.count("component flaky failed") == 2
+
+
+async def test_cancellation_still_stops_it() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(keep_running(forever, "forever"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
