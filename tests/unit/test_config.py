@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from covey.config import Settings, add_flags, flag_values, from_layers, is_loopback
+from covey.config import Settings, add_flags, flag_values, from_layers, is_loopback, load
 from covey.errors import ConfigError
 
 
@@ -99,3 +99,13 @@ def test_default_model_is_replaced(overrides: dict[str, object], serves_default:
 def test_local_test_profile(tmp_path: Path) -> None:
     s = Settings.local_test(tmp_path, parallel=1)
     assert s.port == 0 and s.parallel == 1 and s.data_dir == tmp_path
+
+
+def test_config_file_in_the_data_dir(tmp_path: Path) -> None:
+
+    (tmp_path / "config.toml").write_text('parallel = 7\nport = 9000\n')
+    s = load({"data_dir": str(tmp_path), "port": "9100"}, env={})
+    assert s.parallel == 7 and s.port == 9100  # the flag beats the file
+    (tmp_path / "config.toml").write_text("parallel = [")
+    with pytest.raises(ConfigError, match=r"config\.toml"):
+        load({"data_dir": str(tmp_path)}, env={})

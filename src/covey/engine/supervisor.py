@@ -31,6 +31,7 @@ from covey.types import (
 log = logging.getLogger(__name__)
 
 STABLE_AFTER_S = 60.0  # ready this long → the next crash starts backoff from the beginning
+MAX_LOG_BYTES = 10 * 1024 * 1024  # an engine log past this is moved to .1 at the next start
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class LocalEngine:
                 # vectors, which the OpenAI embeddings API cannot express.
                 argv.append("--mean-pooling")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        _rotate(self.log_path, MAX_LOG_BYTES)
         with self.log_path.open("ab") as errlog:
             self._log_offset = errlog.tell()
             self._proc = await asyncio.create_subprocess_exec(
@@ -200,6 +202,14 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+def _rotate(path: Path, max_bytes: int) -> None:
+    try:
+        if path.stat().st_size > max_bytes:
+            path.replace(path.with_suffix(path.suffix + ".1"))
+    except FileNotFoundError:
+        pass  # first start: nothing to rotate
 
 
 def _first_error_line(path: Path, offset: int) -> str | None:
