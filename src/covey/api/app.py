@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health"})  # liveness needs no key: it reveals nothing
+T_RECEIVED = web.RequestKey("t_received", float)  # perf_counter() when the request arrived
 
 
 def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> bool:
@@ -62,7 +63,7 @@ def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[s
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["t_received"] = time.perf_counter()
+        request[T_RECEIVED] = time.perf_counter()
         try:
             if not host_allowed(request.host, bind_host, extra):
                 raise Forbidden(f"Host {request.host!r} is not served here; add it with "

@@ -147,6 +147,7 @@ class Invite(BaseModel):
     invite_id: str = Field(min_length=1, max_length=64)
     secret: str = Field(min_length=1, max_length=128)
     expires_at: float
+    tls_fingerprint: str = Field(default="", max_length=64)  # the inviter's, to pin on join
 
     def token(self) -> str:
         """One line, safe to paste into a terminal or a chat message."""
@@ -180,11 +181,12 @@ class InviteBook:
     def close(self) -> None:
         self._db.close()
 
-    def mint(self, authority: Authority, address: str, now: float, ttl_s: float) -> Invite:
+    def mint(self, authority: Authority, address: str, now: float, ttl_s: float,
+             tls_fingerprint: str = "") -> Invite:
         invite = Invite(mesh_id=authority.mesh_id,
                         authority_public_key=b64e(authority.public_key), address=address,
                         invite_id=secrets.token_hex(8), secret=secrets.token_urlsafe(32),
-                        expires_at=now + ttl_s)
+                        expires_at=now + ttl_s, tls_fingerprint=tls_fingerprint)
         self._db.execute("INSERT INTO invites VALUES (?, ?, ?, NULL)",
                          (invite.invite_id, _hash_secret(invite.secret), invite.expires_at))
         return invite

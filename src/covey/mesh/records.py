@@ -70,6 +70,8 @@ class NodeRecord(_Wire):
     metrics: dict[str, ModelMetrics] = Field(default_factory=dict, max_length=64)
     baseline: dict[str, float] = Field(default_factory=dict, max_length=64)
     software_version: str = Field(default="", max_length=64)
+    member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
+    tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
 
 
 class RecordRejected(Exception):
@@ -152,6 +154,9 @@ class RecordTable:
             raise RecordRejected("stale", f"seq {record.seq} is not newer than "
                                           f"{held.record.seq} for node {record.node_id}")
         self._held[record.node_id] = Held(record, envelope)
+
+    def drop(self, node_id: str) -> None:
+        self._held.pop(node_id, None)
 
     def expire(self, now: float) -> list[str]:
         """Drop records past their expiry (the node is gone); return their node ids."""

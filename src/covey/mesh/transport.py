@@ -31,6 +31,8 @@ from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes
 REQUEST_DOMAIN = b"covey-request-v1"
 H_NODE, H_KEY, H_TIME, H_NONCE, H_SIG = (
     "x-covey-node", "x-covey-key", "x-covey-time", "x-covey-nonce", "x-covey-sig")
+H_CERT = "x-covey-cert"  # the caller's member certificate, like a TLS client certificate
+MAX_CERT_HEADER = 4096
 WINDOW_S = 30.0  # a signed request older or newer than this is refused
 MAX_NONCES = 100_000
 

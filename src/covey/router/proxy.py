@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from covey.api.app import T_RECEIVED
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
 from covey.metrics.timing import (
     CONTENT,
@@ -50,7 +51,7 @@ class Relay:
                       body: bytes, stream: bool, headers: Mapping[str, str]) -> web.StreamResponse:
         """Send `body` to the model's engine at `path`; raises CoveyError before any byte is
         sent to the client, and ends a started stream with an in-band error instead."""
-        t_request: float = request["t_received"]
+        t_request = request[T_RECEIVED]
         base_url = model.admit()
         try:
             try:

@@ -1,0 +1,91 @@
+"""Calling peers: joining a mesh by invite, and one push-pull gossip exchange.
+
+Every connection pins the peer's TLS fingerprint (from its signed record, or from the invite
+for the first contact); every request but the join is signed with this node's key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from covey.mesh.gossip import MAX_RECORDS_PER_EXCHANGE, plan_exchange
+from covey.mesh.identity import Identity
+from covey.mesh.membership import Invite, MembershipError
+from covey.mesh.peer_api import apply_records
+from covey.mesh.sealed import b64d, b64e
+from covey.mesh.state import MeshInfo, MeshState
+from covey.mesh.transport import H_CERT, sign_request
+
+
+class PeerUnreachable(Exception):
+    """A peer did not answer, answered with an error, or presented the wrong TLS key."""
+
+
+def _pin(fingerprint: str) -> aiohttp.Fingerprint:
+    return aiohttp.Fingerprint(bytes.fromhex(fingerprint))
+
+
+async def _post(session: aiohttp.ClientSession, url: str, fingerprint: str, body: bytes,
+                headers: dict[str, str]) -> Any:
+    try:
+        async with session.post(url, data=body, ssl=_pin(fingerprint), headers={
+                "Content-Type": "application/json", **headers}) as r:
+            answer = await r.json(content_type=None)
+            if r.status != 200:
+                message = answer.get("error", {}).get("message") if isinstance(answer, dict) \
+                    else None
+                raise PeerUnreachable(f"{url} answered HTTP {r.status}: {message}")
+            return answer
+    except aiohttp.ServerFingerprintMismatch as exc:
+        raise PeerUnreachable(f"{url} presented a different TLS key than the one pinned: not "
+                              "the same node, or a man in the middle") from exc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise PeerUnreachable(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+async def join(session: aiohttp.ClientSession, invite: Invite, identity: Identity,
+               data_dir: Path, now: float) -> MeshState:
+    """Redeem `invite` at the inviting node; save and return the membership it grants."""
+    body = json.dumps({"invite_id": invite.invite_id, "secret": invite.secret,
+                       "public_key": b64e(identity.public_bytes)}).encode()
+    answer = await _post(session, f"https://{invite.address}/mesh/join",
+                         invite.tls_fingerprint, body, {})
+    if answer.get("mesh_id") != invite.mesh_id or answer.get(
+            "authority_public_key") != invite.authority_public_key:
+        raise MembershipError("wrong_mesh", "the inviting node answered for another mesh")
+    info = MeshInfo(invite.mesh_id, b64d(invite.authority_public_key))
+    state = MeshState.save(data_dir, identity, info, b64d(str(answer["cert"])))
+    apply_records(state, list(answer.get("records") or []), now)
+    return state
+
+
+async def exchange(session: aiohttp.ClientSession, state: MeshState, address: str,
+                   fingerprint: str, clock: Callable[[], float] = time.time) -> int:
+    """One push-pull round with a peer. Returns how many new records this node learned."""
+
+    def signed(path: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(payload).encode()
+        headers = sign_request(state.identity.key, mesh_id=state.info.mesh_id, method="POST",
+                               path=path, body=body, now=clock())
+        return body, {**headers, H_CERT: b64e(state.cert)}
+
+    body, headers = signed("/mesh/gossip", {"digest": state.table.digest()})
+    answer = await _post(session, f"https://{address}/mesh/gossip", fingerprint, body, headers)
+    learned = apply_records(state, list(answer.get("records") or [])[:MAX_RECORDS_PER_EXCHANGE],
+                            clock())
+    theirs = answer.get("digest")
+    if isinstance(theirs, dict):
+        send, _ = plan_exchange(state.table.digest(),
+                                {str(k): v for k, v in theirs.items() if isinstance(v, int)},
+                                MAX_RECORDS_PER_EXCHANGE)
+        records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
+        if records:
+            body, headers = signed("/mesh/records", {"records": records})
+            await _post(session, f"https://{address}/mesh/records", fingerprint, body, headers)
+    return learned

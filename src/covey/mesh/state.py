@@ -1,0 +1,140 @@
+"""A node's view of its mesh: which mesh, its own certificate, members, and peers' records.
+
+On disk (`<data_dir>`): `mesh.json` (mesh id, authority public key), `member.cert` (this
+node's certificate envelope), `seq` (last record sequence number), and on the mesh's
+creator `authority.key` and `invites.db`. Records carry their node's certificate, so any
+member can check any other member without asking the authority.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from covey.mesh.identity import Identity
+from covey.mesh.membership import (
+    Authority,
+    MemberCert,
+    Members,
+    MembershipError,
+    RevocationList,
+    create_authority,
+    issue_cert,
+    load_authority,
+    verify_cert,
+)
+from covey.mesh.records import (
+    NodeRecord,
+    RecordRejected,
+    RecordTable,
+    new_record,
+    next_seq,
+    sign_record,
+    verify_record,
+)
+from covey.mesh.sealed import b64d, b64e
+
+CERT_TTL_S = 365 * 24 * 3600.0
+RECORD_TTL_S = 30.0  # a node silent this long is gone
+
+
+@dataclass(frozen=True)
+class MeshInfo:
+    mesh_id: str
+    authority_public_key: bytes
+
+
+class MeshState:
+    def __init__(self, data_dir: Path, identity: Identity, info: MeshInfo, cert: bytes,
+                 authority: Authority | None = None) -> None:
+        self.data_dir = data_dir
+        self.identity = identity
+        self.info = info
+        self.cert = cert  # this node's certificate envelope
+        self.authority = authority  # only on the node that created the mesh
+        self.members = Members()
+        self.table = RecordTable()
+        # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
+        self.members.admit(self._check_cert(cert, now=0.0))
+
+    # --- creating, joining, loading ------------------------------------------------------
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path, identity: Identity, now: float) -> MeshState:
+        """The mesh this node belongs to; a new one (with this node as authority) if none."""
+        existing = cls.load(data_dir, identity)
+        if existing is not None:
+            return existing
+        authority = create_authority(data_dir)
+        cert = issue_cert(authority, identity.public_bytes, now, CERT_TTL_S)
+        return cls.save(data_dir, identity, MeshInfo(authority.mesh_id, authority.public_key),
+                        cert, authority)
+
+    @classmethod
+    def load(cls, data_dir: Path, identity: Identity) -> MeshState | None:
+        try:
+            meta = json.loads((data_dir / "mesh.json").read_text())
+            cert = (data_dir / "member.cert").read_bytes()
+        except FileNotFoundError:
+            return None
+        info = MeshInfo(meta["mesh_id"], b64d(meta["authority_public_key"]))
+        return cls(data_dir, identity, info, cert, load_authority(data_dir))
+
+    @classmethod
+    def save(cls, data_dir: Path, identity: Identity, info: MeshInfo, cert: bytes,
+             authority: Authority | None = None) -> MeshState:
+        state = cls(data_dir, identity, info, cert, authority)  # checks the cert first
+        (data_dir / "mesh.json").write_text(json.dumps(
+            {"mesh_id": info.mesh_id, "authority_public_key": b64e(info.authority_public_key)}))
+        (data_dir / "member.cert").write_bytes(cert)
+        return state
+
+    # --- membership and records ----------------------------------------------------------
+
+    def _check_cert(self, envelope: bytes, now: float) -> MemberCert:
+        return verify_cert(envelope, mesh_id=self.info.mesh_id,
+                           authority_public_key=self.info.authority_public_key, now=now)
+
+    def admit_cert(self, envelope: bytes, now: float) -> bool:
+        """Learn a member from its certificate (checked against the authority's key)."""
+        try:
+            self.members.admit(self._check_cert(envelope, now))
+        except MembershipError:
+            return False
+        return True
+
+    def is_member(self, node_id: str, public_key: bytes, now: float) -> bool:
+        return self.members.is_member(node_id, public_key, now)
+
+    def set_revocations(self, revocations: RevocationList) -> None:
+        self.members.revocations = revocations
+        for node_id in revocations.revoked:
+            self.table.drop(node_id)
+
+    def accept(self, envelope: bytes, now: float) -> NodeRecord:
+        """Verify a peer's record (signature, its certificate, revocation, freshness) and keep
+        it if newer. Raises RecordRejected."""
+        record = verify_record(envelope, mesh_id=self.info.mesh_id,
+                               is_member=lambda node_id, key: True, now=now)
+        try:
+            cert = self._check_cert(b64d(record.member_cert), now)
+        except (MembershipError, ValueError) as exc:
+            raise RecordRejected("not_member", f"node {record.node_id} has no valid member "
+                                               "certificate") from exc
+        if cert.node_id != record.node_id:
+            raise RecordRejected("not_member", "certificate belongs to another node")
+        self.members.admit(cert)
+        if not self.is_member(record.node_id, b64d(record.public_key), now):
+            raise RecordRejected("not_member", f"node {record.node_id} was revoked")
+        self.table.apply(record, envelope)
+        return record
+
+    def publish(self, now: float, ttl_s: float = RECORD_TTL_S, **fields: object) -> bytes:
+        """Sign this node's next record (a sequence number above any used before)."""
+        record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
+                            seq=next_seq(self.data_dir / "seq", now), now=now, ttl_s=ttl_s,
+                            member_cert=b64e(self.cert), **fields)
+        envelope = sign_record(record, self.identity.key)
+        self.table.apply(record, envelope)
+        return envelope
