@@ -21,9 +21,9 @@ import pytest
 from covey.engine import catalog
 
 # Settings every test node uses: small, quick, and light on a 2-core machine.
-FAST = ["--port", "0", "--threads", "2", "--parallel", "2", "--ctx-size", "512",
-        "--baseline-max-tokens", "8", "--baseline-settle-s", "0", "--restart-backoff-s", "0.2",
-        "--shutdown-grace-s", "3"]
+FAST = ["--port", "0", "--mesh-port", "0", "--gossip-interval-s", "0.5", "--threads", "2",
+        "--parallel", "2", "--ctx-size", "512", "--baseline-max-tokens", "8",
+        "--baseline-settle-s", "0", "--restart-backoff-s", "0.2", "--shutdown-grace-s", "3"]
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
               interval: float = 0.1) -> Any:

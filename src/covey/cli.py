@@ -1,4 +1,4 @@
-"""Command line: `covey serve | chat | status | models | bench`."""
+"""Command line: `covey serve | chat | status | models | invite | bench`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
         client_flags(sp)
 
+    invite = sub.add_parser("invite", help="print a one-line, single-use invite to this mesh")
+    invite.add_argument("--data-dir", help="data dir of the node that created the mesh "
+                        "(default: ~/.covey, or $COVEY_HOME)")
+    invite.add_argument("--ttl", type=float, default=3600.0,
+                        help="seconds the invite stays valid (default: 3600)")
+
     bench = sub.add_parser("bench", help="measure the node's relay overhead on the default model")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
@@ -62,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "invite":
+            from covey.mesh.setup import mint_invite
+
+            print(mint_invite(_data_dir(args), args.ttl))
+            return 0
         if args.command == "bench":
             from covey.bench.relay import run_bench
 

@@ -47,6 +47,16 @@ class Settings:
     )
     node_name: str | None = _opt(None, "human name shown to peers (default: the hostname)")
 
+    # --- the mesh ---
+    mesh_host: str = _opt("127.0.0.1", "address the mesh (peer) listener binds; use the "
+                          "machine's LAN address or 0.0.0.0 to let other machines in")
+    mesh_port: int = _opt(7070, "mesh listener port (0 picks a free one)")
+    advertise: str | None = _opt(None, "host:port peers should use to reach this node "
+                                 "(default: mesh host and port)")
+    join: str | None = _opt(None, "invite (from `covey invite` on a member) to join a mesh")
+    gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
+    peer_timeout_s: float = _opt(10.0, "seconds a peer may take to answer before failover")
+
     # --- what the node serves ---
     models: tuple[Path, ...] = _opt((), "GGUF file to serve (repeatable); replaces the default",
                                     flag="model")
@@ -99,8 +109,9 @@ class Settings:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"setting {key}={getattr(self, key)!r}: {why}")
 
-        if not 0 <= self.port <= 65535:
-            raise bad("port", "must be 0..65535")
+        for key in ("port", "mesh_port"):
+            if not 0 <= getattr(self, key) <= 65535:
+                raise bad(key, "must be 0..65535")
         for key in ("ctx_size", "parallel", "max_body_bytes", "baseline_max_tokens"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")

@@ -8,13 +8,17 @@ import json
 import logging
 import os
 import socket
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from covey import __version__
 from covey.api.app import build_app
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
@@ -23,6 +27,10 @@ from covey.engine import catalog
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.mesh import identity
+from covey.mesh.peer_api import build_peer_app
+from covey.mesh.runtime import MeshRuntime
+from covey.mesh.setup import open_mesh
+from covey.mesh.transport import TlsIdentity, tls_identity
 from covey.metrics.baseline import BaselineKeeper
 from covey.metrics.export import registry_for
 from covey.metrics.samples import ModelMeter
@@ -157,22 +165,36 @@ class Node:
         period, engines are terminated, the runtime file is removed."""
         s = self.settings
         self.prepare()
+        mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join)
+        tls = tls_identity(self.identity.key, s.data_dir)
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          auto_decompress=False) as session:
-            app = self._app(Relay(session))
+            relay = Relay(session)
+            mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
+                               interval_s=s.gossip_interval_s, bootstrap=bootstrap)
+            routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh)
+            peer_runner = web.AppRunner(
+                build_peer_app(mesh_state, serve=routes.serve_for_peer),
+                handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
+            await peer_runner.setup()
+            await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
+                              ssl_context=_server_tls(tls)).start()
+            mesh.advertise = s.advertise or f"{_url_host(s.mesh_host)}:" \
+                                             f"{peer_runner.addresses[0][1]}"
             # handler_cancellation: a client that hangs up cancels its handler at once, which
             # closes the engine connection and frees the slot.
-            runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                                   shutdown_timeout=s.shutdown_grace_s)
+            runner = web.AppRunner(self._app(routes), handler_cancellation=True,
+                                   access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await runner.setup()
             site = web.TCPSite(runner, s.host, s.port)
             await site.start()
             port = runner.addresses[0][1]
             self.url = f"http://{_url_host(s.host)}:{port}"
-            self._write_runtime(port)
-            log.info("node %s (%s) listening on %s", self.identity.node_id, self.name, self.url)
+            self._write_runtime(port, mesh.advertise)
+            log.info("node %s (%s) listening on %s; mesh %s on %s", self.identity.node_id,
+                     self.name, self.url, mesh_state.info.mesh_id, mesh.advertise)
             if on_listening:
                 on_listening(self.url)
             try:
@@ -185,6 +207,7 @@ class Node:
                         name = f"backend:{backend.base_url}"
                         tasks.create_task(keep_running(backend.run, name), name=name)
                     self._start_keepers()
+                    tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
                     await stop.wait()
                     log.info("stopping: letting in-flight requests finish (up to %.0fs)",
                              s.shutdown_grace_s)
@@ -195,22 +218,39 @@ class Node:
             finally:
                 self._tasks = None
                 await runner.cleanup()
+                await peer_runner.cleanup()
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
         log.info("stopped")
 
-    def _app(self, relay: Relay) -> web.Application:
+    def _app(self, routes: OpenAIRoutes) -> web.Application:
         s = self.settings
         app = build_app(bind_host=s.host, api_key=s.api_key,
                         allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
-        OpenAIRoutes(self.table, relay, self.identity.node_id, self.name,
-                     s.max_body_bytes).add_to(app)
+        routes.add_to(app)
         StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
-                     s.metrics_window_s).add_to(app)
+                     s.metrics_window_s, routes.mesh).add_to(app)
         return app
 
-    def _write_runtime(self, port: int) -> None:
-        info = {"pid": os.getpid(), "url": self.url, "port": port,
+    def _describe(self) -> dict[str, Any]:
+        """This node's models and measurements as fields of its signed record."""
+        now = time.monotonic()
+        models, metrics, baseline = [], {}, {}
+        for m in self.table.models.values():
+            if isinstance(m.engine, RemoteBackend | LocalEngine | BrokenEngine):
+                models.append({"id": m.id, "size_bytes": m.card.size_bytes,
+                               "quantization": m.card.quantization, "slots": m.slots,
+                               "queue_depth": m.queue_depth, "state": m.engine.state.kind})
+                ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
+                metrics[m.id] = {"ttft_ms_p50": ttft.p50, "tokens_per_s_p50": rate.p50,
+                                 "samples": rate.count}
+                if m.baseline is not None:
+                    baseline[m.id] = m.baseline.tokens_per_s
+        return {"name": self.name, "models": models[:64], "metrics": metrics,
+                "baseline": baseline, "software_version": __version__}
+
+    def _write_runtime(self, port: int, mesh_address: str) -> None:
+        info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_address,
                 "node_id": self.identity.node_id}
         path = self.settings.data_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
@@ -248,6 +288,12 @@ def _card_for_unreadable(path: Path) -> ModelCard:
     size = path.stat().st_size if path.is_file() else None
     return ModelCard(id=catalog.model_id_for(path, None), path=path, size_bytes=size,
                      quantization=None, architecture=None, context_length=None)
+
+
+def _server_tls(tls: TlsIdentity) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_path, tls.key_path)
+    return context
 
 
 def _url_host(host: str) -> str:

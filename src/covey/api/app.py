@@ -24,12 +24,12 @@ from covey.errors import (
     Unauthorized,
     error_body,
 )
+from covey.router.proxy import T_RECEIVED
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health"})  # liveness needs no key: it reveals nothing
-T_RECEIVED = web.RequestKey("t_received", float)  # perf_counter() when the request arrived
 
 
 def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> bool:

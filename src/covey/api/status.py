@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from covey import __version__
+from covey.mesh.records import NodeRecord
+from covey.mesh.runtime import MeshRuntime
 from covey.metrics.export import render
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineReady, NodeId, Percentiles
@@ -45,10 +47,24 @@ def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
     }
 
 
+def peer_status(record: NodeRecord) -> dict[str, Any]:
+    return {
+        "id": record.node_id, "name": record.name, "addresses": record.addresses,
+        "hardware": record.hardware.model_dump(), "software_version": record.software_version,
+        "last_seen": record.issued_at, "expires_at": record.expires_at,
+        "models": [{**ad.model_dump(), **(record.metrics[ad.id].model_dump()
+                                          if ad.id in record.metrics else {}),
+                    "baseline_tokens_per_s": record.baseline.get(ad.id)}
+                   for ad in record.models],
+    }
+
+
 class StatusRoutes:
     def __init__(self, table: ModelTable, registry: CollectorRegistry, node_id: NodeId,
-                 node_name: str, window_s: float) -> None:
+                 node_name: str, window_s: float,
+                 mesh: MeshRuntime | None = None) -> None:
         self.table = table
+        self.mesh = mesh
         self.registry = registry
         self.node_id = node_id
         self.node_name = node_name
@@ -70,7 +86,9 @@ class StatusRoutes:
                      "started_at": self.started_at,
                      "uptime_s": round(time.time() - self.started_at, 1)},
             "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
-            "peers": [],
+            "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise}
+                     if self.mesh else None),
+            "peers": [peer_status(r) for r in self.mesh.peers(time.time())] if self.mesh else [],
         }
 
     async def status(self, request: web.Request) -> web.Response:

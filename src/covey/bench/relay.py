@@ -60,6 +60,7 @@ def running_node(model: Path, threads: int | None, streams: int) -> Iterator[Nod
     """A `covey serve` child on a free port with a throwaway data dir; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="covey-bench-") as tmp:
         argv = [sys.executable, "-m", "covey", "serve", "--data-dir", tmp, "--port", "0",
+                "--mesh-port", "0",
                 "--model", str(model), "--parallel", str(streams), "--no-baseline",
                 "--log-level", "warning"]
         if threads:

@@ -19,13 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from covey.errors import error_body
+from covey.errors import CoveyError, error_body
 from covey.mesh.gossip import MAX_DIGEST, MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.membership import InviteBook, MembershipError
 from covey.mesh.records import RecordRejected
 from covey.mesh.sealed import SealError, b64d, b64e
 from covey.mesh.state import CERT_TTL_S, MeshState
 from covey.mesh.transport import H_CERT, MAX_CERT_HEADER, PeerRefused, RequestVerifier
+from covey.router.proxy import T_RECEIVED
 
 MAX_BODY = 4 * 1024 * 1024
 OPEN_PATHS = frozenset({"/mesh/join"})
@@ -39,13 +40,17 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
                                         else "invalid_request_error", code), status=status)
 
 
-def build_peer_app(state: MeshState, clock: Clock = time.time) -> web.Application:
+def build_peer_app(state: MeshState, clock: Clock = time.time,
+                   serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+                   ) -> web.Application:
+    """The mesh listener's app. `serve` handles peers' inference calls (/mesh/v1/...)."""
     verifier = RequestVerifier(state.info.mesh_id, state.is_member)
 
     @web.middleware
     async def authenticate(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
+        request[T_RECEIVED] = time.perf_counter()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -60,6 +65,11 @@ def build_peer_app(state: MeshState, clock: Clock = time.time) -> web.Applicatio
                                                   request.headers, body, clock())
             except PeerRefused as exc:
                 return _refuse(403, exc.reason, str(exc))
+        if request.path.startswith("/mesh/v1/"):
+            try:  # inference: the OpenAI handlers read the body themselves
+                return await handler(request)
+            except CoveyError as exc:
+                return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
         try:
             decoded = json.loads(body) if body else {}
             if not isinstance(decoded, dict):
@@ -109,6 +119,8 @@ def build_peer_app(state: MeshState, clock: Clock = time.time) -> web.Applicatio
     app.router.add_post("/mesh/join", join)
     app.router.add_post("/mesh/gossip", gossip)
     app.router.add_post("/mesh/records", records)
+    if serve is not None:
+        app.router.add_post("/mesh/v1/{path:.+}", serve)
     return app
 
 

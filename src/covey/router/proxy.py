@@ -12,11 +12,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from covey.api.app import T_RECEIVED
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
 from covey.metrics.timing import (
     CONTENT,
@@ -29,6 +29,8 @@ from covey.router.table import ServedModel
 log = logging.getLogger(__name__)
 
 MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
+# perf_counter() when a request arrived; set by every listener's first middleware.
+T_RECEIVED = web.RequestKey("t_received", float)
 
 
 class UpstreamRejected(CoveyError):
@@ -54,9 +56,13 @@ class Relay:
         t_request = request[T_RECEIVED]
         base_url = model.admit()
         try:
+            headers_up = {"Content-Type": "application/json"}
+            if model.sign is not None:
+                headers_up.update(model.sign(urlsplit(base_url).path + path, body))
             try:
                 upstream = await self.session.post(
-                    base_url + path, data=body, headers={"Content-Type": "application/json"})
+                    base_url + path, data=body, headers=headers_up,
+                    ssl=model.ssl if model.ssl is not None else True)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 model.meter.requests_failed += 1
                 raise UpstreamFailed(
@@ -119,6 +125,10 @@ class Relay:
                 # which frees the slot; this is not the engine's failure.
                 except ConnectionResetError:
                     return response
+                if b"data: [DONE]" in chunk:
+                    # The answer is complete. Clients close as soon as they read this, which
+                    # cancels this handler, so measure now rather than at the engine's EOF.
+                    break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.

@@ -6,8 +6,11 @@ which model a request means, and whether it may enter now (ready, under capacity
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import aiohttp
 
 from covey.errors import Busy, ModelNotFound, Unavailable
 from covey.metrics.samples import ModelMeter
@@ -36,6 +39,8 @@ class Engine(Protocol):
 
 @dataclass
 class ServedModel:
+    """A model this node can send requests to: on a local engine, or on a peer's node."""
+
     card: ModelCard
     engine: Engine
     upstream_name: str  # the model name the engine expects in request bodies
@@ -44,6 +49,10 @@ class ServedModel:
     meter: ModelMeter
     baseline: Baseline | None = None
     in_flight: int = 0
+    # For a peer: who serves it, how to sign calls to it, and the TLS pin for its listener.
+    served_by: str | None = None
+    sign: Callable[[str, bytes], dict[str, str]] | None = None
+    ssl: aiohttp.Fingerprint | None = None
 
     @property
     def id(self) -> ModelId:

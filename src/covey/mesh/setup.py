@@ -1,0 +1,86 @@
+"""Opening a node's mesh at start: load it, join one by invite, or create a new one.
+
+Also remembers the peers to contact first (the inviter), so a restarted node rejoins
+without a new invite.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+
+from covey.errors import ConfigError
+from covey.mesh.client import PeerUnreachable, join
+from covey.mesh.identity import Identity, load_or_create
+from covey.mesh.membership import InviteBook, MembershipError, load_authority, parse_invite
+from covey.mesh.runtime import Bootstrap
+from covey.mesh.state import MeshState
+from covey.mesh.transport import tls_identity
+
+BOOTSTRAP_FILE = "peers.json"
+
+
+def load_bootstrap(data_dir: Path) -> list[Bootstrap]:
+    try:
+        entries = json.loads((data_dir / BOOTSTRAP_FILE).read_text())
+        return [Bootstrap(str(e["address"]), str(e["fingerprint"])) for e in entries][:16]
+    # No file yet, or a damaged one: gossip works without it once peers are known.
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def save_bootstrap(data_dir: Path, peers: list[Bootstrap]) -> None:
+    (data_dir / BOOTSTRAP_FILE).write_text(json.dumps(
+        [{"address": p.address, "fingerprint": p.fingerprint} for p in peers]))
+
+
+async def open_mesh(data_dir: Path, identity: Identity,
+                    join_token: str | None) -> tuple[MeshState, list[Bootstrap]]:
+    """(the mesh state, peers to contact first). Raises ConfigError when joining fails."""
+    state = MeshState.load(data_dir, identity)
+    bootstrap = load_bootstrap(data_dir)
+    if join_token:
+        try:
+            invite = parse_invite(join_token)
+        except MembershipError as exc:
+            raise ConfigError(f"--join: {exc}") from exc
+        if state is not None and state.info.mesh_id != invite.mesh_id:
+            raise ConfigError(f"--join: this data dir already belongs to mesh "
+                              f"{state.info.mesh_id}; use another --data-dir to join "
+                              f"mesh {invite.mesh_id}")
+        if state is None:
+            try:
+                async with aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=15)) as session:
+                    state = await join(session, invite, identity, data_dir, time.time())
+            except (PeerUnreachable, MembershipError) as exc:
+                raise ConfigError(f"--join: could not join through {invite.address}: {exc}"
+                                  ) from exc
+        bootstrap = [Bootstrap(invite.address, invite.tls_fingerprint)]
+        save_bootstrap(data_dir, bootstrap)
+    if state is None:
+        state = MeshState.load_or_create(data_dir, identity, time.time())
+    return state, bootstrap
+
+
+def mint_invite(data_dir: Path, ttl_s: float) -> str:
+    """An invite token from the mesh's creator, for the node running from `data_dir`."""
+    authority = load_authority(data_dir)
+    if authority is None:
+        raise ConfigError(f"{data_dir} holds no mesh authority: only the node that created "
+                          "the mesh can invite (run `covey invite` there)")
+    try:
+        address = json.loads((data_dir / "node.json").read_text())["mesh"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError("start the node first (`covey serve`): the invite carries the "
+                          "address it listens on for peers") from exc
+    fingerprint = tls_identity(load_or_create(data_dir).key, data_dir).fingerprint
+    book = InviteBook(data_dir / "invites.db")
+    try:
+        return book.mint(authority, address, time.time(), ttl_s, fingerprint).token()
+    finally:
+        book.close()
+

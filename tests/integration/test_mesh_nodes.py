@@ -1,0 +1,114 @@
+"""Several real nodes on 127.0.0.1 joined into one mesh by invites: any node answers for the
+model one of them serves; a dead server gives a named 503 quickly; strangers are refused."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from http.client import HTTPSConnection
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import NodeProcess, http, wait_for
+
+pytestmark = pytest.mark.engine
+
+MODEL = "gemma-3-270m-q4_k_m"
+
+
+def _invite(node: NodeProcess, ttl: float = 600) -> str:
+    r = subprocess.run([sys.executable, "-m", "covey", "invite", "--data-dir",
+                        str(node.data_dir), "--ttl", str(ttl)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("covey-invite:") and "\n" not in token
+    return token
+
+
+def _peers(node: NodeProcess) -> set[str]:
+    return {p["id"] for p in node.status()["peers"]}
+
+
+def test_three_nodes_one_server(start_node: Callable[..., NodeProcess], model_path: Path,
+                                openai_client: Callable[[str], openai.OpenAI]) -> None:
+    server = start_node("--model", str(model_path), "--no-baseline", name="server")
+    server.wait_listening()
+    server.wait_ready()
+    entries = []
+    for name in ("b", "c"):
+        node = start_node("--no-default-model", "--join", _invite(server), name=name)
+        node.wait_listening()
+        entries.append(node)
+    ids = {n.status()["node"]["id"] for n in (server, *entries)}
+    for node in (server, *entries):
+        wait_for(lambda node=node: _peers(node) == ids - {node.status()["node"]["id"]}, 20,
+                 "every node to see the other two")
+    server_id = server.status()["node"]["id"]
+    for node in entries:
+        client = openai_client(node.url)
+        listed = {m.id: m for m in client.models.list()}
+        assert MODEL in listed
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-covey-served-by"].startswith(server_id)
+        assert raw.headers["x-covey-route"].startswith(f"peer {server_id}")
+        assert raw.parse().model == MODEL
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=MODEL, max_tokens=6, stream=True, messages=[{"role": "user", "content": "hi"}])
+            if c.choices)
+        assert text
+
+    # The server dies: entries answer with a named 503 within seconds, not a hang.
+    server.proc.kill()
+    server.proc.wait()
+    entry = entries[0]
+    started = time.monotonic()
+    code, headers, body = http("POST", entry.url + "/v1/chat/completions",
+                               {"model": MODEL, "max_tokens": 2,
+                                "messages": [{"role": "user", "content": "hi"}]})
+    assert code == 503, body
+    assert time.monotonic() - started < 15
+    assert int(headers["retry-after"]) >= 1
+    assert MODEL in body["error"]["message"]
+
+
+def test_strangers_and_spent_invites_are_refused(start_node: Callable[..., NodeProcess],
+                                                 tmp_path: Path) -> None:
+    a = start_node("--no-default-model", name="a")
+    a.wait_listening()
+    token = _invite(a)
+    b = start_node("--no-default-model", "--join", token, name="b")
+    b.wait_listening()
+    wait_for(lambda: len(_peers(a)) == 1, 20, "a to see b")
+
+    # The same invite again: refused, and the node says why and exits.
+    r = subprocess.run([sys.executable, "-m", "covey", "serve", "--data-dir",
+                        str(tmp_path / "again"), "--port", "0", "--mesh-port", "0",
+                        "--no-default-model", "--join", token],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "already used" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "covey", "serve", "--data-dir",
+                        str(tmp_path / "late"), "--port", "0", "--mesh-port", "0",
+                        "--no-default-model", "--join", _invite(a, ttl=-1)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "expired" in r.stderr
+
+    # Without a member's signature the mesh listener serves nothing (TLS alone is no pass).
+    host, port = json.loads((a.data_dir / "node.json").read_text())["mesh"].split(":")
+    conn = HTTPSConnection(host, int(port), timeout=10,
+                           context=ssl._create_unverified_context())
+    try:
+        for path in ("/mesh/gossip", "/mesh/v1/chat/completions"):
+            conn.request("POST", path, body=b"{}", headers={"X-Forwarded-For": "127.0.0.1"})
+            r = conn.getresponse()
+            answer = json.loads(r.read())
+            assert r.status == 403 and answer["error"]["code"] == "unsigned", answer
+    finally:
+        conn.close()

@@ -1,0 +1,61 @@
+"""Candidate ranking: measured speed wins, self on a near tie, unknown nodes get a prior,
+busy or not-ready peers are skipped, and only the exact model id counts."""
+
+from __future__ import annotations
+
+import random
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from covey.mesh.records import NodeRecord, new_record
+from covey.router.select import LocalView, expected_seconds, rank
+
+MODEL = "m-q4_k_m"
+
+
+def _peer(name: str, tps: float | None, state: str = "ready", model: str = MODEL,
+          queue: int = 0) -> NodeRecord:
+    metrics = {model: {"tokens_per_s_p50": tps, "ttft_ms_p50": 100.0, "samples": 5}} \
+        if tps else {}
+    return new_record(Ed25519PrivateKey.generate(), mesh_id="m", seq=1, now=0, ttl_s=60,
+                      name=name, addresses=[f"{name}:7070"], tls_fingerprint="ab" * 32,
+                      models=[{"id": model, "slots": 2, "state": state, "queue_depth": queue}],
+                      metrics=metrics)
+
+
+def _local(tps: float | None, ready: bool = True) -> LocalView:
+    return LocalView("self", "me", ready, 2, 0, 0.1 if tps else None, tps)
+
+
+def _names(local: LocalView | None, peers: list[NodeRecord], **kw: object) -> list[str]:
+    return [c.name for c in rank(MODEL, local, peers, {}, random.Random(0), **kw)]  # type: ignore[arg-type]
+
+
+def test_fastest_measured_node_first() -> None:
+    assert _names(None, [_peer("slow", 5.0), _peer("fast", 50.0)]) == ["fast", "slow"]
+
+
+def test_self_wins_a_near_tie_but_not_a_rout() -> None:
+    assert _names(_local(45.0), [_peer("peer", 50.0)])[0] == "me"
+    assert _names(_local(5.0), [_peer("peer", 50.0)])[0] == "peer"
+
+
+def test_unknown_peer_gets_a_cautious_prior() -> None:
+    assert _names(None, [_peer("new", None), _peer("known", 50.0)]) == ["known", "new"]
+    assert _names(None, [_peer("new", None), _peer("slow", 1.0)]) == ["new", "slow"]
+
+
+def test_skipped_candidates() -> None:
+    peers = [_peer("loading", 50.0, state="starting"), _peer("other", 50.0, model="m-q8_0")]
+    assert _names(_local(10.0, ready=False), peers) == []
+
+
+def test_queue_lengthens_the_expected_time() -> None:
+    assert expected_seconds(0.1, 10.0, 2, 2, 100) == 2 * expected_seconds(0.1, 10.0, 0, 2, 100)
+    assert _names(None, [_peer("queued", 50.0, queue=8), _peer("idle", 30.0)])[0] == "idle"
+
+
+def test_in_flight_from_this_entry_counts_against_a_peer() -> None:
+    a, b = _peer("a", 50.0), _peer("b", 45.0)
+    ranked = rank(MODEL, None, [a, b], {a.node_id: 6}, random.Random(0))
+    assert [c.name for c in ranked] == ["b", "a"]
