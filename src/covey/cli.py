@@ -1,4 +1,4 @@
-"""Command line: `covey serve | chat | status | models | invite | bench`."""
+"""Command line: `covey serve | chat | status | models | invite | revoke | bench`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--ttl", type=float, default=3600.0,
                         help="seconds the invite stays valid (default: 3600)")
 
+    revoke = sub.add_parser("revoke", help="remove a node from the mesh (every member "
+                            "refuses it within a few gossip rounds)")
+    revoke.add_argument("node", help="node id (see `covey status`)")
+    revoke.add_argument("--data-dir", help="data dir of the node that created the mesh "
+                        "(default: ~/.covey, or $COVEY_HOME)")
+
     bench = sub.add_parser("bench", help="measure the node's relay overhead on the default model")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
@@ -72,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             from covey.mesh.setup import mint_invite
 
             print(mint_invite(_data_dir(args), args.ttl))
+            return 0
+        if args.command == "revoke":
+            from covey.mesh.setup import revoke_member
+
+            seq = revoke_member(_data_dir(args), args.node)
+            print(f"revoked {args.node} (revocation list #{seq}); members refuse it as soon "
+                  "as the running node's gossip reaches them")
             return 0
         if args.command == "bench":
             from covey.bench.relay import run_bench

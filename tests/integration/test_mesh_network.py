@@ -115,8 +115,9 @@ async def test_refusals(tmp_path: Path, session: aiohttp.ClientSession) -> None:
             await exchange(session, b.state, a.address, outsider.tls.fingerprint)
         # Revoked: refused from the next request on.
         assert a.state.authority is not None
-        revocations, _ = revoke(a.state.authority, None, b.state.identity.node_id, time.time())
-        a.state.set_revocations(revocations)
+        revocations, envelope = revoke(a.state.authority, None, b.state.identity.node_id,
+                                       time.time())
+        assert a.state.set_revocations(revocations, envelope)
         assert b.state.identity.node_id not in a.state.table.digest()
         with pytest.raises(PeerUnreachable, match="revoked"):
             await exchange(session, b.state, a.address, a.tls.fingerprint)

@@ -4,6 +4,7 @@ model one of them serves; a dead server gives a named 503 quickly; strangers are
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import subprocess
 import sys
@@ -112,3 +113,51 @@ def test_strangers_and_spent_invites_are_refused(start_node: Callable[..., NodeP
             assert r.status == 403 and answer["error"]["code"] == "unsigned", answer
     finally:
         conn.close()
+
+
+def _mesh_of(n: int, start_node: Callable[..., NodeProcess]) -> list[NodeProcess]:
+    first = start_node("--no-default-model", name="n0")
+    first.wait_listening()
+    nodes = [first]
+    for i in range(1, n):
+        node = start_node("--no-default-model", "--join", _invite(first), name=f"n{i}")
+        node.wait_listening()
+        nodes.append(node)
+    for node in nodes:
+        wait_for(lambda node=node: len(_peers(node)) == n - 1, 20, "the mesh to converge")
+    return nodes
+
+
+def test_revoked_node_is_refused_everywhere(start_node: Callable[..., NodeProcess]) -> None:
+    authority, member, revoked = _mesh_of(3, start_node)
+    revoked_id = revoked.status()["node"]["id"]
+    r = subprocess.run([sys.executable, "-m", "covey", "revoke", revoked_id, "--data-dir",
+                        str(authority.data_dir)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for node in (authority, member):
+        wait_for(lambda node=node: revoked_id not in _peers(node), 10,
+                 "the revoked node to vanish from every member")
+    time.sleep(1.5)  # three more gossip rounds: it must stay gone, not come back
+    assert revoked_id not in _peers(authority) and revoked_id not in _peers(member)
+
+
+def test_copied_data_dir_is_detected(start_node: Callable[..., NodeProcess],
+                                     tmp_path: Path) -> None:
+    _, second = _mesh_of(2, start_node)
+    second.stop()
+    clone_dir = tmp_path / "clone"
+    shutil.copytree(second.data_dir, clone_dir)  # the mistake: a copied data dir
+    copies = [NodeProcess(second.data_dir, second.args), NodeProcess(clone_dir, second.args)]
+    try:
+        for node in copies:
+            node.wait_listening()
+
+        def reported() -> str | None:
+            problems = [n.status()["mesh"]["problem"] for n in copies]
+            return next((p for p in problems if p), None)
+
+        problem = wait_for(reported, 20, "a copy to report the shared key")
+        assert "another node uses this node's key" in problem and "node.key" in problem
+    finally:
+        for node in copies:
+            node.stop()

@@ -1,4 +1,4 @@
-"""GGUF header reading and model facts, on small synthetic files (never the real model)."""
+"""engine/gguf.py: the header-only metadata reader, on small synthetic files."""
 
 from __future__ import annotations
 
@@ -7,102 +7,142 @@ from pathlib import Path
 
 import pytest
 
-from covey.engine import catalog
-from covey.engine.gguf import GGUFError, read_metadata
+from covey.engine.gguf import MAX_ARRAY, MAX_KV, MAX_STRING, GGUFError, read_metadata
+from tests.unit.synthetic_gguf import (
+    ARRAY,
+    STRING,
+    TINY,
+    Value,
+    gguf_header,
+    string,
+    string_array,
+    u32,
+    u32_array,
+)
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def gguf_bytes(kv: list[tuple[str, int, bytes]], version: int = 3) -> bytes:
-    """A GGUF header with the given (key, value type, encoded value) entries."""
-    out = b"GGUF" + struct.pack("<IQQ", version, 0, len(kv))
-    for key, vtype, value in kv:
-        out += _string(key) + struct.pack("<I", vtype) + value
-    return out
-
-
-VOCAB = struct.pack("<IQ", 8, 3) + _string("a") + _string("bb") + _string("ccc")
-HEADER = gguf_bytes([
-    ("general.architecture", 8, _string("llama")),
-    ("tokenizer.ggml.tokens", 9, VOCAB),
-    ("llama.context_length", 4, struct.pack("<I", 8192)),
-    ("general.file_type", 4, struct.pack("<I", 15)),
-    ("general.name", 8, _string("Tiny")),
-])
+def _read(tmp_path: Path, data: bytes, wanted: frozenset[str] | None = None) -> dict[str, object]:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(data)
+    return read_metadata(path, wanted)
 
 
 def test_reads_scalars_and_skips_arrays(tmp_path: Path) -> None:
-    path = tmp_path / "tiny.gguf"
-    path.write_bytes(HEADER)
-    meta = read_metadata(path)
-    assert meta == {"general.architecture": "llama", "llama.context_length": 8192,
-                    "general.file_type": 15, "general.name": "Tiny"}
+    assert _read(tmp_path, TINY) == {
+        "general.architecture": "llama", "llama.context_length": 8192,
+        "general.file_type": 15, "general.name": "Tiny",
+    }
+
+
+@pytest.mark.parametrize(("vtype", "fmt", "value"), [
+    (0, "<B", 200), (1, "<b", -5), (2, "<H", 60000), (3, "<h", -300), (4, "<I", 8192),
+    (5, "<i", -1), (6, "<f", 1.5), (7, "<?", True), (10, "<Q", 1 << 40), (11, "<q", -(1 << 40)),
+    (12, "<d", 0.25),
+])
+def test_every_scalar_type(tmp_path: Path, vtype: int, fmt: str, value: object) -> None:
+    data = gguf_header([("k", (vtype, struct.pack(fmt, value))), ("after", string("x"))])
+    assert _read(tmp_path, data) == {"k": value, "after": "x"}
+
+
+@pytest.mark.parametrize("array", [
+    string_array([]),
+    string_array(["<s>", "</s>", "héllo"]),
+    u32_array([1, 2, 3]),
+    (ARRAY, struct.pack("<IQ", 12, 2) + struct.pack("<2d", 0.5, 1.5)),  # float64 elements
+    (ARRAY, struct.pack("<IQ", 0, 3) + b"\x01\x02\x03"),  # uint8 elements
+], ids=["empty", "strings", "uint32", "float64", "uint8"])
+def test_arrays_are_skipped(tmp_path: Path, array: Value) -> None:
+    data = gguf_header([("before", u32(1)), ("arr", array), ("after", string("x"))])
+    assert _read(tmp_path, data) == {"before": 1, "after": "x"}
+
+
+@pytest.mark.parametrize(("version", "ok"), [(1, False), (2, True), (3, True), (4, False)])
+def test_versions(tmp_path: Path, version: int, ok: bool) -> None:
+    data = gguf_header([("k", u32(1))], version=version)
+    if ok:
+        assert _read(tmp_path, data) == {"k": 1}
+    else:
+        with pytest.raises(GGUFError, match=f"unsupported GGUF version {version}"):
+            _read(tmp_path, data)
+
+
+@pytest.mark.parametrize("data", [b"", b"GGU", b"gguf" + TINY[4:], b"GGML" + TINY[4:],
+                                  b"\x00" + TINY])
+def test_wrong_magic(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        _read(tmp_path, data)
 
 
 def test_every_truncation_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cut.gguf"
-    for n in range(len(HEADER)):
-        path.write_bytes(HEADER[:n])
+    for n in range(len(TINY)):
+        path.write_bytes(TINY[:n])
         with pytest.raises(GGUFError):
             read_metadata(path)
 
 
-@pytest.mark.parametrize("data", [
-    b"GGUF" + struct.pack("<IQQ", 1, 0, 0),  # unsupported version
-    b"GGUF" + struct.pack("<IQQ", 3, 0, 1 << 40),  # implausible count
-    gguf_bytes([("k", 8, struct.pack("<Q", 1 << 40))]),  # implausible string
-    gguf_bytes([("k", 9, struct.pack("<IQ", 8, 1 << 40))]),  # implausible array
-    gguf_bytes([("k", 99, b"")]),  # unknown type
-    b"NOPE",
+# Bug: _skip_array steps over array elements with f.seek(), which succeeds past the end of
+# the file; when the array is the last entry nothing is read afterwards, so a header cut
+# inside that array is returned as if it were whole (e.g. the string-array header below is
+# accepted at prefix lengths 114..116 of 117; the uint32 one at 96..107 of 108).
+@pytest.mark.xfail(strict=True, reason="a header cut inside its last array is accepted: "
+                   "_skip_array seeks past the end of the file without noticing")
+@pytest.mark.parametrize("array", [string_array(["ab", "cde"]), u32_array([1, 2, 3])],
+                         ids=["strings", "uint32"])
+def test_truncation_inside_a_trailing_array_is_refused(tmp_path: Path, array: Value) -> None:
+    data = gguf_header([("general.architecture", string("llama")), ("tokens", array)])
+    accepted = []
+    for n in range(len(data)):
+        try:
+            _read(tmp_path, data[:n])
+        except GGUFError:
+            continue
+        accepted.append(n)
+    assert accepted == []
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (gguf_header([], kv_count=MAX_KV + 1), "implausible metadata count"),
+    (gguf_header([], kv_count=1 << 40), "implausible metadata count"),
+    (gguf_header([], kv_count=1) + struct.pack("<Q", MAX_STRING + 1),
+     "implausible string length"),  # a key
+    (gguf_header([("k", (STRING, struct.pack("<Q", MAX_STRING + 1)))]),
+     "implausible string length"),
+    (gguf_header([("k", (ARRAY, struct.pack("<IQ", STRING, MAX_ARRAY + 1)))]),
+     "implausible array length"),
+    (gguf_header([("k", (ARRAY, struct.pack("<IQQ", STRING, 1, MAX_STRING + 1)))]),
+     "implausible string length"),  # an element of a string array
+], ids=["count", "huge-count", "key", "string", "array", "array-element"])
+def test_implausible_lengths_are_refused(tmp_path: Path, data: bytes, message: str) -> None:
+    with pytest.raises(GGUFError, match=message):
+        _read(tmp_path, data)
+
+
+def test_the_caps_themselves_are_plausible(tmp_path: Path) -> None:
+    # Exactly at the cap the count is believed, and the short file is then reported truncated.
+    with pytest.raises(GGUFError, match="truncated"):
+        _read(tmp_path, gguf_header([], kv_count=MAX_KV))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ((99, b""), "unknown metadata value type 99"),
+    ((ARRAY, struct.pack("<IQ", 99, 1)), "unsupported array element type 99"),
 ])
-def test_garbage_is_refused(tmp_path: Path, data: bytes) -> None:
-    path = tmp_path / "bad.gguf"
-    path.write_bytes(data)
+def test_unknown_types_are_refused(tmp_path: Path, value: Value, message: str) -> None:
+    with pytest.raises(GGUFError, match=message):
+        _read(tmp_path, gguf_header([("k", value)]))
+
+
+def test_wanted_stops_early(tmp_path: Path) -> None:
+    data = gguf_header([("general.architecture", string("llama")), ("general.file_type", u32(15)),
+                        ("garbled", (99, b""))])
+    wanted = frozenset({"general.architecture", "general.file_type"})
+    assert _read(tmp_path, data, wanted) == {"general.architecture": "llama",
+                                             "general.file_type": 15}
     with pytest.raises(GGUFError):
-        read_metadata(path)
+        _read(tmp_path, data)
 
 
-def test_card(tmp_path: Path) -> None:
-    path = tmp_path / "Tiny-Model.gguf"
-    path.write_bytes(HEADER)
-    card = catalog.read_card(path)
-    assert card.id == "tiny-model-q4_k_m"
-    assert card.quantization == "Q4_K_M" and card.architecture == "llama"
-    assert card.context_length == 8192 and card.size_bytes == len(HEADER)
-    assert not card.declares_pooling
-
-
-@pytest.mark.parametrize(("content", "message"), [
-    (None, "model file not found"),
-    (b"text file", "is not a GGUF file"),
-    (HEADER[:40], "damaged or truncated"),
-])
-def test_card_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
-    path = tmp_path / "m.gguf"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(catalog.ModelFileError, match=message):
-        catalog.read_card(path)
-
-
-@pytest.mark.parametrize(("name", "quant", "expected"), [
-    ("gemma-3-270m-q4_k_m.gguf", "Q4_K_M", "gemma-3-270m-q4_k_m"),
-    ("Qwen2.5-7B-Instruct-Q8_0.gguf", "Q8_0", "qwen2.5-7b-instruct-q8_0"),
-    ("llama.gguf", "Q4_K_M", "llama-q4_k_m"),
-    ("My Model (v2).gguf", None, "my-model-v2"),
-    ("phi-f16.gguf", None, "phi-f16"),
-])
-def test_model_ids(name: str, quant: str | None, expected: str) -> None:
-    assert catalog.model_id_for(Path(name), quant) == expected
-
-
-def test_fit_check(tmp_path: Path) -> None:
-    path = tmp_path / "m.gguf"
-    path.write_bytes(HEADER)
-    card = catalog.read_card(path)
-    catalog.check_fits(card, available=int(len(HEADER) * 1.1) + 1)
-    with pytest.raises(catalog.ModelFileError, match=r"needs 0\.00 GiB .* only 0\.00 GiB"):
-        catalog.check_fits(card, available=len(HEADER))
+def test_undecodable_text_is_replaced_not_fatal(tmp_path: Path) -> None:
+    data = gguf_header([("k", (STRING, struct.pack("<Q", 2) + b"\xff\xfe"))])
+    assert _read(tmp_path, data) == {"k": "\ufffd\ufffd"}

@@ -86,8 +86,8 @@ class StatusRoutes:
                      "started_at": self.started_at,
                      "uptime_s": round(time.time() - self.started_at, 1)},
             "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
-            "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise}
-                     if self.mesh else None),
+            "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise,
+                      "problem": self.mesh.problem()} if self.mesh else None),
             "peers": [peer_status(r) for r in self.mesh.peers(time.time())] if self.mesh else [],
         }
 

@@ -21,7 +21,7 @@ from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, 
 
 DOMAIN = b"covey-record-v1"
 PROTOCOL = 1
-MAX_ENVELOPE = 64 * 1024
+MAX_ENVELOPE = 1024 * 1024  # a record with a long revocation list; 64 KiB without
 MAX_LIFETIME_S = 24 * 3600.0  # a record claiming to live longer is refused
 MAX_SKEW_S = 300.0  # clocks may disagree this much
 
@@ -72,6 +72,9 @@ class NodeRecord(_Wire):
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
+    # The newest authority-signed revocation list this node knows (base64url envelope):
+    # every record carries it, so a revocation reaches every member with the gossip.
+    revocations: str = Field(default="", max_length=512 * 1024)
 
 
 class RecordRejected(Exception):

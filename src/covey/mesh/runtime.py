@@ -46,6 +46,7 @@ class MeshRuntime:
         self.bootstrap = bootstrap
         self.rng = rng or random.Random()
         self._failing: set[str] = set()
+        self._problem: str | None = None
 
     @property
     def node_id(self) -> str:
@@ -56,12 +57,30 @@ class MeshRuntime:
         return [r for r in self.state.table.records()
                 if r.node_id != self.node_id and r.expires_at > now]
 
+    def problem(self) -> str | None:
+        """A mesh problem a user must fix, with the fix; None when all is well."""
+        state = self.state
+        if state.duplicate_key_seen is not None:
+            return ("another node uses this node's key (at "
+                    f"{', '.join(state.duplicate_key_seen) or 'an unknown address'}): a data "
+                    "dir was copied. Stop one of them, delete its node.key, member.cert and "
+                    "mesh.json, and join it again with a new invite")
+        revoked = state.members.revocations
+        if revoked is not None and self.node_id in revoked.revoked:
+            return "this node was revoked from the mesh; ask a member for a new invite"
+        return None
+
     def sign(self, path: str, body: bytes) -> dict[str, str]:
         headers = sign_request(self.state.identity.key, mesh_id=self.state.info.mesh_id,
                                method="POST", path=path, body=body, now=time.time())
         return {**headers, H_CERT: b64e(self.state.cert)}
 
     def publish(self) -> None:
+        problem = self.problem()
+        if problem != self._problem:
+            if problem:
+                log.error("mesh: %s", problem)
+            self._problem = problem
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
                            addresses=[self.advertise], tls_fingerprint=self.tls.fingerprint,
                            **self.describe())

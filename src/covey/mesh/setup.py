@@ -15,9 +15,16 @@ import aiohttp
 from covey.errors import ConfigError
 from covey.mesh.client import PeerUnreachable, join
 from covey.mesh.identity import Identity, load_or_create
-from covey.mesh.membership import InviteBook, MembershipError, load_authority, parse_invite
+from covey.mesh.membership import (
+    InviteBook,
+    MembershipError,
+    load_authority,
+    parse_invite,
+    revoke,
+    verify_revocations,
+)
 from covey.mesh.runtime import Bootstrap
-from covey.mesh.state import MeshState
+from covey.mesh.state import REVOCATIONS_FILE, MeshState
 from covey.mesh.transport import tls_identity
 
 BOOTSTRAP_FILE = "peers.json"
@@ -84,3 +91,26 @@ def mint_invite(data_dir: Path, ttl_s: float) -> str:
     finally:
         book.close()
 
+
+
+def revoke_member(data_dir: Path, node_id: str) -> int:
+    """Add `node_id` to the mesh's signed revocation list (authority only). The running node
+    picks the file up and its gossip carries it to every member. Returns the list's seq."""
+    authority = load_authority(data_dir)
+    if authority is None:
+        raise ConfigError(f"{data_dir} holds no mesh authority: only the node that created "
+                          "the mesh can revoke members")
+    path = data_dir / REVOCATIONS_FILE
+    current = None
+    if path.exists():
+        try:
+            current = verify_revocations(path.read_bytes(), mesh_id=authority.mesh_id,
+                                         authority_public_key=authority.public_key)
+        except MembershipError as exc:
+            raise ConfigError(f"{path} is damaged ({exc}); remove it to start a new list"
+                              ) from exc
+    listed, envelope = revoke(authority, current, node_id, time.time())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(envelope)
+    tmp.replace(path)
+    return listed.seq

@@ -8,7 +8,9 @@ member can check any other member without asking the authority.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from covey.mesh.membership import (
     create_authority,
     issue_cert,
     load_authority,
+    newer,
     verify_cert,
+    verify_revocations,
 )
 from covey.mesh.records import (
     NodeRecord,
@@ -33,9 +37,12 @@ from covey.mesh.records import (
     sign_record,
     verify_record,
 )
-from covey.mesh.sealed import b64d, b64e
+from covey.mesh.sealed import SealError, b64d, b64e
+
+log = logging.getLogger(__name__)
 
 CERT_TTL_S = 365 * 24 * 3600.0
+REVOCATIONS_FILE = "revocations"  # the authority's newest signed list
 RECORD_TTL_S = 30.0  # a node silent this long is gone
 
 
@@ -55,6 +62,9 @@ class MeshState:
         self.authority = authority  # only on the node that created the mesh
         self.members = Members()
         self.table = RecordTable()
+        self.revocations_envelope: bytes | None = None
+        self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
+        self._revocations_mtime = 0.0
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
 
@@ -92,6 +102,17 @@ class MeshState:
 
     # --- membership and records ----------------------------------------------------------
 
+    def _reload_revocations(self) -> None:
+        """Pick up a list `covey revoke` wrote to the data dir (on the authority's node)."""
+        path = self.data_dir / REVOCATIONS_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != self._revocations_mtime:
+            self._revocations_mtime = mtime
+            self.learn_revocations(path.read_bytes())
+
     def _check_cert(self, envelope: bytes, now: float) -> MemberCert:
         return verify_cert(envelope, mesh_id=self.info.mesh_id,
                            authority_public_key=self.info.authority_public_key, now=now)
@@ -107,16 +128,45 @@ class MeshState:
     def is_member(self, node_id: str, public_key: bytes, now: float) -> bool:
         return self.members.is_member(node_id, public_key, now)
 
-    def set_revocations(self, revocations: RevocationList) -> None:
+    def set_revocations(self, revocations: RevocationList, envelope: bytes) -> bool:
+        """Adopt `revocations` if newer than the list held; drop revoked nodes' records."""
+        if newer(self.members.revocations, revocations) is not revocations or (
+                self.members.revocations is not None
+                and self.members.revocations.seq == revocations.seq):
+            return False
         self.members.revocations = revocations
+        self.revocations_envelope = envelope
         for node_id in revocations.revoked:
             self.table.drop(node_id)
+        if self.identity.node_id in revocations.revoked:
+            log.error("this node was revoked from mesh %s; ask a member for a new invite",
+                      self.info.mesh_id)
+        return True
+
+    def learn_revocations(self, envelope: bytes) -> bool:
+        """Verify a revocation list (authority-signed, this mesh) and adopt it if newer."""
+        try:
+            revocations = verify_revocations(envelope, mesh_id=self.info.mesh_id,
+                                             authority_public_key=self.info.authority_public_key)
+        except MembershipError:
+            return False
+        return self.set_revocations(revocations, envelope)
 
     def accept(self, envelope: bytes, now: float) -> NodeRecord:
         """Verify a peer's record (signature, its certificate, revocation, freshness) and keep
         it if newer. Raises RecordRejected."""
         record = verify_record(envelope, mesh_id=self.info.mesh_id,
                                is_member=lambda node_id, key: True, now=now)
+        if record.revocations:
+            # Learned first: a record may carry the very list that revokes its sender.
+            with contextlib.suppress(SealError):
+                self.learn_revocations(b64d(record.revocations))
+        if record.node_id == self.identity.node_id:
+            held = self.table.get(record.node_id)
+            if held is None or held.envelope != envelope:
+                self.duplicate_key_seen = record.addresses
+                raise RecordRejected("duplicate_key", "another node signs with this node's "
+                                     f"key (at {', '.join(record.addresses) or '?'})")
         try:
             cert = self._check_cert(b64d(record.member_cert), now)
         except (MembershipError, ValueError) as exc:
@@ -132,9 +182,12 @@ class MeshState:
 
     def publish(self, now: float, ttl_s: float = RECORD_TTL_S, **fields: object) -> bytes:
         """Sign this node's next record (a sequence number above any used before)."""
+        self._reload_revocations()
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
                             seq=next_seq(self.data_dir / "seq", now), now=now, ttl_s=ttl_s,
-                            member_cert=b64e(self.cert), **fields)
+                            member_cert=b64e(self.cert),
+                            revocations=b64e(self.revocations_envelope)
+                            if self.revocations_envelope else "", **fields)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         return envelope
