@@ -180,6 +180,10 @@ def _convert(name: str, raw: Any) -> Any:
             (item,) = typing.get_args(tp)[:1]
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(item(x) for x in items if x != "")
+        if tp in (int, float) and isinstance(raw, bool):
+            raise ValueError(f"expected a number, not {raw}")
+        if tp is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError("expected a whole number")
         if tp is bool:
             if isinstance(raw, bool):
                 return raw

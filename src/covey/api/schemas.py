@@ -56,5 +56,14 @@ def parse(raw: bytes, schema: type[T]) -> tuple[T, dict[str, Any]]:
         return schema.model_validate(data), data
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
+        # A union field's location ends in the member tried ("temperature.float",
+        # "prompt.list[int]"); the client sent "temperature" or "prompt".
+        where = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p)) or "body"
         raise BadRequest(f"{where}: {first['msg']}", param=where) from exc
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)

@@ -30,6 +30,7 @@ class GGUFError(ValueError):
 def read_metadata(path: Path, wanted: frozenset[str] | None = None) -> dict[str, object]:
     """Scalar and string metadata values (arrays are skipped). Stops early once every key in
     `wanted` has been seen."""
+    size = path.stat().st_size
     with path.open("rb") as f:
         if f.read(4) != MAGIC:
             raise GGUFError("not a GGUF file")
@@ -46,6 +47,9 @@ def read_metadata(path: Path, wanted: frozenset[str] | None = None) -> dict[str,
             vtype = _unpack(f, "<I")
             if vtype == _ARRAY:
                 _skip_array(f)
+                # seek() past the end does not fail: check we are still inside the file.
+                if f.tell() > size:
+                    raise GGUFError("file ends inside the metadata (truncated)")
             else:
                 out[key] = _value(f, vtype)
             if wanted is not None and wanted <= out.keys():

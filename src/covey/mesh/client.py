@@ -81,6 +81,9 @@ async def exchange(session: aiohttp.ClientSession, state: MeshState, address: st
                             clock())
     theirs = answer.get("digest")
     if isinstance(theirs, dict):
+        mine = theirs.get(state.identity.node_id)
+        if isinstance(mine, int):
+            state.check_own_seq(mine, f"a record held by {address}")
         send, _ = plan_exchange(state.table.digest(),
                                 {str(k): v for k, v in theirs.items() if isinstance(v, int)},
                                 MAX_RECORDS_PER_EXCHANGE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class MeshState:
         self.revocations_envelope: bytes | None = None
         self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
         self._revocations_mtime = 0.0
+        self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
 
@@ -190,4 +192,11 @@ class MeshState:
                             if self.revocations_envelope else "", **fields)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
+        self._signed_seqs.append(record.seq)
         return envelope
+
+    def check_own_seq(self, seq: int, where: str) -> None:
+        """A peer holds a record of ours with `seq`: if it is newer than our first record
+        since start and not one we signed, another node is using our key."""
+        if self._signed_seqs and seq > self._signed_seqs[0] and seq not in self._signed_seqs:
+            self.duplicate_key_seen = [where]

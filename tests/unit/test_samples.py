@@ -1,0 +1,117 @@
+"""metrics/samples.py: rolling windows and nearest-rank percentiles, time passed in by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from covey.metrics.samples import ModelMeter, RollingWindow, median, percentile
+from covey.types import Percentiles
+
+EMPTY = Percentiles(count=0, p50=None, p95=None)
+
+
+@pytest.mark.parametrize(("values", "pct", "expected"), [
+    ([1.0], 50, 1.0),
+    ([1.0], 95, 1.0),
+    ([1.0, 2.0], 50, 1.0),  # rank ceil(1.0) = 1
+    ([1.0, 2.0, 3.0], 50, 2.0),
+    ([1.0, 2.0, 3.0, 4.0], 50, 2.0),
+    ([1.0, 2.0, 3.0, 4.0], 95, 4.0),
+    ([float(i) for i in range(1, 21)], 95, 19.0),  # rank ceil(19.0) = 19
+    ([float(i) for i in range(1, 101)], 99, 99.0),
+    ([float(i) for i in range(1, 101)], 100, 100.0),
+    ([1.0, 2.0, 3.0], 0, 1.0),  # rank is at least 1
+])
+def test_percentile_is_nearest_rank(values: list[float], pct: float, expected: float) -> None:
+    assert percentile(values, pct) == expected
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], EMPTY),
+    ([7.0], Percentiles(count=1, p50=7.0, p95=7.0)),
+    ([5.0, 1.0, 3.0, 2.0, 4.0], Percentiles(count=5, p50=3.0, p95=5.0)),
+    ([float(v) for v in range(20, 0, -1)], Percentiles(count=20, p50=10.0, p95=19.0)),
+])
+def test_summary(values: list[float], expected: Percentiles) -> None:
+    w = RollingWindow(window_s=60)
+    for v in values:
+        w.add(v, now=0.0)
+    assert w.summary(now=0.0) == expected
+
+
+@pytest.mark.parametrize(("now", "remaining"), [
+    (4.0, [5.0, 1.0, 3.0, 2.0, 4.0]),
+    (10.0, [5.0, 1.0, 3.0, 2.0, 4.0]),  # a sample exactly window_s old is kept
+    (10.5, [1.0, 3.0, 2.0, 4.0]),
+    (12.5, [2.0, 4.0]),
+    (14.0, [4.0]),
+    (14.1, []),
+    (100.0, []),
+])
+def test_expiry_by_injected_now(now: float, remaining: list[float]) -> None:
+    w = RollingWindow(window_s=10)
+    for t, v in enumerate([5.0, 1.0, 3.0, 2.0, 4.0]):
+        w.add(v, now=float(t))
+    assert w.values(now=now) == remaining
+    assert w.summary(now=now).count == len(remaining)
+
+
+def test_everything_expired_is_empty() -> None:
+    w = RollingWindow(window_s=10)
+    w.add(1.0, now=0.0)
+    assert w.summary(now=100.0) == EMPTY
+
+
+def test_adding_expires_old_samples() -> None:
+    w = RollingWindow(window_s=10)
+    w.add(1.0, now=0.0)
+    w.add(2.0, now=50.0)
+    assert w.values(now=50.0) == [2.0]
+
+
+@pytest.mark.parametrize(("max_samples", "added", "kept"), [
+    (3, 10, [7.0, 8.0, 9.0]),
+    (3, 3, [0.0, 1.0, 2.0]),
+    (1, 5, [4.0]),
+])
+def test_max_samples_drops_the_oldest(max_samples: int, added: int, kept: list[float]) -> None:
+    w = RollingWindow(window_s=1e9, max_samples=max_samples)
+    for i in range(added):
+        w.add(float(i), now=float(i))
+    assert w.values(now=float(added)) == kept
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1.0], 1.0),
+    ([3.0, 1.0, 2.0], 2.0),
+    ([4.0, 1.0], 2.5),
+    ([10.0, 2.0, 4.0, 8.0], 6.0),
+])
+def test_median(values: list[float], expected: float) -> None:
+    before = list(values)
+    assert median(values) == expected
+    assert values == before  # the caller's list is not reordered
+
+
+@pytest.mark.parametrize(("ttft", "tps", "ttft_count", "tps_count"), [
+    (None, None, 0, 0),
+    (120.0, None, 1, 0),
+    (None, 30.0, 0, 1),
+    (120.0, 30.0, 1, 1),
+])
+def test_meter_keeps_missing_missing(ttft: float | None, tps: float | None, ttft_count: int,
+                                     tps_count: int) -> None:
+    m = ModelMeter(window_s=60)
+    m.record(ttft, tps, 5, now=0.0)
+    m.record(ttft, tps, 7, now=1.0)
+    assert (m.requests_ok, m.requests_failed, m.completion_tokens) == (2, 0, 12)
+    assert m.ttft_ms.summary(1.0).count == 2 * ttft_count
+    assert m.tokens_per_s.summary(1.0).count == 2 * tps_count
+    assert (m.ttft_ms.summary(1.0).p50 is None) is (ttft is None)
+
+
+def test_meter_windows_use_its_window() -> None:
+    m = ModelMeter(window_s=60)
+    m.record(100.0, 20.0, 3, now=0.0)
+    assert m.ttft_ms.summary(now=60.0).count == 1
+    assert m.tokens_per_s.summary(now=61.0) == EMPTY
