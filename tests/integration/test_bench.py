@@ -22,8 +22,11 @@ def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
     for key in ("ratio_1_stream", "ratio_4_streams", "cpu_us_per_chunk",
                 "cpu_us_per_chunk_floor", "through_tokens_per_s_1_stream"):
         assert result[key] > 0, key
-    for key in ("ttft_added_ms_p50", "ttft_added_ms_p99"):
+    assert result["mesh_ratio_1_stream"] > 0 and result["mesh_ratio_4_streams"] > 0
+    for key in ("ttft_added_ms_p50", "ttft_added_ms_p99", "mesh_ttft_added_ms_p50",
+                "mesh_ttft_added_ms_p99"):
         assert isinstance(result[key], float)
     assert result["events_relayed"] >= 5 * 8  # 1 + 4 streams of at least 8 tokens
     assert set(result["goals"]) == {"ratio_1_stream", "ratio_4_streams", "ttft_added_ms_p50",
-                                    "cpu_us_per_chunk"}
+                                    "cpu_us_per_chunk", "mesh_ratio_1_stream",
+                                    "mesh_ratio_4_streams", "mesh_ttft_added_ms_p50"}

@@ -44,6 +44,9 @@ GOALS = {  # key: (goal, higher is better)
     "ratio_4_streams": (0.97, True),
     "ttft_added_ms_p50": (2.0, False),
     "cpu_us_per_chunk": (50.0, False),
+    "mesh_ratio_1_stream": (0.98, True),
+    "mesh_ratio_4_streams": (0.95, True),
+    "mesh_ttft_added_ms_p50": (5.0, False),
 }
 
 
@@ -53,6 +56,7 @@ class NodeUnderTest:
     engine_url: str  # the engine's OpenAI root, for the direct path
     model: str
     pid: int
+    data_dir: Path
 
 
 @contextlib.contextmanager
@@ -77,6 +81,45 @@ def running_node(model: Path, threads: int | None, streams: int) -> Iterator[Nod
                 proc.wait()
 
 
+@contextlib.contextmanager
+def entry_node(server: NodeUnderTest) -> Iterator[tuple[str, int]]:
+    """A second node joined to `server`'s mesh, serving nothing itself: (its /v1 URL, pid).
+    Requests to it cross the mesh: client → entry → serving node → engine."""
+    invite = subprocess.run([sys.executable, "-m", "covey", "invite", "--data-dir",
+                             str(server.data_dir)], capture_output=True, text=True, timeout=30)
+    if invite.returncode != 0:
+        raise RuntimeError(f"covey invite failed: {invite.stderr.strip()}")
+    with tempfile.TemporaryDirectory(prefix="covey-bench-entry-") as tmp:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "covey", "serve", "--data-dir", tmp, "--port", "0",
+             "--mesh-port", "0", "--no-default-model", "--join", invite.stdout.strip(),
+             "--gossip-interval-s", "0.5", "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the entry node exited with status {proc.returncode}")
+                try:
+                    url = json.loads((Path(tmp) / "node.json").read_text())["url"]
+                    listed = json.loads(_get(url + "/v1/models"))["data"]
+                    if any(m["id"] == server.model for m in listed):
+                        break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.2)
+            else:
+                raise RuntimeError("the entry node did not learn the model within 60s")
+            yield url + "/v1", proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], runtime: Path,
                 timeout_s: float = 180) -> NodeUnderTest:
     deadline = time.monotonic() + timeout_s
@@ -92,7 +135,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], runtime: Path,
             continue
         if model["state"] == "ready":
             return NodeUnderTest(url=url + "/v1", engine_url=model["engine_url"],
-                                 model=model["id"], pid=proc.pid)
+                                 model=model["id"], pid=proc.pid, data_dir=runtime.parent)
         if model["state"] == "failed":
             raise RuntimeError(f"the engine failed: {model['reason']}")
         time.sleep(0.2)
@@ -158,13 +201,15 @@ async def _streams(session: aiohttp.ClientSession, side: Side, body: dict[str, A
     return list(results)
 
 
-async def measure(node: NodeUnderTest, floor: tuple[str, int], runs: int, max_tokens: int,
+async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str, int],
+                  runs: int, max_tokens: int,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     body = deterministic_chat(node.model, max_tokens, llama_cpp=True)
     direct = Side(node.engine_url, None)
     through = Side(node.url, node.pid)
     floor_side = Side(*floor)
-    sides = [direct, through, floor_side]
+    mesh = Side(*entry)
+    sides = [direct, through, floor_side, mesh]
     ttft_pairs = max(20, 4 * runs)
     # One connection per request on every path, so no side gets cheaper connects.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
@@ -174,21 +219,23 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], runs: int, max_to
         # Added TTFT: many cheap one-token requests. The repeated prompt is cached by the
         # engine, so prompt-processing jitter does not drown the node's share.
         one_token = {**body, "max_tokens": 1}
+        trio = [direct, through, mesh]
         for i in range(ttft_pairs):
-            progress(f"TTFT pair {i + 1}/{ttft_pairs}")
-            for side in (direct, through) if i % 2 == 0 else (through, direct):
+            progress(f"TTFT round {i + 1}/{ttft_pairs}")
+            for side in trio[i % 3:] + trio[:i % 3]:
                 stats = await stream_chat(session, side.base_url, one_token)
                 if stats.ttft_ms is None:
                     raise RuntimeError(f"no token came back from {side.base_url}")
                 side.ttft.append(stats.ttft_ms)
         for i in range(runs):
             progress(f"decode round {i + 1}/{runs}")
-            for side in sides[i % 3:] + sides[:i % 3]:  # rotate who goes first
+            for side in sides[i % 4:] + sides[:i % 4]:  # rotate who goes first
                 (one,) = await _streams(session, side, body, 1)
                 side.one_tps.append(one.tokens_per_s or 0.0)
                 four = await _streams(session, side, body, 4)
                 side.four_tps.append(sum(r.tokens_per_s or 0.0 for r in four) / len(four))
     added = sorted(t - d for t, d in zip(through.ttft, direct.ttft, strict=True))
+    mesh_added = sorted(t - d for t, d in zip(mesh.ttft, direct.ttft, strict=True))
     return {
         "model": node.model, "runs": runs, "max_tokens": max_tokens, "ttft_pairs": ttft_pairs,
         "ratio_1_stream": median(through.one_tps) / median(direct.one_tps),
@@ -211,6 +258,11 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], runs: int, max_to
         "direct_ttft_ms_p50": median(direct.ttft),
         "through_ttft_ms_p50": median(through.ttft),
         "events_relayed": through.events,
+        # Two nodes: client → entry node → serving node (over the mesh's TLS) → engine.
+        "mesh_ratio_1_stream": median(mesh.one_tps) / median(direct.one_tps),
+        "mesh_ratio_4_streams": median(mesh.four_tps) / median(direct.four_tps),
+        "mesh_ttft_added_ms_p50": percentile(mesh_added, 50),
+        "mesh_ttft_added_ms_p99": percentile(mesh_added, 99),
     }
 
 
@@ -230,8 +282,8 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         with err.status("starting a node and its engine…") as status, \
                 running_node(model, args.threads, streams=4) as node:
-            with floor_relay(node.engine_url) as floor:
-                result = asyncio.run(measure(node, floor, args.runs, args.max_tokens,
+            with floor_relay(node.engine_url) as floor, entry_node(node) as entry:
+                result = asyncio.run(measure(node, floor, entry, args.runs, args.max_tokens,
                                              lambda text: status.update(f"measuring: {text}")))
         result["goals"] = goals(result)
     except (RuntimeError, OSError, aiohttp.ClientError) as exc:
@@ -259,6 +311,13 @@ def _print_table(result: dict[str, Any]) -> None:
         ("  node above the floor", f"{result['cpu_us_per_chunk_above_floor']:.1f} µs", ""),
     ]
     for key, value, goal in rows:
+        met = result["goals"].get(key, {}).get("met")
+        table.add_row(key, value, goal, "" if met is None else ("✓" if met else "✗"))
+    for key, value, goal in (
+            ("mesh_ratio_1_stream", f"{result['mesh_ratio_1_stream']:.3f}", "≥ 0.98"),
+            ("mesh_ratio_4_streams", f"{result['mesh_ratio_4_streams']:.3f}", "≥ 0.95"),
+            ("mesh_ttft_added_ms_p50", f"{result['mesh_ttft_added_ms_p50']:.2f} ms", "≤ 5 ms"),
+            ("mesh_ttft_added_ms_p99", f"{result['mesh_ttft_added_ms_p99']:.2f} ms", "")):
         met = result["goals"].get(key, {}).get("met")
         table.add_row(key, value, goal, "" if met is None else ("✓" if met else "✗"))
     table.add_row("direct tok/s (1 / 4 streams)",
