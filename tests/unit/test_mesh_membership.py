@@ -13,6 +13,7 @@ from covey.mesh.identity import node_id_for
 from covey.mesh.membership import (
     Authority,
     InviteBook,
+    MemberCert,
     Members,
     MembershipError,
     create_authority,
@@ -131,3 +132,35 @@ def test_revocation(authority: Authority) -> None:
     with pytest.raises(MembershipError):
         verify_revocations(forged, mesh_id=authority.mesh_id,
                            authority_public_key=authority.public_key)
+
+
+def test_bad_key_does_not_spend_the_invite(tmp_path: Path, authority: Authority) -> None:
+    book = InviteBook(tmp_path / "invites.db")
+    invite = book.mint(authority, "192.0.2.1:7070", NOW, ttl_s=600)
+    with pytest.raises(MembershipError):
+        book.redeem(authority, invite.invite_id, invite.secret, b"short", NOW + 1, 3600)
+    assert book.redeem(authority, invite.invite_id, invite.secret, _node(), NOW + 1, 3600)
+    book.close()
+
+
+def test_edited_invite_mesh_id_is_refused(tmp_path: Path, authority: Authority) -> None:
+    book = InviteBook(tmp_path / "invites.db")
+    invite = book.mint(authority, "192.0.2.1:7070", NOW, ttl_s=600)
+    book.close()
+    edited = invite.model_copy(update={"mesh_id": "mothermesh000000"})
+    with pytest.raises(MembershipError) as info:
+        parse_invite(edited.token())
+    assert info.value.reason == "wrong_mesh"
+
+
+def test_late_old_certificate_does_not_shorten_membership(authority: Authority) -> None:
+    node = _node()
+    members = Members()
+
+    def cert(ttl: float) -> MemberCert:
+        return verify_cert(issue_cert(authority, node, NOW, ttl), mesh_id=authority.mesh_id,
+                           authority_public_key=authority.public_key, now=NOW)
+
+    members.admit(cert(7200))
+    members.admit(cert(60))  # the old one arrives late
+    assert members.is_member(node_id_for(node), node, NOW + 3600)

@@ -148,3 +148,13 @@ def test_sequence_numbers_grow_across_restarts(tmp_path: Path) -> None:
     assert next_seq(path, now=NOW - 3600) == first + 2  # the clock stepped back
     path.unlink()
     assert next_seq(path, now=NOW + 1) > first + 2  # the file was lost; the clock moved on
+
+
+def test_nan_or_infinite_times_are_refused() -> None:
+    """json reads NaN; a NaN expiry would compare False with everything and never expire."""
+    key = Ed25519PrivateKey.generate()
+    for bad in (float("nan"), float("inf")):
+        body = {**_record(key).model_dump(mode="json"), "expires_at": bad}
+        raw = json.dumps(body).encode()  # json.dumps writes NaN / Infinity
+        sig = key.sign(b"covey-record-v1\x00" + raw)
+        assert _reason(canonical({"body": b64e(raw), "sig": b64e(sig)})) == "malformed"

@@ -28,6 +28,7 @@ def _local(tps: float | None, ready: bool = True) -> LocalView:
 
 
 def _names(local: LocalView | None, peers: list[NodeRecord], **kw: object) -> list[str]:
+    kw.setdefault("explore", 0.0)
     return [c.name for c in rank(MODEL, local, peers, {}, random.Random(0), **kw)]  # type: ignore[arg-type]
 
 
@@ -57,5 +58,12 @@ def test_queue_lengthens_the_expected_time() -> None:
 
 def test_in_flight_from_this_entry_counts_against_a_peer() -> None:
     a, b = _peer("a", 50.0), _peer("b", 45.0)
-    ranked = rank(MODEL, None, [a, b], {a.node_id: 6}, random.Random(0))
+    ranked = rank(MODEL, None, [a, b], {a.node_id: 6}, random.Random(0), explore=0.0)
     assert [c.name for c in ranked] == ["b", "a"]
+
+
+def test_exploration_keeps_other_nodes_measured() -> None:
+    peers = [_peer("fast", 50.0), _peer("slow", 5.0)]
+    rng = random.Random(1)
+    firsts = [rank(MODEL, None, peers, {}, rng)[0].name for _ in range(2000)]
+    assert 0.02 < firsts.count("slow") / len(firsts) < 0.08

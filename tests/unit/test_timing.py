@@ -80,6 +80,9 @@ def test_tokens_from_body(body: object, tokens: int | None) -> None:
 
 @pytest.mark.parametrize(("chunk", "is_token"), [
     (b'"content":"x"', True),
+    (b'"content": "x"', True),  # Python's json and others put a space after the colon
+    (b'"content": ""', False),
+    (b'"content": null', False),
     (b'"text":"x"', True),
     (b'"delta":{"content":"Hi"}', True),
     (b'"text":" Paris"', True),

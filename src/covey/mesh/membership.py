@@ -106,7 +106,7 @@ def _open_signed(domain: bytes, envelope: bytes, authority_public_key: bytes,
 
 
 class MemberCert(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     mesh_id: str = Field(min_length=1, max_length=64)
     node_id: str = Field(min_length=1, max_length=64)
@@ -128,7 +128,11 @@ def verify_cert(envelope: bytes, *, mesh_id: str, authority_public_key: bytes,
                         "member certificate")
     if cert.mesh_id != mesh_id:
         raise MembershipError("wrong_mesh", f"certificate is for mesh {cert.mesh_id}")
-    if node_id_for(b64d(cert.public_key)) != cert.node_id:
+    try:
+        key = b64d(cert.public_key)
+    except SealError as exc:
+        raise MembershipError("malformed", "certificate key is not base64") from exc
+    if node_id_for(key) != cert.node_id:
         raise MembershipError("wrong_key", "certificate key does not match its node id")
     if cert.expires_at <= now:
         raise MembershipError("expired", f"certificate of {cert.node_id} expired")
@@ -139,7 +143,7 @@ def verify_cert(envelope: bytes, *, mesh_id: str, authority_public_key: bytes,
 
 
 class Invite(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     mesh_id: str = Field(min_length=1, max_length=64)
     authority_public_key: str = Field(min_length=1, max_length=64)
@@ -160,9 +164,14 @@ def parse_invite(token: str) -> Invite:
         raise MembershipError("malformed", f"not a Covey invite (it starts with "
                                            f"{INVITE_PREFIX!r} and is one line)")
     try:
-        return Invite.model_validate_json(b64d(token[len(INVITE_PREFIX):]))
+        invite = Invite.model_validate_json(b64d(token[len(INVITE_PREFIX):]))
+        authority_key = b64d(invite.authority_public_key)
     except (SealError, ValidationError) as exc:
         raise MembershipError("malformed", "the invite is damaged; copy it again") from exc
+    if mesh_id_for(authority_key) != invite.mesh_id:
+        raise MembershipError("wrong_mesh", "the invite's mesh id does not match its authority "
+                                            "key; it was edited")
+    return invite
 
 
 def _hash_secret(secret: str) -> str:
@@ -194,6 +203,8 @@ class InviteBook:
     def redeem(self, authority: Authority, invite_id: str, secret: str,
                node_public_key: bytes, now: float, cert_ttl_s: float) -> bytes:
         """A member certificate for `node_public_key`, at most once per invite."""
+        if len(node_public_key) != 32:  # checked before the invite is spent on it
+            raise MembershipError("malformed", "the joining node's key is not an Ed25519 key")
         row = self._db.execute("SELECT secret_hash, expires_at, used_by FROM invites "
                                "WHERE id = ?", (invite_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
@@ -213,7 +224,7 @@ class InviteBook:
 
 
 class RevocationList(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     mesh_id: str = Field(min_length=1, max_length=64)
     seq: int = Field(ge=0)
@@ -255,7 +266,11 @@ class Members:
     revocations: RevocationList | None = None
 
     def admit(self, cert: MemberCert) -> None:
-        self.certs[cert.node_id] = cert
+        """Keep the certificate that lasts longest: an old one arriving late must not cut a
+        renewed membership short."""
+        held = self.certs.get(cert.node_id)
+        if held is None or cert.expires_at > held.expires_at:
+            self.certs[cert.node_id] = cert
 
     def is_member(self, node_id: str, public_key: bytes, now: float) -> bool:
         cert = self.certs.get(node_id)

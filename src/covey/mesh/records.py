@@ -29,7 +29,9 @@ _Id = Field(min_length=1, max_length=256)
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # allow_inf_nan=False: json reads NaN, and a NaN expiry compares False with everything,
+    # which would make a record that never expires.
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class Hardware(_Wire):

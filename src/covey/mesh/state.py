@@ -165,7 +165,8 @@ class MeshState:
                 self.learn_revocations(b64d(record.revocations))
         if record.node_id == self.identity.node_id:
             held = self.table.get(record.node_id)
-            if held is None or held.envelope != envelope:
+            # Compare what was signed, not the bytes: anyone can re-encode an envelope.
+            if held is None or held.record != record:
                 self.duplicate_key_seen = record.addresses
                 raise RecordRejected("duplicate_key", "another node signs with this node's "
                                      f"key (at {', '.join(record.addresses) or '?'})")

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# First token: a chat delta or completion text that is not empty.
-CONTENT = re.compile(rb'"(?:content|text)":"[^"]')
+# First token: a chat delta or completion text that is not empty. Servers differ in JSON
+# spacing (llama.cpp writes `"content":"x"`, Python's json `"content": "x"`).
+CONTENT = re.compile(rb'"(?:content|text)":\s*"[^"]')
 _USAGE_TOKENS = (("usage", "completion_tokens"), ("timings", "predicted_n"))
 
 

@@ -17,6 +17,7 @@ from covey.mesh.records import NodeRecord
 PRIOR_TTFT_S = 1.0  # what we assume of a node we have never measured
 PRIOR_TOKENS_PER_S = 8.0
 NEAR_TIE = 1.15  # within 15 % of the best, this node serves itself (no network hop)
+EXPLORE = 0.05  # share of requests sent to a non-best candidate, so its numbers stay fresh
 DEFAULT_TOKENS = 256
 
 
@@ -58,7 +59,7 @@ def expected_seconds(ttft_s: float | None, tokens_per_s: float | None, queued: i
 
 def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
          in_flight: Mapping[str, int], rng: random.Random,
-         tokens: int = DEFAULT_TOKENS) -> list[Candidate]:
+         tokens: int = DEFAULT_TOKENS, explore: float = EXPLORE) -> list[Candidate]:
     """Candidates for `model_id`, best first. Peers must advertise the model as ready and
     have room (queued + our in-flight below slots + their queue)."""
     out: list[Candidate] = []
@@ -87,4 +88,8 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
         if mine is not None and mine.expected_s <= jittered[0].expected_s * NEAR_TIE:
             jittered.remove(mine)
             jittered.insert(0, mine)
+    # Without some exploration one unlucky measurement (a cold engine, a busy moment) would
+    # keep a fast node from ever being chosen, and so from ever being measured again.
+    if len(jittered) > 1 and rng.random() < explore:
+        jittered.insert(0, jittered.pop(rng.randrange(1, len(jittered))))
     return jittered
