@@ -73,12 +73,17 @@ def running_node(model: Path, threads: int | None, streams: int) -> Iterator[Nod
         try:
             yield _wait_ready(proc, Path(tmp) / "node.json")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the node finishes cleanly), then SIGKILL if it ignores that for 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -112,12 +117,7 @@ def entry_node(server: NodeUnderTest) -> Iterator[tuple[str, int]]:
                 raise RuntimeError("the entry node did not learn the model within 60s")
             yield url + "/v1", proc.pid
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], runtime: Path,
