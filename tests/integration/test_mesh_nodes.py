@@ -16,6 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from covey.metrics.server_timing import parse as parse_server_timing
 from tests.conftest import NodeProcess, http, wait_for
 
 pytestmark = pytest.mark.engine
@@ -61,6 +62,9 @@ def test_three_nodes_one_server(start_node: Callable[..., NodeProcess], model_pa
         assert raw.headers["x-covey-served-by"].startswith(server_id)
         assert raw.headers["x-covey-route"].startswith(f"peer {server_id}")
         assert raw.parse().model == MODEL
+        timing = parse_server_timing(raw.headers["server-timing"])
+        assert set(timing) == {"route", "network", "engine"}, timing
+        assert timing["engine"] > 0 and timing["network"] > 0
         text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model=MODEL, max_tokens=6, stream=True, messages=[{"role": "user", "content": "hi"}])
             if c.choices)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from covey.metrics.server_timing import parse as parse_server_timing
 from tests.conftest import NodeProcess, http, wait_for
 
 pytestmark = pytest.mark.engine
@@ -50,6 +51,10 @@ def test_chat_stream(client: openai.OpenAI, shared_node: NodeProcess) -> None:
     assert model["tokens_per_s"]["count"] == before + 1
     assert model["tokens_per_s"]["p50"] > 0
     assert model["ttft_ms"]["p50"] > 0
+    row = next(r for r in shared_node.status()["catalog"] if r["id"] == MODEL)
+    assert row["source"] == "this node" and row["samples"] >= 1
+    assert row["tokens_per_s_p50"] > 0 and row["history"][-1][1] > 0
+    assert row["nodes"][0]["id"] == shared_node.status()["node"]["id"]
 
 
 def test_request_without_model_uses_default(shared_node: NodeProcess) -> None:
@@ -60,6 +65,8 @@ def test_request_without_model_uses_default(shared_node: NodeProcess) -> None:
     node_id = shared_node.status()["node"]["id"]
     assert headers["x-covey-served-by"].startswith(node_id)
     assert headers["x-covey-route"].startswith("local")
+    timing = parse_server_timing(headers["server-timing"])
+    assert set(timing) == {"route", "engine"} and timing["engine"] > 0
 
 
 def test_completions(client: openai.OpenAI) -> None:

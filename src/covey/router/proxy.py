@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
+from covey.metrics import server_timing
 from covey.metrics.timing import (
     CONTENT,
     completion_tokens_from_tail,
@@ -59,6 +60,7 @@ class Relay:
             headers_up = {"Content-Type": "application/json"}
             if model.sign is not None:
                 headers_up.update(model.sign(urlsplit(base_url).path + path, body))
+            t_sent = time.perf_counter()
             try:
                 upstream = await self.session.post(
                     base_url + path, data=body, headers=headers_up,
@@ -68,6 +70,12 @@ class Relay:
                 raise UpstreamFailed(
                     f"engine for {model.id!r} did not answer: {type(exc).__name__}",
                     retry_after=2) from exc
+            t_headers = time.perf_counter()
+            parts = server_timing.split(
+                (t_sent - t_request) * 1000, (t_headers - t_sent) * 1000,
+                server_timing.parse(upstream.headers.get("Server-Timing"))
+                if model.sign is not None else None)
+            headers = {**headers, "Server-Timing": server_timing.render(parts)}
             try:
                 if upstream.status != 200:
                     await _raise_for_upstream(upstream, model, path)
