@@ -229,7 +229,7 @@ class Node:
                         allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
         routes.add_to(app)
         StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
-                     s.metrics_window_s, routes.mesh).add_to(app)
+                     s.metrics_window_s, routes, routes.mesh).add_to(app)
         return app
 
     def _describe(self) -> dict[str, Any]:

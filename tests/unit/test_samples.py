@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from covey.metrics.samples import ModelMeter, RollingWindow, median, percentile
+from covey.metrics.samples import ModelMeter, RollingWindow, median, percentile, series
 from covey.types import Percentiles
 
 EMPTY = Percentiles(count=0, p50=None, p95=None)
@@ -115,3 +115,11 @@ def test_meter_windows_use_its_window() -> None:
     m.record(100.0, 20.0, 3, now=0.0)
     assert m.ttft_ms.summary(now=60.0).count == 1
     assert m.tokens_per_s.summary(now=61.0) == EMPTY
+
+
+def test_series_is_a_median_per_bucket_with_gaps_left_out() -> None:
+    samples = [(0.0, 1.0), (10.0, 3.0), (50.0, 5.0), (170.0, 7.0), (175.0, 9.0)]
+    # now=180, 60 s buckets by age: t=0 is 3 buckets old, t=10 and 50 are 2, t=170 and 175
+    # are 0; bucket 1 has no samples and is left out.
+    assert series(samples, 180.0, 60.0) == [(0.0, 1.0), (60.0, 4.0), (180.0, 8.0)]
+    assert series([], 180.0, 60.0) == []

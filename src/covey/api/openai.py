@@ -88,6 +88,15 @@ class OpenAIRoutes:
                 entry["covey"]["state"] = "ready"
         return out
 
+    def catalog(self) -> dict[str, dict[str, Any]]:
+        return self._catalog()
+
+    def meters(self, model_id: str) -> list[ModelMeter]:
+        """This node's through-mesh measurements of `model_id`: served here or relayed."""
+        local = self.table.models.get(ModelId(model_id))
+        return ([local.meter] if local else []) + [
+            m.meter for (_, mid), m in self._peer_models.items() if mid == model_id]
+
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": list(self._catalog().values())})
 

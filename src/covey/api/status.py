@@ -10,11 +10,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from covey import __version__
+from covey.api.openai import OpenAIRoutes
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.export import render
+from covey.metrics.samples import median, percentile, series
 from covey.router.table import ModelTable, ServedModel
-from covey.types import EngineFailed, EngineReady, NodeId, Percentiles
+from covey.types import EngineFailed, EngineReady, ModelId, NodeId, Percentiles
 
 
 def _percentiles(p: Percentiles) -> dict[str, Any]:
@@ -59,11 +61,56 @@ def peer_status(record: NodeRecord) -> dict[str, Any]:
     }
 
 
+HISTORY_BUCKET_S = 60.0
+
+
+def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord],
+                 window_s: float, now: float, wall: float) -> list[dict[str, Any]]:
+    """One row per model the mesh can serve: who serves it, what it achieved through the
+    mesh from this node (real traffic), and the serving nodes' native baseline.
+
+    Until this node has carried traffic for a model, the serving nodes' own gossiped figures
+    stand in (`source: "peers"`); missing numbers stay None, never 0."""
+    names = {r.node_id: r.name for r in peers} | {routes.node_id: routes.node_name}
+    rows = []
+    for mid, entry in routes.catalog().items():
+        nodes = entry["covey"]["nodes"]
+        timed = sorted(p for m in routes.meters(mid) for p in m.tokens_per_s.timed(now))
+        ttfts = sorted(v for m in routes.meters(mid) for v in m.ttft_ms.values(now))
+        rates = sorted(v for _, v in timed)
+        ttft = percentile(ttfts, 50) if ttfts else None
+        rate = percentile(rates, 50) if rates else None
+        samples, source = len(rates), "this node"
+        gossiped = [r.metrics[mid] for r in peers if mid in r.metrics and r.node_id in nodes]
+        if not rates and gossiped:
+            best = max(gossiped, key=lambda g: g.samples)
+            ttft, rate, samples, source = (best.ttft_ms_p50, best.tokens_per_s_p50,
+                                           best.samples, "peers")
+        local = table.models.get(ModelId(mid))
+        baselines = [b for r in peers if r.node_id in nodes
+                     and (b := r.baseline.get(mid)) is not None]
+        if local is not None and local.baseline is not None:
+            baselines.append(local.baseline.tokens_per_s)
+        native = median(baselines) if baselines else None
+        rows.append({
+            "id": mid, "size_bytes": entry["covey"]["size_bytes"],
+            "quantization": entry["covey"]["quantization"], "state": entry["covey"]["state"],
+            "nodes": [{"id": n, "name": names.get(n, "")} for n in nodes],
+            "ttft_ms_p50": ttft, "tokens_per_s_p50": rate, "samples": samples,
+            "source": source, "window_s": window_s, "baseline_tokens_per_s": native,
+            "efficiency": rate / native if rate is not None and native else None,
+            "history": [[round(wall - (now - t), 1), round(v, 2)]
+                        for t, v in series(timed, now, HISTORY_BUCKET_S)],
+        })
+    return rows
+
+
 class StatusRoutes:
     def __init__(self, table: ModelTable, registry: CollectorRegistry, node_id: NodeId,
-                 node_name: str, window_s: float,
+                 node_name: str, window_s: float, routes: OpenAIRoutes,
                  mesh: MeshRuntime | None = None) -> None:
         self.table = table
+        self.routes = routes
         self.mesh = mesh
         self.registry = registry
         self.node_id = node_id
@@ -81,6 +128,7 @@ class StatusRoutes:
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
+        peers = self.mesh.peers(time.time()) if self.mesh else []
         return {
             "node": {"id": self.node_id, "name": self.node_name, "version": __version__,
                      "started_at": self.started_at,
@@ -88,7 +136,9 @@ class StatusRoutes:
             "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
             "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise,
                       "problem": self.mesh.problem()} if self.mesh else None),
-            "peers": [peer_status(r) for r in self.mesh.peers(time.time())] if self.mesh else [],
+            "peers": [peer_status(r) for r in peers],
+            "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
+                                    time.time()),
         }
 
     async def status(self, request: web.Request) -> web.Response:

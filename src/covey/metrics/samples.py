@@ -38,6 +38,11 @@ class RollingWindow:
         self._expire(now)
         return [v for _, v in self._samples]
 
+    def timed(self, now: float) -> list[tuple[float, float]]:
+        """(time, value) pairs in the window, oldest first."""
+        self._expire(now)
+        return list(self._samples)
+
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
         while self._samples and self._samples[0][0] < horizon:
@@ -48,6 +53,17 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     """Nearest-rank percentile of an already sorted, non-empty list."""
     rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+def series(samples: list[tuple[float, float]], now: float, bucket_s: float
+           ) -> list[tuple[float, float]]:
+    """Median per `bucket_s` slice, as (bucket end time, median), oldest first; a slice
+    without samples is left out (a gap, never a zero)."""
+    buckets: dict[int, list[float]] = {}
+    for t, v in samples:
+        buckets.setdefault(math.floor((now - t) / bucket_s), []).append(v)
+    return [(now - age * bucket_s, median(vs)) for age, vs in sorted(buckets.items(),
+                                                                      reverse=True)]
 
 
 def median(values: list[float]) -> float:
