@@ -83,6 +83,22 @@ def test_three_nodes_one_server(start_node: Callable[..., NodeProcess], model_pa
     assert int(headers["retry-after"]) >= 1
     assert MODEL in body["error"]["message"]
 
+    # Restarted (new ports: --mesh-port 0), it finds the mesh through the peers it
+    # remembered, and the entries serve through it again.
+    again = NodeProcess(server.data_dir, server.args)
+    try:
+        again.wait_listening()
+
+        def served() -> bool:
+            code, headers, _ = http("POST", entry.url + "/v1/chat/completions",
+                                    {"model": MODEL, "max_tokens": 2,
+                                     "messages": [{"role": "user", "content": "hi"}]})
+            return code == 200 and headers["x-covey-served-by"].startswith(server_id)
+
+        wait_for(served, 90, "the restarted server to serve through the entry", interval=0.5)
+    finally:
+        again.stop()
+
 
 def test_strangers_and_spent_invites_are_refused(start_node: Callable[..., NodeProcess],
                                                  tmp_path: Path) -> None:
@@ -141,6 +157,10 @@ def test_revoked_node_is_refused_everywhere(start_node: Callable[..., NodeProces
     for node in (authority, member):
         wait_for(lambda node=node: revoked_id not in _peers(node), 10,
                  "the revoked node to vanish from every member")
+    # The revoked node learns it from the members that now refuse it.
+    problem = wait_for(lambda: revoked.status()["mesh"]["problem"], 10,
+                       "the revoked node to report its revocation")
+    assert "revoked" in problem and "new invite" in problem
     time.sleep(1.5)  # three more gossip rounds: it must stay gone, not come back
     assert revoked_id not in _peers(authority) and revoked_id not in _peers(member)
 

@@ -6,6 +6,7 @@ for the first contact); every request but the join is signed with this node's ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -18,13 +19,18 @@ from covey.mesh.gossip import MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.identity import Identity
 from covey.mesh.membership import Invite, MembershipError
 from covey.mesh.peer_api import apply_records
-from covey.mesh.sealed import b64d, b64e
+from covey.mesh.sealed import SealError, b64d, b64e
 from covey.mesh.state import MeshInfo, MeshState
 from covey.mesh.transport import H_CERT, sign_request
 
 
 class PeerUnreachable(Exception):
-    """A peer did not answer, answered with an error, or presented the wrong TLS key."""
+    """A peer did not answer, answered with an error, or presented the wrong TLS key.
+    `answer` is the peer's decoded error body when it answered with one."""
+
+    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
 
 
 def _pin(fingerprint: str) -> aiohttp.Fingerprint:
@@ -40,7 +46,8 @@ async def _post(session: aiohttp.ClientSession, url: str, fingerprint: str, body
             if r.status != 200:
                 message = answer.get("error", {}).get("message") if isinstance(answer, dict) \
                     else None
-                raise PeerUnreachable(f"{url} answered HTTP {r.status}: {message}")
+                raise PeerUnreachable(f"{url} answered HTTP {r.status}: {message}",
+                                      answer if isinstance(answer, dict) else None)
             return answer
     except aiohttp.ServerFingerprintMismatch as exc:
         raise PeerUnreachable(f"{url} presented a different TLS key than the one pinned: not "
@@ -76,7 +83,17 @@ async def exchange(session: aiohttp.ClientSession, state: MeshState, address: st
         return body, {**headers, H_CERT: b64e(state.cert)}
 
     body, headers = signed("/mesh/gossip", {"digest": state.table.digest()})
-    answer = await _post(session, f"https://{address}/mesh/gossip", fingerprint, body, headers)
+    try:
+        answer = await _post(session, f"https://{address}/mesh/gossip", fingerprint, body,
+                             headers)
+    except PeerUnreachable as exc:
+        # A member refusing us may hand over the revocation list that names us: it is
+        # authority-signed, so believing it is safe, and it is how a revoked node learns why.
+        revocations = exc.answer.get("revocations")
+        if isinstance(revocations, str) and len(revocations) <= 512 * 1024:
+            with contextlib.suppress(SealError):
+                state.learn_revocations(b64d(revocations))
+        raise
     learned = apply_records(state, list(answer.get("records") or [])[:MAX_RECORDS_PER_EXCHANGE],
                             clock())
     theirs = answer.get("digest")

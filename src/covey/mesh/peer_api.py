@@ -64,7 +64,13 @@ def build_peer_app(state: MeshState, clock: Clock = time.time,
                 request[PEER] = verifier.verify(request.method, request.path_qs,
                                                   request.headers, body, clock())
             except PeerRefused as exc:
-                return _refuse(403, exc.reason, str(exc))
+                refusal = _refuse(403, exc.reason, str(exc))
+                if exc.reason == "not_member" and state.revocations_envelope:
+                    # Public and authority-signed: tells a revoked caller that it was revoked.
+                    refusal = web.json_response(
+                        {**error_body(str(exc), "permission_error", exc.reason),
+                         "revocations": b64e(state.revocations_envelope)}, status=403)
+                return refusal
         if request.path.startswith("/mesh/v1/"):
             try:  # inference: the OpenAI handlers read the body themselves
                 return await handler(request)

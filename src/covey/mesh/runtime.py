@@ -12,26 +12,21 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from covey.mesh import remembered
 from covey.mesh.client import PeerUnreachable, exchange
 from covey.mesh.gossip import choose_peers
 from covey.mesh.records import NodeRecord
+from covey.mesh.remembered import Bootstrap
 from covey.mesh.sealed import b64e
 from covey.mesh.state import MeshState
 from covey.mesh.transport import H_CERT, TlsIdentity, sign_request
 
 log = logging.getLogger(__name__)
 FANOUT = 3
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    address: str
-    fingerprint: str
 
 
 class MeshRuntime:
@@ -92,7 +87,20 @@ class MeshRuntime:
                 self.publish()
                 self.state.table.expire(time.time())
                 await asyncio.gather(*(self._exchange(session, t) for t in self._targets()))
+                self._remember()
                 await asyncio.sleep(self.interval_s)
+
+    def _remember(self) -> None:
+        """Keep peers.json current, so a restart (even on new ports) finds the mesh again."""
+        live = [Bootstrap(r.addresses[0], r.tls_fingerprint) for r in self.peers(time.time())
+                if r.addresses and r.tls_fingerprint]
+        merged = remembered.merge(live, self.bootstrap)
+        if merged != self.bootstrap and live:
+            self.bootstrap = merged
+            try:
+                remembered.save(self.state.data_dir, merged)
+            except OSError as exc:
+                log.warning("could not remember peers in %s: %s", self.state.data_dir, exc)
 
     def _targets(self) -> list[Bootstrap]:
         now = time.time()
@@ -100,7 +108,7 @@ class MeshRuntime:
         chosen = choose_peers(sorted(by_id), self.node_id, FANOUT, self.rng)
         targets = [Bootstrap(by_id[n].addresses[0], by_id[n].tls_fingerprint) for n in chosen]
         known = {t.address for t in targets} | {a for r in by_id.values() for a in r.addresses}
-        # The inviter (and remembered peers) until gossip has told us about them.
+        # Remembered peers (the inviter at first) until gossip has told us about them.
         return targets + [b for b in self.bootstrap if b.address not in known]
 
     async def _exchange(self, session: aiohttp.ClientSession, target: Bootstrap) -> None:

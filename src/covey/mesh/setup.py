@@ -1,7 +1,7 @@
 """Opening a node's mesh at start: load it, join one by invite, or create a new one.
 
-Also remembers the peers to contact first (the inviter), so a restarted node rejoins
-without a new invite.
+The peers to contact first are the remembered ones (`mesh/remembered.py`), or the inviter
+when joining.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from covey.errors import ConfigError
+from covey.mesh import remembered
 from covey.mesh.client import PeerUnreachable, join
 from covey.mesh.identity import Identity, load_or_create
 from covey.mesh.membership import (
@@ -23,32 +24,16 @@ from covey.mesh.membership import (
     revoke,
     verify_revocations,
 )
-from covey.mesh.runtime import Bootstrap
+from covey.mesh.remembered import Bootstrap
 from covey.mesh.state import REVOCATIONS_FILE, MeshState
 from covey.mesh.transport import tls_identity
-
-BOOTSTRAP_FILE = "peers.json"
-
-
-def load_bootstrap(data_dir: Path) -> list[Bootstrap]:
-    try:
-        entries = json.loads((data_dir / BOOTSTRAP_FILE).read_text())
-        return [Bootstrap(str(e["address"]), str(e["fingerprint"])) for e in entries][:16]
-    # No file yet, or a damaged one: gossip works without it once peers are known.
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def save_bootstrap(data_dir: Path, peers: list[Bootstrap]) -> None:
-    (data_dir / BOOTSTRAP_FILE).write_text(json.dumps(
-        [{"address": p.address, "fingerprint": p.fingerprint} for p in peers]))
 
 
 async def open_mesh(data_dir: Path, identity: Identity,
                     join_token: str | None) -> tuple[MeshState, list[Bootstrap]]:
     """(the mesh state, peers to contact first). Raises ConfigError when joining fails."""
     state = MeshState.load(data_dir, identity)
-    bootstrap = load_bootstrap(data_dir)
+    bootstrap = remembered.load(data_dir)
     if join_token:
         try:
             invite = parse_invite(join_token)
@@ -67,7 +52,7 @@ async def open_mesh(data_dir: Path, identity: Identity,
                 raise ConfigError(f"--join: could not join through {invite.address}: {exc}"
                                   ) from exc
         bootstrap = [Bootstrap(invite.address, invite.tls_fingerprint)]
-        save_bootstrap(data_dir, bootstrap)
+        remembered.save(data_dir, bootstrap)
     if state is None:
         state = MeshState.load_or_create(data_dir, identity, time.time())
     return state, bootstrap
