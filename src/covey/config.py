@@ -55,6 +55,8 @@ class Settings:
                                  "(default: mesh host and port)")
     join: str | None = _opt(None, "invite (from `covey invite` on a member) to join a mesh")
     gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
+    mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
+                      "is not loopback-only)")
     peer_timeout_s: float = _opt(10.0, "seconds a peer may take to answer before failover")
 
     # --- what the node serves ---

@@ -27,6 +27,7 @@ from covey.engine import catalog
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.mesh import identity
+from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
@@ -181,8 +182,11 @@ class Node:
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
                               ssl_context=_server_tls(tls)).start()
-            mesh.advertise = s.advertise or f"{_url_host(s.mesh_host)}:" \
-                                             f"{peer_runner.addresses[0][1]}"
+            mesh_port = peer_runner.addresses[0][1]
+            mesh.advertise = s.advertise or f"{_url_host(s.mesh_host)}:{mesh_port}"
+            lan = lan_addresses(s.mesh_host) if s.mdns else []
+            discovery = LanDiscovery(mesh_state.info.mesh_id, self.identity.node_id,
+                                     tls.fingerprint, lan, mesh_port, mesh.found) if lan else None
             # handler_cancellation: a client that hangs up cancels its handler at once, which
             # closes the engine connection and frees the slot.
             runner = web.AppRunner(self._app(routes), handler_cancellation=True,
@@ -208,6 +212,8 @@ class Node:
                         tasks.create_task(keep_running(backend.run, name), name=name)
                     self._start_keepers()
                     tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
+                    if discovery is not None:
+                        tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
                     await stop.wait()
                     log.info("stopping: letting in-flight requests finish (up to %.0fs)",
                              s.shutdown_grace_s)

@@ -90,6 +90,13 @@ class MeshRuntime:
                 self._remember()
                 await asyncio.sleep(self.interval_s)
 
+    def found(self, peer: Bootstrap) -> None:
+        """A member found outside gossip (mDNS): contact it from the next round on."""
+        if all(b.address != peer.address for b in self.bootstrap):
+            log.info("mesh: found member at %s on the LAN", peer.address)
+            self.bootstrap = [peer, *(b for b in self.bootstrap
+                                      if b.fingerprint != peer.fingerprint)]
+
     def _remember(self) -> None:
         """Keep peers.json current, so a restart (even on new ports) finds the mesh again."""
         live = [Bootstrap(r.addresses[0], r.tls_fingerprint) for r in self.peers(time.time())
