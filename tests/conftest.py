@@ -59,6 +59,17 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
     return status, got_headers, decoded
 
 
+def mesh_invite(node: NodeProcess, ttl: float = 600) -> str:
+    """A fresh single-use invite from `node` (which must hold the mesh authority)."""
+    r = subprocess.run([sys.executable, "-m", "covey", "invite", "--data-dir",
+                        str(node.data_dir), "--ttl", str(ttl)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("covey-invite:") and "\n" not in token
+    return token
+
+
 class NodeProcess:
     """One `covey serve` child with its own data dir; stderr goes to a log file."""
 

@@ -17,21 +17,11 @@ import openai
 import pytest
 
 from covey.metrics.server_timing import parse as parse_server_timing
-from tests.conftest import NodeProcess, http, wait_for
+from tests.conftest import NodeProcess, http, mesh_invite, wait_for
 
 pytestmark = pytest.mark.engine
 
 MODEL = "gemma-3-270m-q4_k_m"
-
-
-def _invite(node: NodeProcess, ttl: float = 600) -> str:
-    r = subprocess.run([sys.executable, "-m", "covey", "invite", "--data-dir",
-                        str(node.data_dir), "--ttl", str(ttl)],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    token = r.stdout.strip()
-    assert token.startswith("covey-invite:") and "\n" not in token
-    return token
 
 
 def _peers(node: NodeProcess) -> set[str]:
@@ -45,7 +35,7 @@ def test_three_nodes_one_server(start_node: Callable[..., NodeProcess], model_pa
     server.wait_ready()
     entries = []
     for name in ("b", "c"):
-        node = start_node("--no-default-model", "--join", _invite(server), name=name)
+        node = start_node("--no-default-model", "--join", mesh_invite(server), name=name)
         node.wait_listening()
         entries.append(node)
     ids = {n.status()["node"]["id"] for n in (server, *entries)}
@@ -104,7 +94,7 @@ def test_strangers_and_spent_invites_are_refused(start_node: Callable[..., NodeP
                                                  tmp_path: Path) -> None:
     a = start_node("--no-default-model", name="a")
     a.wait_listening()
-    token = _invite(a)
+    token = mesh_invite(a)
     b = start_node("--no-default-model", "--join", token, name="b")
     b.wait_listening()
     wait_for(lambda: len(_peers(a)) == 1, 20, "a to see b")
@@ -117,7 +107,7 @@ def test_strangers_and_spent_invites_are_refused(start_node: Callable[..., NodeP
     assert r.returncode == 2 and "already used" in r.stderr
     r = subprocess.run([sys.executable, "-m", "covey", "serve", "--data-dir",
                         str(tmp_path / "late"), "--port", "0", "--mesh-port", "0",
-                        "--no-default-model", "--join", _invite(a, ttl=-1)],
+                        "--no-default-model", "--join", mesh_invite(a, ttl=-1)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "expired" in r.stderr
 
@@ -140,7 +130,7 @@ def _mesh_of(n: int, start_node: Callable[..., NodeProcess]) -> list[NodeProcess
     first.wait_listening()
     nodes = [first]
     for i in range(1, n):
-        node = start_node("--no-default-model", "--join", _invite(first), name=f"n{i}")
+        node = start_node("--no-default-model", "--join", mesh_invite(first), name=f"n{i}")
         node.wait_listening()
         nodes.append(node)
     for node in nodes:

@@ -29,6 +29,7 @@ def _local(tps: float | None, ready: bool = True) -> LocalView:
 
 def _names(local: LocalView | None, peers: list[NodeRecord], **kw: object) -> list[str]:
     kw.setdefault("explore", 0.0)
+    kw.setdefault("explore_unmeasured", 0.0)
     return [c.name for c in rank(MODEL, local, peers, {}, random.Random(0), **kw)]  # type: ignore[arg-type]
 
 
@@ -58,7 +59,8 @@ def test_queue_lengthens_the_expected_time() -> None:
 
 def test_in_flight_from_this_entry_counts_against_a_peer() -> None:
     a, b = _peer("a", 50.0), _peer("b", 45.0)
-    ranked = rank(MODEL, None, [a, b], {a.node_id: 6}, random.Random(0), explore=0.0)
+    ranked = rank(MODEL, None, [a, b], {a.node_id: 6}, random.Random(0), explore=0.0,
+                  explore_unmeasured=0.0)
     assert [c.name for c in ranked] == ["b", "a"]
 
 
@@ -67,3 +69,19 @@ def test_exploration_keeps_other_nodes_measured() -> None:
     rng = random.Random(1)
     firsts = [rank(MODEL, None, peers, {}, rng)[0].name for _ in range(2000)]
     assert 0.02 < firsts.count("slow") / len(firsts) < 0.08
+
+
+def test_what_this_entry_measured_wins_over_gossip() -> None:
+    # b claims to be fast, but through the mesh from here it is slow (a poor link).
+    a, b = _peer("a", 30.0), _peer("b", 50.0)
+    assert _names(None, [a, b]) == ["b", "a"]
+    assert _names(None, [a, b], observed={b.node_id: (2.0, 5.0)}) == ["a", "b"]
+    # Measured TTFT alone keeps the gossiped rate.
+    assert _names(None, [a, b], observed={b.node_id: (None, None)}) == ["b", "a"]
+
+
+def test_a_never_measured_node_gets_a_larger_share_until_measured() -> None:
+    peers = [_peer("fast", 50.0), _peer("new", None)]
+    rng = random.Random(2)
+    firsts = [rank(MODEL, None, peers, {}, rng)[0].name for _ in range(2000)]
+    assert 0.18 < firsts.count("new") / len(firsts) < 0.30  # 20 % + 5 % of the rest

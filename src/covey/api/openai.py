@@ -135,7 +135,7 @@ class OpenAIRoutes:
         in_flight = {nid: m.in_flight for (nid, _), m in self._peer_models.items()}
         max_tokens = getattr(req, "max_tokens", None) or 256
         candidates = rank(model_id, self._local_view(local), peers, in_flight, self.rng,
-                          tokens=max_tokens)
+                          tokens=max_tokens, observed=self._observed(model_id))
         if not candidates:
             if local is not None:
                 local.admit()  # raises the local reason (loading, failed, busy)
@@ -182,6 +182,17 @@ class OpenAIRoutes:
             raise ModelNotFound(f"no such endpoint: {path}")
         req, data, raw = await self._read(request, path)
         return await self._serve_local(request, path, req, data, raw)
+
+    def _observed(self, model_id: str) -> dict[str, tuple[float | None, float | None]]:
+        """Per peer, the TTFT (s) and tokens/s p50 this entry measured through the mesh."""
+        now = time.monotonic()
+        out = {}
+        for (node_id, mid), m in self._peer_models.items():
+            if mid == model_id:
+                ttft = m.meter.ttft_ms.summary(now).p50
+                out[node_id] = (ttft / 1000 if ttft is not None else None,
+                                m.meter.tokens_per_s.summary(now).p50)
+        return out
 
     def _local_view(self, model: ServedModel | None) -> LocalView | None:
         if model is None:

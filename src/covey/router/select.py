@@ -18,6 +18,7 @@ PRIOR_TTFT_S = 1.0  # what we assume of a node we have never measured
 PRIOR_TOKENS_PER_S = 8.0
 NEAR_TIE = 1.15  # within 15 % of the best, this node serves itself (no network hop)
 EXPLORE = 0.05  # share of requests sent to a non-best candidate, so its numbers stay fresh
+EXPLORE_UNMEASURED = 0.2  # share sent to a never-measured candidate until it is measured
 DEFAULT_TOKENS = 256
 
 
@@ -59,9 +60,15 @@ def expected_seconds(ttft_s: float | None, tokens_per_s: float | None, queued: i
 
 def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
          in_flight: Mapping[str, int], rng: random.Random,
-         tokens: int = DEFAULT_TOKENS, explore: float = EXPLORE) -> list[Candidate]:
+         tokens: int = DEFAULT_TOKENS, explore: float = EXPLORE,
+         explore_unmeasured: float = EXPLORE_UNMEASURED,
+         observed: Mapping[str, tuple[float | None, float | None]] | None = None
+         ) -> list[Candidate]:
     """Candidates for `model_id`, best first. Peers must advertise the model as ready and
-    have room (queued + our in-flight below slots + their queue)."""
+    have room (queued + our in-flight below slots + their queue).
+
+    `observed` is what this entry measured itself through the mesh, per peer (TTFT s,
+    tokens/s): it includes the network hop, so it wins over the peer's own gossiped figures."""
     out: list[Candidate] = []
     if local is not None and local.ready:
         out.append(Candidate(local.node_id, local.name, None, None,
@@ -75,6 +82,8 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
         metrics = record.metrics.get(model_id)
         ttft = metrics.ttft_ms_p50 / 1000 if metrics and metrics.ttft_ms_p50 else None
         rate = metrics.tokens_per_s_p50 if metrics else None
+        seen_ttft, seen_rate = (observed or {}).get(record.node_id, (None, None))
+        ttft, rate = seen_ttft if seen_ttft is not None else ttft, seen_rate or rate
         queued = ad.queue_depth + in_flight.get(record.node_id, 0)
         out.append(Candidate(record.node_id, record.name, record.addresses[0],
                              record.tls_fingerprint,
@@ -89,7 +98,11 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
             jittered.remove(mine)
             jittered.insert(0, mine)
     # Without some exploration one unlucky measurement (a cold engine, a busy moment) would
-    # keep a fast node from ever being chosen, and so from ever being measured again.
-    if len(jittered) > 1 and rng.random() < explore:
+    # keep a fast node from ever being chosen, and so from ever being measured again. A node
+    # never measured gets a larger share until its first sample: its prior is a guess.
+    unmeasured = [i for i, c in enumerate(jittered) if i and not c.measured]
+    if unmeasured and rng.random() < explore_unmeasured:
+        jittered.insert(0, jittered.pop(rng.choice(unmeasured)))
+    elif len(jittered) > 1 and rng.random() < explore:
         jittered.insert(0, jittered.pop(rng.randrange(1, len(jittered))))
     return jittered
