@@ -21,7 +21,8 @@ import pytest
 from covey.engine import catalog
 
 # Settings every test node uses: small, quick, and light on a 2-core machine.
-FAST = ["--port", "0", "--mesh-port", "0", "--gossip-interval-s", "0.5", "--threads", "2",
+FAST = ["--port", "0", "--mesh-port", "0", "--gossip-interval-s", "0.5",
+        "--health-interval-s", "0.5", "--threads", "2",
         "--parallel", "2", "--ctx-size", "512", "--baseline-max-tokens", "8",
         "--baseline-settle-s", "0", "--restart-backoff-s", "0.2", "--shutdown-grace-s", "3"]
 
@@ -163,9 +164,10 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     nodes: list[NodeProcess] = []
 
     def start(*args: str, name: str = "node", env: dict[str, str] | None = None,
-              fast: bool = True) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"{name}-{len(nodes)}", [*(FAST if fast else []), *args],
-                           env=env)
+              fast: bool = True, data_dir: Path | None = None) -> NodeProcess:
+        """`data_dir`: restart a node from an earlier one's data dir (stop that one first)."""
+        node = NodeProcess(data_dir or tmp_path / f"{name}-{len(nodes)}",
+                           [*(FAST if fast else []), *args], env=env)
         nodes.append(node)
         return node
 

@@ -1,4 +1,4 @@
-"""Command line: `covey serve | chat | status | models | invite | revoke | bench`."""
+"""Command line: `covey serve | chat | status | doctor | models | invite | revoke | bench`."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
         client_flags(sp)
+
+    doctor = sub.add_parser("doctor", help="check every layer from this node to each peer's "
+                            "model, name the first that fails and its fix")
+    doctor.add_argument("peer", nargs="?", help="only this peer: node id (prefix), name, or "
+                        "host:port of a mesh listener")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    doctor.add_argument("--no-token", action="store_true",
+                        help="skip the one-token probes (layer 11)")
+    client_flags(doctor)
 
     invite = sub.add_parser("invite", help="print a one-line, single-use invite to this mesh")
     invite.add_argument("--data-dir", help="data dir of the node that created the mesh "
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return console.chat(url, api_key, args.prompt, args.model, args.max_tokens)
         if args.command == "status":
             return console.status(url, api_key, as_json=args.json)
+        if args.command == "doctor":
+            return console.doctor(url, api_key, args.peer, not args.no_token, args.json)
         return console.models(url, api_key, as_json=args.json)
     except ConfigError as exc:
         print(f"covey: {exc}", file=sys.stderr)

@@ -58,6 +58,8 @@ class Settings:
     mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
                       "is not loopback-only)")
     peer_timeout_s: float = _opt(10.0, "seconds a peer may take to answer before failover")
+    health_interval_s: float = _opt(2.0, "seconds between data-plane checks of each peer")
+    health_timeout_s: float = _opt(3.0, "seconds each data-plane check layer may take")
 
     # --- what the node serves ---
     models: tuple[Path, ...] = _opt((), "GGUF file to serve (repeatable); replaces the default",

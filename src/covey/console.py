@@ -48,9 +48,10 @@ class NodeUnreachable(Exception):
     pass
 
 
-async def _get_json(url: str, api_key: str | None) -> Any:
+async def _get_json(url: str, api_key: str | None, timeout_s: float = 10) -> Any:
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             async with session.get(url, headers=_headers(api_key)) as r:
                 body = await r.json(content_type=None)
                 if r.status != 200:
@@ -111,7 +112,78 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
                       _fmt(base["tokens_per_s"] if base else None, "tok/s"),
                       str(m["tokens_per_s"]["count"]))
     out.print(table)
+    if snap.get("mesh", {}) and snap["mesh"].get("problem"):
+        out.print(f"[red]mesh problem:[/] {snap['mesh']['problem']}")
+    if snap.get("peers"):
+        out.print(_peers_table(snap["peers"]))
     return 0
+
+
+def _peers_table(peers: list[dict[str, Any]]) -> Table:
+    table = Table(title="peers", title_justify="left")
+    for col in ("node", "id", "address", "models", "last seen", "data plane"):
+        table.add_column(col, overflow="fold")
+    now = time.time()
+    for p in peers:
+        models = ", ".join(
+            f"{m['id']} ({m['state']}, {_fmt(m.get('tokens_per_s_p50'), 'tok/s')})"
+            for m in p["models"]) or "-"
+        table.add_row(p["name"], p["id"][:12], ", ".join(p["addresses"]), models,
+                      f"{max(0.0, now - p['last_seen']):.0f}s ago", _health_cell(p.get("health")))
+    return table
+
+
+def _health_cell(health: dict[str, Any] | None) -> str:
+    if not health or health["ok"] is None:
+        return "not checked yet"
+    if health["ok"]:
+        return "[green]✓[/] all layers pass"
+    f = health["first_failure"]
+    return f"[red]✗[/] layer {f['layer']} {f['name']}: {f['detail']}"
+
+
+_MARK = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]·[/]"}
+
+
+def doctor(url: str, api_key: str | None, peer: str | None, token: bool,
+           as_json: bool) -> int:
+    """Every layer for this node and its peers; exit 1 when any layer failed."""
+    query = "?" + "&".join(([f"peer={peer}"] if peer else []) + ([] if token else ["token=0"]))
+    try:
+        report: dict[str, Any] = asyncio.run(_get_json(url + "/api/doctor" + query.rstrip("?"),
+                                                       api_key, timeout_s=120))
+    except NodeUnreachable as exc:
+        fix = "start it with `covey serve` (or point --url/--data-dir at the right node)"
+        if as_json:
+            print(json.dumps({"ok": False, "node": {"first_failure": {
+                "layer": 1, "name": "local node running", "detail": str(exc), "fix": fix}},
+                "peers": []}, indent=2))
+        else:
+            err.print(f"{_MARK[False]} layer 1 local node running: {exc}\n  fix: {fix}")
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
+    out = Console()
+    sections = [("this node", report["node"]["layers"], report["node"]["first_failure"])]
+    sections += [(f"{p['name'] or p['address']} ({(p['id'] or '')[:12]})", p["layers"],
+                  p["first_failure"]) for p in report["peers"]]
+    for title, layers, failure in sections:
+        table = Table(title=title, title_justify="left", show_header=False, box=None)
+        table.add_column(width=2)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        for layer in layers:
+            table.add_row(_MARK[layer["ok"]], f"{layer['layer']:>2} {layer['name']}",
+                          layer["detail"])
+        out.print(table)
+        if failure:
+            out.print(f"  [red]first failure:[/] layer {failure['layer']} ({failure['name']})"
+                      f"\n  [bold]fix:[/] {failure['fix']}\n")
+    if not report["peers"] and not peer:
+        out.print("no peers in the roster yet")
+    out.print("[green]all layers pass[/]" if report["ok"] else "[red]something is broken[/]")
+    return 0 if report["ok"] else 1
 
 
 def models(url: str, api_key: str | None, as_json: bool) -> int:

@@ -20,12 +20,14 @@ from aiohttp import web
 
 from covey import __version__
 from covey.api.app import build_app
+from covey.api.doctor import DoctorRoutes
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
 from covey.config import Settings
 from covey.engine import catalog
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
+from covey.health.monitor import HealthMonitor
 from covey.mesh import identity
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
@@ -175,9 +177,12 @@ class Node:
             relay = Relay(session)
             mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
                                interval_s=s.gossip_interval_s, bootstrap=bootstrap)
-            routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh)
+            health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
+            routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
+                                  health=health)
             peer_runner = web.AppRunner(
-                build_peer_app(mesh_state, serve=routes.serve_for_peer),
+                build_peer_app(mesh_state, serve=routes.serve_for_peer,
+                               engines=self._engine_states),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
@@ -212,6 +217,7 @@ class Node:
                         tasks.create_task(keep_running(backend.run, name), name=name)
                     self._start_keepers()
                     tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
+                    tasks.create_task(keep_running(health.run, "health"), name="health")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
                     await stop.wait()
@@ -236,7 +242,17 @@ class Node:
         routes.add_to(app)
         StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
                      s.metrics_window_s, routes, routes.mesh).add_to(app)
+        if routes.mesh is not None and routes.health is not None:
+            DoctorRoutes(self.table, routes.mesh, routes.health,
+                         s.mdns and bool(lan_addresses(s.mesh_host)),
+                         lambda: self.url or "").add_to(app)
         return app
+
+    def _engine_states(self) -> dict[str, dict[str, Any]]:
+        """Each local model's engine state, for peers' data-plane probes."""
+        return {m.id: {"state": m.engine.state.kind,
+                       "reason": getattr(m.engine.state, "reason", None)}
+                for m in self.table.models.values()}
 
     def _describe(self) -> dict[str, Any]:
         """This node's models and measurements as fields of its signed record."""

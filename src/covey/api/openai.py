@@ -18,11 +18,14 @@ from pydantic import BaseModel
 
 from covey.api.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, parse
 from covey.errors import Busy, ModelNotFound, Unavailable, UpstreamFailed
+from covey.health.monitor import HealthMonitor
+from covey.health.probe import PROBE_HEADER
+from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router.proxy import Relay
 from covey.router.select import Candidate, LocalView, rank
-from covey.router.table import ModelTable, ServedModel
+from covey.router.table import ModelTable, ServedModel, unavailable_reason
 from covey.types import EngineReady, EngineState, ModelCard, ModelId, NodeId
 
 PATHS: dict[str, type[BaseModel]] = {
@@ -42,10 +45,12 @@ class _PeerEngine:
 
 class OpenAIRoutes:
     def __init__(self, table: ModelTable, relay: Relay, node_id: NodeId, node_name: str,
-                 mesh: MeshRuntime | None = None, rng: random.Random | None = None) -> None:
+                 mesh: MeshRuntime | None = None, rng: random.Random | None = None,
+                 health: HealthMonitor | None = None) -> None:
         self.table = table
         self.relay = relay
         self.mesh = mesh
+        self.health = health
         self.rng = rng or random.Random()
         self.node_id = node_id
         self.node_name = node_name
@@ -131,22 +136,29 @@ class OpenAIRoutes:
             model_id = next(iter(self._catalog()), None)
             if model_id is None:
                 raise Unavailable("no node in the mesh serves any model yet", code="no_models")
-        peers = self.mesh.peers(time.time())
+        serving = [r for r in self.mesh.peers(time.time())
+                   if any(ad.id == model_id for ad in r.models)]
+        # Only peers whose data plane was proven recently may get a prompt.
+        peers = [r for r in serving if self.health is None
+                 or self.health.usable(r.node_id, model_id)]
         in_flight = {nid: m.in_flight for (nid, _), m in self._peer_models.items()}
         max_tokens = getattr(req, "max_tokens", None) or 256
         candidates = rank(model_id, self._local_view(local), peers, in_flight, self.rng,
                           tokens=max_tokens, observed=self._observed(model_id))
         if not candidates:
-            if local is not None:
+            if local is not None and not serving:
                 local.admit()  # raises the local reason (loading, failed, busy)
-            if any(ad.id == model_id for r in peers for ad in r.models):
-                raise Unavailable(f"nodes serve {model_id!r} but none is ready to take it "
-                                  "now", retry_after=2, code="no_ready_node")
+            if serving:
+                raise Unavailable(self._unreachable(model_id, serving), retry_after=2,
+                                  code="no_ready_node")
             raise self._not_found(model_id)
         failures: list[str] = []
         header_ids = ",".join(c.node_id for c in candidates)
+        records = {r.node_id: r for r in peers}
         for i, c in enumerate(candidates):
             target = local if c.local and local else self._peer_model(c, model_id)
+            if self.health is not None and c.node_id in records:
+                self.health.about_to_use(records[c.node_id], model_id)
             body = raw
             if data.get("model") != target.upstream_name:
                 data["model"] = target.upstream_name
@@ -155,16 +167,35 @@ class OpenAIRoutes:
                        "x-covey-candidates": header_ids,
                        "x-covey-route": _route_reason(c, i, failures)}
             try:
-                return await self.relay.forward(request, target, f"/{path}", body,
-                                                bool(getattr(req, "stream", False)), headers)
+                response = await self.relay.forward(request, target, f"/{path}", body,
+                                                    bool(getattr(req, "stream", False)),
+                                                    headers)
             # Nothing reached the client yet: the next candidate may serve it.
             except (UpstreamFailed, Unavailable, Busy) as exc:
                 failures.append(f"{c.name or c.node_id}: {exc.message}")
+                if self.health is not None and not c.local:
+                    self.health.request_done(c.node_id, model_id, ok=False)
+                continue
+            if self.health is not None and not c.local:
+                self.health.request_done(c.node_id, model_id, ok=True)
+            return response
         raise Unavailable(f"every node serving {model_id!r} failed: " + "; ".join(failures),
                           retry_after=2, code="all_candidates_failed")
 
+    def _unreachable(self, model_id: str, serving: list[NodeRecord]) -> str:
+        local = self.table.models.get(ModelId(model_id))
+        why = [f"{r.name or r.node_id}: "
+               + (self.health.why_not(r.node_id, model_id) if self.health else "not ready")
+               for r in serving]
+        if local is not None:
+            why.insert(0, f"{self.node_name} (here): "
+                          + unavailable_reason(local.id, local.engine.state))
+        return (f"nodes serve {model_id!r} but none can take it now: " + "; ".join(why)
+                + "; see `covey doctor`")
+
     async def _serve_local(self, request: web.Request, path: str, req: BaseModel,
-                           data: dict[str, Any], raw: bytes) -> web.StreamResponse:
+                           data: dict[str, Any], raw: bytes,
+                           measure: bool = True) -> web.StreamResponse:
         model = self.table.resolve(getattr(req, "model", None))
         if data.get("model") != model.upstream_name:
             # Defaulted or aliased: the engine must see the name it knows. Once per request.
@@ -173,7 +204,8 @@ class OpenAIRoutes:
         headers = {"x-covey-served-by": self.served_by, "x-covey-route": "local",
                    "x-covey-candidates": self.node_id}
         return await self.relay.forward(request, model, f"/{path}", raw,
-                                        bool(getattr(req, "stream", False)), headers)
+                                        bool(getattr(req, "stream", False)), headers,
+                                        measure=measure)
 
     async def serve_for_peer(self, request: web.Request) -> web.StreamResponse:
         """A peer's relayed request: this node's own engines only, never forwarded again."""
@@ -181,7 +213,8 @@ class OpenAIRoutes:
         if path not in PATHS:
             raise ModelNotFound(f"no such endpoint: {path}")
         req, data, raw = await self._read(request, path)
-        return await self._serve_local(request, path, req, data, raw)
+        return await self._serve_local(request, path, req, data, raw,
+                                       measure=PROBE_HEADER not in request.headers)
 
     def _observed(self, model_id: str) -> dict[str, tuple[float | None, float | None]]:
         """Per peer, the TTFT (s) and tokens/s p50 this entry measured through the mesh."""

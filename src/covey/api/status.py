@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from covey import __version__
 from covey.api.openai import OpenAIRoutes
+from covey.health.monitor import HealthMonitor
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.export import render
@@ -49,8 +50,9 @@ def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
     }
 
 
-def peer_status(record: NodeRecord) -> dict[str, Any]:
+def peer_status(record: NodeRecord, health: HealthMonitor | None) -> dict[str, Any]:
     return {
+        "health": health.status(record.node_id) if health else None,
         "id": record.node_id, "name": record.name, "addresses": record.addresses,
         "hardware": record.hardware.model_dump(), "software_version": record.software_version,
         "last_seen": record.issued_at, "expires_at": record.expires_at,
@@ -136,7 +138,7 @@ class StatusRoutes:
             "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
             "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise,
                       "problem": self.mesh.problem()} if self.mesh else None),
-            "peers": [peer_status(r) for r in peers],
+            "peers": [peer_status(r, self.routes.health) for r in peers],
             "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
                                     time.time()),
         }

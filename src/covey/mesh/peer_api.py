@@ -5,6 +5,8 @@
     POST /mesh/gossip    signed; body {"digest"}: answers with the records the caller lacks
                          and this node's digest
     POST /mesh/records   signed; body {"records"}: records this node lacked
+    POST /mesh/probe     signed; any JSON body: echoes its size and hash, and lists this
+                         node's engines (the data-plane check, `covey.health`)
 
 Every body is capped and validated; refusals are JSON `{"error": {...}}` with 400/403.
 """
@@ -12,6 +14,7 @@ Every body is capped and validated; refusals are JSON `{"error": {...}}` with 40
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -41,9 +44,11 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
 
 
 def build_peer_app(state: MeshState, clock: Clock = time.time,
-                   serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+                   serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+                   engines: Callable[[], dict[str, dict[str, Any]]] | None = None
                    ) -> web.Application:
-    """The mesh listener's app. `serve` handles peers' inference calls (/mesh/v1/...)."""
+    """The mesh listener's app. `serve` handles peers' inference calls (/mesh/v1/...);
+    `engines` tells probes each local model's state."""
     verifier = RequestVerifier(state.info.mesh_id, state.is_member)
 
     @web.middleware
@@ -121,7 +126,13 @@ def build_peer_app(state: MeshState, clock: Clock = time.time,
             return _refuse(400, "invalid_records", "records must be a short list")
         return web.json_response({"accepted": apply_records(state, raw, clock())})
 
+    async def probe(request: web.Request) -> web.Response:
+        body = await request.read()  # already read (and its hash verified) by the middleware
+        return web.json_response({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                                  "models": engines() if engines else {}})
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app.router.add_post("/mesh/probe", probe)
     app.router.add_post("/mesh/join", join)
     app.router.add_post("/mesh/gossip", gossip)
     app.router.add_post("/mesh/records", records)

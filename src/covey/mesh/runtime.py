@@ -90,6 +90,10 @@ class MeshRuntime:
                 self._remember()
                 await asyncio.sleep(self.interval_s)
 
+    def failing_addresses(self) -> set[str]:
+        """Addresses whose last gossip exchange failed."""
+        return set(self._failing)
+
     def found(self, peer: Bootstrap) -> None:
         """A member found outside gossip (mDNS): contact it from the next round on."""
         if all(b.address != peer.address for b in self.bootstrap):

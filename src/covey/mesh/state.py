@@ -119,6 +119,10 @@ class MeshState:
         return verify_cert(envelope, mesh_id=self.info.mesh_id,
                            authority_public_key=self.info.authority_public_key, now=now)
 
+    def own_cert(self, now: float) -> MemberCert:
+        """This node's certificate, checked (MembershipError when expired or foreign)."""
+        return self._check_cert(self.cert, now)
+
     def admit_cert(self, envelope: bytes, now: float) -> bool:
         """Learn a member from its certificate (checked against the authority's key)."""
         try:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
 from covey.metrics import server_timing
+from covey.metrics.samples import ModelMeter
 from covey.metrics.timing import (
     CONTENT,
     completion_tokens_from_tail,
@@ -51,10 +52,13 @@ class Relay:
         self.session = session
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
-                      body: bytes, stream: bool, headers: Mapping[str, str]) -> web.StreamResponse:
+                      body: bytes, stream: bool, headers: Mapping[str, str],
+                      measure: bool = True) -> web.StreamResponse:
         """Send `body` to the model's engine at `path`; raises CoveyError before any byte is
-        sent to the client, and ends a started stream with an in-band error instead."""
+        sent to the client, and ends a started stream with an in-band error instead.
+        `measure=False` (health probes) keeps the request out of the model's figures."""
         t_request = request[T_RECEIVED]
+        meter = model.meter if measure else ModelMeter(window_s=1.0)
         base_url = model.admit()
         try:
             headers_up = {"Content-Type": "application/json"}
@@ -66,7 +70,7 @@ class Relay:
                     base_url + path, data=body, headers=headers_up,
                     ssl=model.ssl if model.ssl is not None else True)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                model.meter.requests_failed += 1
+                meter.requests_failed += 1
                 raise UpstreamFailed(
                     f"engine for {model.id!r} did not answer: {type(exc).__name__}",
                     retry_after=2) from exc
@@ -78,10 +82,11 @@ class Relay:
             headers = {**headers, "Server-Timing": server_timing.render(parts)}
             try:
                 if upstream.status != 200:
-                    await _raise_for_upstream(upstream, model, path)
+                    await _raise_for_upstream(upstream, model, meter, path)
                 if stream:
-                    return await self._stream(request, model, upstream, t_request, headers)
-                return await self._whole(model, upstream, headers)
+                    return await self._stream(request, model, meter, upstream, t_request,
+                                              headers)
+                return await self._whole(model, meter, upstream, headers)
             finally:
                 # Closing drops the engine connection; for an unfinished answer that is how
                 # llama.cpp learns to stop generating and free the slot.
@@ -89,12 +94,13 @@ class Relay:
         finally:
             model.release()
 
-    async def _whole(self, model: ServedModel, upstream: aiohttp.ClientResponse,
+    async def _whole(self, model: ServedModel, meter: ModelMeter,
+                     upstream: aiohttp.ClientResponse,
                      headers: Mapping[str, str]) -> web.Response:
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            model.meter.requests_failed += 1
+            meter.requests_failed += 1
             raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
                                  f"({type(exc).__name__}); retry", retry_after=2) from exc
         try:
@@ -102,11 +108,11 @@ class Relay:
         except ValueError:
             tokens = 0
         # A whole response shows no token timing; it counts, but adds no TTFT/speed sample.
-        model.meter.record(None, None, tokens, time.monotonic())
+        meter.record(None, None, tokens, time.monotonic())
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
-    async def _stream(self, request: web.Request, model: ServedModel,
+    async def _stream(self, request: web.Request, model: ServedModel, meter: ModelMeter,
                       upstream: aiohttp.ClientResponse, t_request: float,
                       headers: Mapping[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={
@@ -140,7 +146,7 @@ class Relay:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
-            model.meter.requests_failed += 1
+            meter.requests_failed += 1
             log.warning("model %s: engine stream broke (%s)", model.id, type(exc).__name__)
             err = UpstreamFailed(f"the engine serving {model.id!r} failed mid-stream "
                                  f"({type(exc).__name__}); the answer is incomplete")
@@ -152,7 +158,7 @@ class Relay:
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, events - 2)
         result = measure(t_request, t_first, t_last, tokens)
-        model.meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
+        meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                            time.monotonic())
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof()
@@ -160,7 +166,7 @@ class Relay:
 
 
 async def _raise_for_upstream(upstream: aiohttp.ClientResponse, model: ServedModel,
-                              path: str) -> None:
+                              meter: ModelMeter, path: str) -> None:
     """Translate an engine's non-200 answer into our error shape, keeping its message."""
     raw = await upstream.content.read(MAX_UPSTREAM_ERROR_BYTES)
     message = f"engine answered HTTP {upstream.status}"
@@ -178,5 +184,5 @@ async def _raise_for_upstream(upstream: aiohttp.ClientResponse, model: ServedMod
                          code="embeddings_not_supported", param="model")
     if 400 <= upstream.status < 500:
         raise UpstreamRejected(upstream.status, message)
-    model.meter.requests_failed += 1
+    meter.requests_failed += 1
     raise UpstreamFailed(f"engine for {model.id!r} failed: {message}", retry_after=2)

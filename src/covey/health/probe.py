@@ -1,0 +1,250 @@
+"""Checking the path to one peer, layer by layer (6–11), over fresh connections.
+
+Every check has a deadline and turns each way of failing into a named layer with a fix.
+The one-token probe uses a fixed synthetic prompt, never a user's, and is marked so the
+peer does not count it as real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import psutil
+
+from covey.health.layers import LayerResult, failed, passed
+
+LARGE_PROBE_BYTES = 64 * 1024
+PROBE_HEADER = "x-covey-probe"  # on a one-token probe: not real traffic, do not measure it
+TOKEN_PROMPT = "Reply with one word: ready."
+VPN_PREFIXES = ("tailscale", "wg", "tun", "utun", "zt", "ppp", "ipsec", "nordlynx", "proton")
+
+Signer = Callable[[str, bytes], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A peer to check: where it says it listens, and the TLS key it signed (None: unknown,
+    when checking a bare address)."""
+
+    node_id: str
+    name: str
+    address: str
+    fingerprint: str | None
+    gossiped_s_ago: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.node_id[:12] or self.address
+
+
+def token_timeout(timeout_s: float) -> float:
+    """A token needs the prompt processed first, on an engine that may be busy."""
+    return max(10.0, 3 * timeout_s)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def vpn_interfaces() -> list[str]:
+    """Interface names that suggest a VPN or tunnel (they often carry kill switches)."""
+    return sorted(n for n in psutil.net_if_addrs() if n.lower().startswith(VPN_PREFIXES))
+
+
+async def tcp_connect(t: Target, timeout_s: float) -> LayerResult:
+    host, port = split_address(t.address)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except ConnectionRefusedError:
+        return failed(6, f"connection refused on {t.address}",
+                      "Covey is not running there (or listens on another port): start it with "
+                      f"`covey serve` on {t.label}")
+    except TimeoutError:
+        seen = (f" while the peer gossiped {t.gossiped_s_ago:.0f}s ago"
+                if t.gossiped_s_ago is not None else "")
+        vpns = vpn_interfaces()
+        hint = f" (interfaces seen: {', '.join(vpns)})" if vpns else ""
+        return failed(6, f"TCP connect to {t.address} timed out after {timeout_s:.0f}s{seen}",
+                      "a firewall or VPN kill switch is likely dropping mesh traffic"
+                      f"{hint}; allow TCP port {port} between the two machines")
+    except OSError as exc:
+        return failed(6, f"cannot reach {t.address}: {exc.strerror or exc}",
+                      "no route to that address from here: check that both machines are on "
+                      "the same network or VPN, and the peer's --advertise address")
+    writer.close()
+    return passed(6, f"connected to {t.address}")
+
+
+async def tls_handshake(t: Target, timeout_s: float) -> LayerResult:
+    host, port = split_address(t.address)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # no CA: the pin below is the check
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), timeout_s)
+    except TimeoutError:
+        return failed(7, f"TLS handshake with {t.address} timed out",
+                      "something accepts connections there but does not answer TLS: another "
+                      "program on that port, a proxy, or a stalled node")
+    except (ssl.SSLError, OSError) as exc:
+        return failed(7, f"TLS handshake with {t.address} failed: {exc}",
+                      f"what listens on {t.address} is not a Covey mesh listener; check the "
+                      "port and the peer's --mesh-port/--advertise")
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+    seen = hashlib.sha256(der).hexdigest()
+    if t.fingerprint is None:
+        return passed(7, f"TLS key {seen[:16]}… (not pinned: no signed record for it)")
+    if seen != t.fingerprint:
+        return failed(7, f"TLS key at {t.address} is {seen[:16]}…, but {t.label} signed "
+                         f"{t.fingerprint[:16]}…",
+                      "not the same node, or a man-in-the-middle: if the peer was reinstalled "
+                      "it must rejoin with a new invite; otherwise find out what answers on "
+                      "that address")
+    return passed(7, f"TLS key matches the signed record ({seen[:16]}…)")
+
+
+_REFUSALS = {
+    "not_member": "this node is not accepted as a member there: the peer belongs to another "
+                  "mesh, or this node was revoked (see `covey status`)",
+    "stale": "the two clocks disagree: enable time sync (NTP) on both machines",
+    "bad_signature": "the request was altered on the way: something on the path rewrites "
+                     "traffic",
+    "replay": "the request was seen twice: something on the path replays traffic",
+}
+
+
+async def _signed_post(session: aiohttp.ClientSession, t: Target, sign: Signer, path: str,
+                       body: bytes, timeout_s: float, headers: dict[str, str] | None = None
+                       ) -> aiohttp.ClientResponse:
+    pin: aiohttp.Fingerprint | bool = (aiohttp.Fingerprint(bytes.fromhex(t.fingerprint))
+                                       if t.fingerprint else False)
+    return await session.post(
+        f"https://{t.address}{path}", data=body, ssl=pin,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        headers={"Content-Type": "application/json", **sign(path, body), **(headers or {})})
+
+
+async def mesh_probe(session: aiohttp.ClientSession, t: Target, sign: Signer, size: int,
+                     timeout_s: float) -> tuple[LayerResult, dict[str, Any]]:
+    """Layer 8 (size 0) or 9 (size > 0): a signed echo; the answer lists the peer's engines."""
+    layer = 9 if size else 8
+    body = json.dumps({"pad": "x" * size}).encode()
+    try:
+        async with await _signed_post(session, t, sign, "/mesh/probe", body, timeout_s) as r:
+            answer = await r.json(content_type=None)
+            status = r.status
+    except TimeoutError:
+        if layer == 9:
+            return failed(9, f"a {size // 1024} KiB probe to {t.address} timed out while small "
+                             "ones pass",
+                          "an MTU or fragmentation black hole on the path (common with VPNs "
+                          "and tunnels): large packets are dropped. Lower the tunnel "
+                          "interface's MTU (e.g. 1280) or allow ICMP 'fragmentation needed' "
+                          "so path MTU discovery works"), {}
+        return failed(8, f"the mesh probe to {t.address} timed out",
+                      "the peer accepted TLS but did not answer in time: it may be overloaded "
+                      "or stalled; check `covey status` there"), {}
+    except (aiohttp.ClientError, ValueError) as exc:
+        return failed(layer, f"probe to {t.address} failed: {type(exc).__name__}: {exc}",
+                      "the connection broke during the probe: check the path (proxy, VPN) "
+                      "and the peer's log"), {}
+    if status == 404:
+        return failed(layer, f"{t.label} does not know /mesh/probe",
+                      "the peer runs an older Covey: upgrade it"), {}
+    if status != 200 or not isinstance(answer, dict):
+        err = answer.get("error", {}) if isinstance(answer, dict) else {}
+        code = err.get("code") if isinstance(err, dict) else None
+        message = err.get("message") if isinstance(err, dict) else None
+        return failed(layer, f"{t.label} refused the mesh probe: HTTP {status} "
+                             f"{code or ''} {message or ''}".strip(),
+                      _REFUSALS.get(str(code), "see the peer's log for why it refused")), {}
+    if answer.get("bytes") != len(body) or answer.get("sha256") != hashlib.sha256(
+            body).hexdigest():
+        return failed(layer, f"the probe body arrived altered ({answer.get('bytes')} of "
+                             f"{len(body)} bytes)",
+                      "something on the path truncates or rewrites large requests (a proxy "
+                      "with a body limit?)"), {}
+    return passed(layer, f"{len(body)} bytes echoed" if layer == 9
+                  else "signed probe accepted"), answer
+
+
+def engines_ready(t: Target, answer: dict[str, Any], models: list[str]) -> LayerResult:
+    states = answer.get("models") if isinstance(answer.get("models"), dict) else {}
+    assert isinstance(states, dict)
+    for model in models:
+        info = states.get(model) if isinstance(states.get(model), dict) else None
+        state = info.get("state") if info else "absent"
+        if state != "ready":
+            reason = f": {info.get('reason')}" if info and info.get("reason") else ""
+            return failed(10, f"engine for {model} on {t.label} is {state}{reason}",
+                          f"see `covey status` on {t.label}: a crashed engine restarts by "
+                          "itself; a load failure needs the fix its reason names")
+    return passed(10, f"{len(models)} model(s) ready" if models else "serves no models")
+
+
+async def one_token(session: aiohttp.ClientSession, t: Target, sign: Signer, model: str,
+                    timeout_s: float) -> LayerResult:
+    body = json.dumps({"model": model, "max_tokens": 1, "stream": True, "temperature": 0,
+                       "messages": [{"role": "user", "content": TOKEN_PROMPT}]}).encode()
+    started = time.perf_counter()
+    try:
+        async with await _signed_post(session, t, sign, "/mesh/v1/chat/completions", body,
+                                      timeout_s, {PROBE_HEADER: "1"}) as r:
+            if r.status != 200:
+                text = (await r.content.read(2048)).decode(errors="replace")
+                return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
+                                  f"{text[:200]}",
+                              f"the engine took the request but could not answer: see the "
+                              f"log of {t.label}")
+            async for line in r.content:
+                if line.startswith(b"data: {") and b'"choices"' in line:
+                    ms = (time.perf_counter() - started) * 1000
+                    return passed(11, f"{model}: first token in {ms:.0f} ms")
+                if line.startswith(b"data: [DONE]"):
+                    break
+    except TimeoutError:
+        return failed(11, f"no token from {model} on {t.label} within {timeout_s:.0f}s",
+                      "the engine is overloaded or stuck: see `covey status` there")
+    except aiohttp.ClientError as exc:
+        return failed(11, f"the token stream from {t.label} broke: {type(exc).__name__}",
+                      "the engine or the path failed mid-answer: see the peer's log")
+    return failed(11, f"{model} on {t.label} ended without a token",
+                  "the engine answered but produced nothing: see the peer's log")
+
+
+async def check_peer(session: aiohttp.ClientSession, t: Target, sign: Signer,
+                     models: list[str], token_models: list[str], timeout_s: float,
+                     large_bytes: int = LARGE_PROBE_BYTES) -> list[LayerResult]:
+    """Layers 6–11 in order, stopping at the first failure."""
+    results = [await tcp_connect(t, timeout_s)]
+    if results[-1].ok:
+        results.append(await tls_handshake(t, timeout_s))
+    if results[-1].ok:
+        small, answer = await mesh_probe(session, t, sign, 0, timeout_s)
+        results.append(small)
+    if results[-1].ok:
+        large, answer = await mesh_probe(session, t, sign, large_bytes, timeout_s)
+        results.append(large)
+    if results[-1].ok:
+        results.append(engines_ready(t, answer, models))
+    if results[-1].ok:
+        for model in token_models:
+            results = [r for r in results if r.layer != 11]
+            results.append(await one_token(session, t, sign, model,
+                                           token_timeout(timeout_s)))
+            if not results[-1].ok:
+                break
+    return results

@@ -1,0 +1,241 @@
+"""Data-plane health checks with injected faults, real node processes on 127.0.0.1: each
+fault is named at its layer, with a fix, by `/api/doctor`, `covey doctor` and /api/status.
+
+Servers here run without models unless the fault needs an engine: the layers below 10 do not
+care what a node serves, and an engine would only slow the test down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import NodeProcess, http, mesh_invite, wait_for
+
+MODEL = "gemma-3-270m-q4_k_m"
+
+
+def _pair(start_node: Callable[..., NodeProcess], *server_args: str,
+          entry_args: tuple[str, ...] = ()) -> tuple[NodeProcess, NodeProcess, str]:
+    """(server, entry, server id): the entry joined the server's mesh and sees it."""
+    server = start_node("--no-default-model", *server_args, name="server")
+    server.wait_listening()
+    entry = start_node("--no-default-model", "--health-timeout-s", "1", *entry_args,
+                       "--join", mesh_invite(server), name="entry")
+    entry.wait_listening()
+    server_id = server.status()["node"]["id"]
+    wait_for(lambda: server_id in {p["id"] for p in entry.status()["peers"]}, 20,
+             "the entry to see the server")
+    return server, entry, server_id
+
+
+def _doctor(entry: NodeProcess, peer: str | None = None, token: bool = False
+            ) -> dict[str, Any]:
+    query = "&".join(([f"peer={peer}"] if peer else []) + ([] if token else ["token=0"]))
+    code, _, body = http("GET", f"{entry.url}/api/doctor?{query}")
+    assert code == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def _peer_failure(entry: NodeProcess, peer_id: str) -> dict[str, Any] | None:
+    peer = next(p for p in _doctor(entry)["peers"] if p["id"] == peer_id)
+    return peer["first_failure"]  # type: ignore[no-any-return]
+
+
+def _wait_failure(entry: NodeProcess, peer_id: str, layer: int, what: str,
+                  timeout: float = 20) -> dict[str, Any]:
+    return wait_for(lambda: (f := _peer_failure(entry, peer_id)) and f["layer"] == layer and f,
+                    timeout, what, interval=0.3)
+
+
+def test_a_healthy_path_passes_every_layer(start_node: Callable[..., NodeProcess],
+                                           model_path: Path) -> None:
+    server, entry, server_id = _pair(start_node, "--model", str(model_path), "--no-baseline")
+    server.wait_ready()
+    wait_for(lambda: entry.status()["peers"][0]["health"]["ok"]
+             and entry.status()["peers"][0]["models"][0]["state"] == "ready", 60,
+             "the entry to see the server's model ready and its path pass")
+    report = _doctor(entry, token=True)
+    assert report["ok"], report
+    peer = report["peers"][0]
+    assert [layer["ok"] for layer in peer["layers"]] == [True] * 7  # layers 5–11
+    assert "first token" in peer["layers"][-1]["detail"]
+    r = subprocess.run([sys.executable, "-m", "covey", "doctor", "--url", entry.url,
+                        server_id[:8]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all layers pass" in r.stdout and "one token back" in r.stdout
+
+
+def test_engine_killed_on_the_peer(start_node: Callable[..., NodeProcess],
+                                   model_path: Path) -> None:
+    # A long restart backoff holds the engine down long enough to look at.
+    server, entry, server_id = _pair(start_node, "--model", str(model_path), "--no-baseline",
+                                     "--restart-backoff-s", "60")
+    server.wait_ready()
+    for pid in server.engine_pids():
+        psutil.Process(pid).kill()
+    failure = _wait_failure(entry, server_id, 10, "layer 10 to name the engine")
+    assert MODEL in failure["detail"] and "covey status" in failure["fix"]
+    # Once gossip says so too, the entry sends no prompt there; the 503 says why.
+    wait_for(lambda: entry.status()["peers"][0]["models"][0]["state"] != "ready", 10,
+             "the server's record to show the engine down")
+    code, _, body = http("POST", entry.url + "/v1/chat/completions", {
+        "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert code == 503 and "covey doctor" in body["error"]["message"], body
+
+
+def test_peer_process_killed(start_node: Callable[..., NodeProcess]) -> None:
+    server, entry, server_id = _pair(start_node)
+    server.proc.kill()
+    server.proc.wait()
+    failure = _wait_failure(entry, server_id, 6, "connection refused at layer 6")
+    assert "connection refused" in failure["detail"] and "covey serve" in failure["fix"]
+    # The monitor's cached view says the same on /api/status.
+    wait_for(lambda: (h := entry.status()["peers"][0]["health"])["ok"] is False
+             and h["first_failure"]["layer"] == 6, 10, "/api/status to show layer 6")
+    r = subprocess.run([sys.executable, "-m", "covey", "doctor", "--url", entry.url,
+                        "--no-token"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "connection refused" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port whose accept queue is full: connection attempts get no answer at all, as
+    behind a firewall that drops packets."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    yield port
+    for c in fillers:
+        c.close()
+    listener.close()
+
+
+def test_silent_drop_is_named_a_firewall(start_node: Callable[..., NodeProcess],
+                                         black_hole: int) -> None:
+    # Restarted to advertise an address where packets vanish: its own gossip still reaches
+    # the entry, so the roster says "alive" while the data plane is dead.
+    server, entry, server_id = _pair(start_node)
+    mesh_port = json.loads((server.data_dir / "node.json").read_text())["mesh"].rsplit(":")[1]
+    server.stop()
+    start_node("--no-default-model", "--mesh-port", mesh_port, "--advertise",
+               f"127.0.0.1:{black_hole}", data_dir=server.data_dir).wait_listening()
+    failure = _wait_failure(entry, server_id, 6, "a connect timeout at layer 6")
+    assert "timed out" in failure["detail"] and "gossiped" in failure["detail"]
+    assert "firewall" in failure["fix"] and str(black_hole) in failure["fix"]
+
+
+def test_node_of_another_mesh_is_not_a_member(start_node: Callable[..., NodeProcess]) -> None:
+    _, entry, _ = _pair(start_node)
+    stranger = start_node("--no-default-model", name="stranger")
+    stranger.wait_listening()
+    address = json.loads((stranger.data_dir / "node.json").read_text())["mesh"]
+    report = _doctor(entry, peer=address)
+    failure = report["peers"][0]["first_failure"]
+    assert failure["layer"] == 8 and "not_member" in failure["detail"], failure
+    assert "another mesh" in failure["fix"]
+    assert not report["ok"]
+
+
+class StallingProxy:
+    """Forwards TCP both ways, but stops forwarding a connection's uploads after `limit`
+    bytes: a path that drops large packets (an MTU black hole), while small ones pass.
+    Runs its own event loop in a thread; `stop()` closes every connection it made."""
+
+    def __init__(self, target_port: int, limit: int) -> None:
+        self.target_port, self.limit = target_port, limit
+        self.loop = asyncio.new_event_loop()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.tasks.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, up_w]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       limit: int | None) -> None:
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    sent += len(data)
+                    if limit is not None and sent > limit:
+                        await asyncio.Event().wait()  # swallowed: the packets never arrive
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_w, self.limit), pipe(up_r, writer, None))
+        finally:
+            self.tasks.discard(task)  # type: ignore[arg-type]
+
+    async def _close(self) -> None:
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for w in self.writers:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+        await self.server.wait_closed()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_large_probe_black_hole_is_named_mtu(start_node: Callable[..., NodeProcess]) -> None:
+    with socket.socket() as s:  # a free port for the mesh listener, known before it starts
+        s.bind(("127.0.0.1", 0))
+        mesh_port = s.getsockname()[1]
+    proxy = StallingProxy(mesh_port, limit=32 * 1024)
+    try:
+        # Peers reach the server only through the proxy; the invite carries its address.
+        _, entry, server_id = _pair(start_node, "--mesh-port", str(mesh_port),
+                                    "--advertise", f"127.0.0.1:{proxy.port}")
+        failure = _wait_failure(entry, server_id, 9, "the large probe to fail at layer 9")
+        assert "KiB probe" in failure["detail"] and "small" in failure["detail"]
+        assert "MTU" in failure["fix"]
+    finally:
+        proxy.stop()
+
+
+def test_stale_roster_entry(start_node: Callable[..., NodeProcess]) -> None:
+    server, entry, server_id = _pair(start_node)
+    server.proc.send_signal(signal.SIGSTOP)  # alive but silent: its record stops refreshing
+    try:
+        failure = _wait_failure(entry, server_id, 5, "layer 5 to call the record stale")
+        assert "old" in failure["detail"] and "stopped gossiping" in failure["fix"]
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
