@@ -39,14 +39,18 @@ def _app(model_ids: list[str], tokens: int, delay: float) -> web.Application:
                 "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i in range(n):
-            await asyncio.sleep(delay)
-            chunk = {**base, "choices": [{"index": 0, "delta": {"content": f"t{i} "},
-                                          "finish_reason": None}]}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-                 "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}}
-        await resp.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+        try:
+            for i in range(n):
+                await asyncio.sleep(delay)
+                chunk = {**base, "choices": [{"index": 0, "delta": {"content": f"t{i} "},
+                                              "finish_reason": None}]}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": n,
+                               "total_tokens": n + 1}}
+            await resp.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+        except ConnectionResetError:
+            pass  # the caller went away (a node killed by a fault test): stop like an engine
         return resp
 
     app = web.Application()
