@@ -269,7 +269,8 @@ class Node:
                 if m.baseline is not None:
                     baseline[m.id] = m.baseline.tokens_per_s
         return {"name": self.name, "models": models[:64], "metrics": metrics,
-                "baseline": baseline, "software_version": __version__}
+                "baseline": baseline, "software_version": __version__,
+                "hardware": catalog.machine_hardware(self.settings.fast_memory_bytes)}
 
     def _write_runtime(self, port: int, mesh_address: str) -> None:
         info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_address,

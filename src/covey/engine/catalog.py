@@ -92,6 +92,13 @@ def fast_memory_bytes(override: int | None) -> int:
     return override if override is not None else psutil.virtual_memory().available
 
 
+def machine_hardware(fast_memory_override: int | None) -> dict[str, int | None]:
+    """What this node publishes about its machine. GPU memory is not detected yet: it stays
+    None (shown as unknown) rather than a guess that would mislead a reader."""
+    return {"ram_bytes": psutil.virtual_memory().total, "gpu_bytes": None,
+            "fast_memory_bytes": fast_memory_bytes(fast_memory_override)}
+
+
 def check_fits(card: ModelCard, available: int) -> None:
     if card.size_bytes is None:
         return
