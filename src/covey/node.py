@@ -40,6 +40,7 @@ from covey.metrics.samples import ModelMeter
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineState, ModelCard, ModelId
+from covey.web import routes as web_routes
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ class Node:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),
                          lambda: self.url or "").add_to(app)
+        web_routes.add_to(app)
         return app
 
     def _engine_states(self) -> dict[str, dict[str, Any]]:

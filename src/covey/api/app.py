@@ -29,7 +29,15 @@ from covey.router.proxy import T_RECEIVED
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/health"})  # liveness needs no key: it reveals nothing
+# Liveness and the web pages' files need no key: they reveal nothing (the pages fetch their
+# data from /api/status and /v1/*, which do need it).
+OPEN_PATHS = frozenset({"/health", "/", "/status", "/chat"})
+OPEN_PREFIXES = ("/static/",)
+
+
+def needs_key(path: str) -> bool:
+    """Pure: must a request for `path` carry the API key (when one is set)?"""
+    return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
 
 def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> bool:
@@ -72,7 +80,7 @@ def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[s
             if origin and origin != "null" and not host_allowed(urlsplit(origin).netloc,
                                                                 bind_host, extra):
                 raise Forbidden(f"Origin {origin!r} may not call this API")
-            if expected_auth and request.path not in OPEN_PATHS:
+            if expected_auth and needs_key(request.path):
                 given = request.headers.get("Authorization", "").encode()
                 if not hmac.compare_digest(given, expected_auth):
                     raise Unauthorized("missing or wrong API key; send "

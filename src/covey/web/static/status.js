@@ -1,0 +1,212 @@
+// The status page: polls /api/status every 2 s and redraws. Renders what the node gives and
+// leaves out what an older node does not send (no catalog, no peer health).
+"use strict";
+
+(() => {
+  const { api, NeedsKey, loggedIn, esc, isNum, bytes, ms, rate, duration, ago, shortId, NONE } =
+    Covey;
+  const POLL_MS = 2000;
+  const HOUR_S = 3600;
+  const GONE_KEEP_S = 600; // a vanished peer stays listed as "gone" this long
+  const seenPeers = new Map(); // id -> last peer object seen, to show peers that vanish
+  let lastOk = 0;
+
+  const $ = (id) => document.getElementById(id);
+  const none = `<span class="none">${NONE}</span>`;
+  const td = (label, html, cls = "") =>
+    `<td data-label="${esc(label)}"${cls ? ` class="${cls}"` : ""}><div class="cell">${html}</div></td>`;
+  const or = (text) => (text == null ? none : esc(text));
+
+  function efficiencyPill(e) {
+    if (!isNum(e)) return none;
+    const level = e >= 0.8 ? "good" : e >= 0.5 ? "warn" : "bad";
+    return `<span class="pill ${level}" title="through the mesh ÷ native">${Math.round(e * 100)} %</span>`;
+  }
+
+  function sparkline(history, now) {
+    const points = (history || []).filter((p) => Array.isArray(p) && isNum(p[0]) && isNum(p[1]));
+    if (!points.length) return none;
+    const w = 120, h = 30, pad = 3;
+    const top = Math.max(...points.map((p) => p[1])) * 1.15 || 1;
+    const xy = points.map(([t, v]) => {
+      const x = pad + (w - 2 * pad) * Math.min(1, Math.max(0, 1 - (now - t) / HOUR_S));
+      const y = h - pad - (h - 2 * pad) * (v / top);
+      return [x.toFixed(1), y.toFixed(1)];
+    });
+    const line = xy.map((p) => p.join(",")).join(" ");
+    const [lx, ly] = xy[xy.length - 1];
+    const area = `${xy[0][0]},${h - pad} ${line} ${lx},${h - pad}`;
+    const last = points[points.length - 1][1];
+    return `<svg class="spark" viewBox="0 0 ${w} ${h}" width="${w}" height="${h}" role="img"
+      aria-label="tokens per second over the last hour, latest ${last.toFixed(1)}">
+      <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" class="spark-axis"/>
+      <polygon points="${area}" class="spark-area"/>
+      <polyline points="${line}" class="spark-line"/>
+      <circle cx="${lx}" cy="${ly}" r="2.5" class="spark-dot"/></svg>`;
+  }
+
+  function chips(items) {
+    return items.length ? `<div class="chips">${items.join("")}</div>` : `<span class="muted">none</span>`;
+  }
+
+  // ---- sections --------------------------------------------------------------------------
+
+  function renderNode(s, now) {
+    const node = s.node || {};
+    $("node-name").textContent = node.name || "unnamed node";
+    $("node-id").textContent = node.id || "";
+    document.title = `Covey · ${node.name || "status"}`;
+    const mesh = s.mesh;
+    const facts = [
+      ["Mesh", mesh ? `<span class="mono">${esc(mesh.id)}</span>` : `<span class="muted">none</span>`],
+      ["Mesh address", mesh ? `<span class="mono">${esc(mesh.address)}</span>` : "—"],
+      ["Peers", String((s.peers || []).length)],
+      ["Models in mesh", String((s.catalog || s.models || []).length)],
+      ["Version", esc(node.version || "")],
+      ["Up", esc(duration(node.uptime_s))],
+    ];
+    $("node-facts").innerHTML = facts.map(([k, v]) => `<div><dt>${k}</dt><dd>${v}</dd></div>`).join("");
+    const banner = $("problem");
+    banner.hidden = !(mesh && mesh.problem);
+    banner.textContent = mesh && mesh.problem ? mesh.problem : "";
+  }
+
+  function renderCatalog(s, now) {
+    // An older node has no catalog: its own models stand in, with their local figures.
+    const rows = s.catalog || (s.models || []).map((m) => ({
+      id: m.id, size_bytes: m.size_bytes, quantization: m.quantization,
+      nodes: [{ id: s.node.id, name: s.node.name }], ttft_ms_p50: m.ttft_ms?.p50,
+      tokens_per_s_p50: m.tokens_per_s?.p50, samples: m.tokens_per_s?.count,
+      window_s: m.window_s, baseline_tokens_per_s: m.baseline?.tokens_per_s,
+    }));
+    const body = rows.map((m) => {
+      const size = [bytes(m.size_bytes), m.quantization].filter(Boolean).join(" · ");
+      const nodes = chips((m.nodes || []).map((n) =>
+        `<span class="chip" title="${esc(n.id)}">${esc(n.name || shortId(n.id))}</span>`));
+      const r = rate(m.tokens_per_s_p50);
+      const perSamples = r ? `<small class="muted">${esc(m.samples ?? 0)} samples · ${esc(duration(m.window_s))}</small>` : "";
+      return `<tr data-model="${esc(m.id)}">
+        ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc(size)}</small>`)}
+        ${td("Served by", nodes)}
+        ${td("TTFT p50", or(ms(m.ttft_ms_p50)), "num ttft")}
+        ${td("Tokens/s p50", `<div class="rate">${or(r)}</div>${perSamples}`, "num tps")}
+        ${td("Native", or(rate(m.baseline_tokens_per_s)), "num native")}
+        ${td("Efficiency", efficiencyPill(m.efficiency), "num efficiency")}
+        ${td("Last hour", sparkline(m.history, now), "spark-cell")}
+      </tr>`;
+    });
+    fill("catalog", body, "The mesh serves no models yet: start a node with --model, or join one that does.");
+  }
+
+  function health(p) {
+    if (p.gone) {
+      return `<span class="bad-text">✗ gone</span><small class="muted">not heard from for ${esc(duration(p.goneFor))}</small>`;
+    }
+    const h = p.health;
+    if (!h) return `<span class="muted">not checked</span>`;
+    if (h.ok === true) {
+      return `<span class="good-text" title="checked ${esc(ago(p.now - h.checked_at))}">✓ healthy</span>`;
+    }
+    if (h.ok === false) {
+      const f = h.first_failure || {};
+      return `<span class="bad-text" title="${esc(f.detail || "")}">✗ ${isNum(f.layer) ? `layer ${f.layer} · ` : ""}${esc(f.name || "failing")}</span>
+        ${f.detail ? `<small class="detail">${esc(f.detail)}</small>` : ""}
+        ${f.fix ? `<small class="fix">${esc(f.fix)}</small>` : ""}`;
+    }
+    return `<span class="muted">checking…</span>`;
+  }
+
+  function renderPeers(s, now) {
+    const current = new Map((s.peers || []).map((p) => [p.id, p]));
+    current.forEach((p, id) => seenPeers.set(id, { ...p, seenAt: now }));
+    const peers = [];
+    seenPeers.forEach((p, id) => {
+      if (current.has(id)) peers.push({ ...current.get(id), now });
+      else if (now - p.seenAt > GONE_KEEP_S) seenPeers.delete(id);
+      else peers.push({ ...p, now, gone: true, goneFor: now - (p.last_seen ?? p.seenAt) });
+    });
+    const body = peers.map((p) => {
+      const hw = p.hardware || {};
+      const gpu = hw.gpu_memory_bytes ?? hw.gpu_bytes;
+      const memory = [hw.ram_bytes != null && `RAM ${bytes(hw.ram_bytes)}`,
+                      gpu != null && `GPU ${bytes(gpu)}`].filter(Boolean);
+      const models = chips((p.models || []).map((m) => {
+        const r = rate(m.tokens_per_s_p50);
+        return `<span class="chip state-${esc(m.state)}" title="${esc(m.state || "")}">${esc(m.id)}${r ? ` · ${esc(r)}` : ""}</span>`;
+      }));
+      const queue = (p.models || []).reduce((sum, m) => sum + (isNum(m.queue_depth) ? m.queue_depth : 0), 0);
+      const age = isNum(p.last_seen) ? now - p.last_seen : null;
+      const stale = p.gone || (isNum(p.expires_at) && now > p.expires_at);
+      const unhealthy = p.gone || p.health?.ok === false;
+      return `<tr data-peer="${esc(p.id)}" class="${p.gone ? "gone" : ""}${unhealthy ? " unhealthy" : ""}">
+        ${td("Node", `<div class="strong">${esc(p.name || "unnamed")}</div><small class="muted mono" title="${esc(p.id)}">${esc(shortId(p.id))}</small>`)}
+        ${td("Addresses", (p.addresses || []).map((a) => `<div class="mono small-text">${esc(a)}</div>`).join("") || "—")}
+        ${td("Memory", memory.length ? memory.map((m) => `<div>${esc(m)}</div>`).join("") : `<span class="muted">unknown</span>`)}
+        ${td("Models", models)}
+        ${td("Queue", String(queue), "num")}
+        ${td("Last seen", `<span class="${stale ? "warn-text" : ""}">${age == null ? "—" : esc(ago(age))}</span>`, "last-seen")}
+        ${td("Health", health(p), "health")}
+      </tr>`;
+    });
+    fill("peers", body, "No other members yet. Run <code>covey invite</code> on the mesh's first node and join with <code>covey serve --join</code>.");
+  }
+
+  function renderLocal(s) {
+    const body = (s.models || []).map((m) => {
+      const pair = (p, f) => (p && isNum(p.p50) ? `${f(p.p50)} / ${f(p.p95)}` : null);
+      return `<tr data-local="${esc(m.id)}">
+        ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc(m.engine || "")}</small>`)}
+        ${td("State", `<span class="state state-${esc(m.state)}">${esc(m.state)}</span>${m.reason ? `<small class="detail">${esc(m.reason)}</small>` : ""}`)}
+        ${td("In flight", esc(`${m.in_flight ?? 0} / ${m.slots ?? "?"}`), "num in-flight")}
+        ${td("Queue", esc(m.queue_depth ?? 0), "num")}
+        ${td("TTFT p50 / p95", or(pair(m.ttft_ms, ms)), "num")}
+        ${td("Tokens/s p50 / p95", or(pair(m.tokens_per_s, (v) => v.toFixed(1))), "num")}
+        ${td("Native", or(rate(m.baseline?.tokens_per_s)), "num")}
+      </tr>`;
+    });
+    fill("local", body, "This node serves no models itself; it answers through its peers.");
+  }
+
+  function fill(tableId, rows, emptyHtml) {
+    const tbody = $(tableId).tBodies[0];
+    const cols = $(tableId).tHead.rows[0].cells.length;
+    tbody.innerHTML = rows.length ? rows.join("")
+      : `<tr class="empty"><td colspan="${cols}">${emptyHtml}</td></tr>`;
+  }
+
+  // ---- polling ---------------------------------------------------------------------------
+
+  function setLive(text, cls) {
+    const live = $("live");
+    live.textContent = text;
+    live.className = `live ${cls}`;
+  }
+
+  async function poll() {
+    try {
+      const response = await api("/api/status", { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const s = await response.json();
+      // The node's clock, not the browser's: "last seen" and the sparkline use node times.
+      const now = (s.node?.started_at ?? 0) + (s.node?.uptime_s ?? 0) || Date.now() / 1000;
+      renderNode(s, now);
+      renderCatalog(s, now);
+      renderPeers(s, now);
+      renderLocal(s);
+      lastOk = Date.now();
+      setLive("live", "ok");
+    } catch (error) {
+      if (error instanceof NeedsKey) {
+        setLive("locked", "warn");
+        await loggedIn();
+        return poll();
+      }
+      const since = lastOk ? ` · last update ${duration((Date.now() - lastOk) / 1000)} ago` : "";
+      setLive(`node unreachable${since}`, "bad");
+    }
+    setTimeout(poll, POLL_MS);
+  }
+
+  Covey.wireForget();
+  poll();
+})();
