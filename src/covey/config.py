@@ -57,7 +57,8 @@ class Settings:
     gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
     mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
                       "is not loopback-only)")
-    peer_timeout_s: float = _opt(10.0, "seconds a peer may take to answer before failover")
+    peer_timeout_s: float = _opt(30.0, "seconds a peer may take to start answering a prompt "
+                                 "(its first response bytes) before the next node is tried")
     health_interval_s: float = _opt(2.0, "seconds between data-plane checks of each peer")
     health_timeout_s: float = _opt(3.0, "seconds each data-plane check layer may take")
 

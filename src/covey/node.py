@@ -174,8 +174,10 @@ class Node:
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         auto_decompress=False) as session:
-            relay = Relay(session)
+                                         auto_decompress=False) as session, \
+                aiohttp.ClientSession(connector=peer_connector(), timeout=timeout,
+                                      auto_decompress=False) as peer_session:
+            relay = Relay(session, peer_session, s.peer_timeout_s)
             mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
                                interval_s=s.gossip_interval_s, bootstrap=bootstrap)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
@@ -303,6 +305,13 @@ def engine_connector() -> aiohttp.TCPConnector:
     streamed answer, so a pooled one fails the next request with a reset. A loopback connect
     costs far less than that failure."""
     return aiohttp.TCPConnector(limit=0, force_close=True)
+
+
+def peer_connector() -> aiohttp.TCPConnector:
+    """Connections to peers' mesh listeners are kept (Covey's own server keeps them alive):
+    each saves a TLS handshake per prompt. Idle ones close after 30 s, long before the peer
+    drops them, so a reused connection is rarely one the peer has just closed."""
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
 
 
 class _Stop(Exception):

@@ -7,6 +7,7 @@ tail, where the final usage/timings event lives. Everything else is parsed once 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -46,10 +47,21 @@ class UpstreamRejected(CoveyError):
 
 
 class Relay:
-    """Owns the node's upstream HTTP session. One per node."""
+    """Owns the node's upstream HTTP sessions. One per node.
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    `session` reaches engines and attached backends, a connection per request (see
+    node.engine_connector). `peer_session` reaches peers' mesh listeners and keeps connections
+    alive: a fresh pinned-TLS connection costs a handshake, one or two network round trips
+    added to every prompt's time to first token. A peer must start answering (send its
+    response headers) within `peer_deadline_s`, or the next candidate is tried: a machine
+    that vanished leaves a kept connection open but silent."""
+
+    def __init__(self, session: aiohttp.ClientSession,
+                 peer_session: aiohttp.ClientSession | None = None,
+                 peer_deadline_s: float | None = None) -> None:
         self.session = session
+        self.peer_session = peer_session or session
+        self.peer_deadline_s = peer_deadline_s
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
                       body: bytes, stream: bool, headers: Mapping[str, str],
@@ -64,16 +76,20 @@ class Relay:
             headers_up = {"Content-Type": "application/json"}
             if model.sign is not None:
                 headers_up.update(model.sign(urlsplit(base_url).path + path, body))
+            peer = model.sign is not None
+            session = self.peer_session if peer else self.session
             t_sent = time.perf_counter()
             try:
-                upstream = await self.session.post(
+                upstream = await asyncio.wait_for(session.post(
                     base_url + path, data=body, headers=headers_up,
-                    ssl=model.ssl if model.ssl is not None else True)
+                    ssl=model.ssl if model.ssl is not None else True),
+                    self.peer_deadline_s if peer else None)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 meter.requests_failed += 1
-                raise UpstreamFailed(
-                    f"engine for {model.id!r} did not answer: {type(exc).__name__}",
-                    retry_after=2) from exc
+                why = (f"nothing within {self.peer_deadline_s:g}s"
+                       if peer and type(exc) is TimeoutError else type(exc).__name__)
+                raise UpstreamFailed(f"engine for {model.id!r} did not answer: {why}",
+                                     retry_after=2) from exc
             t_headers = time.perf_counter()
             parts = server_timing.split(
                 (t_sent - t_request) * 1000, (t_headers - t_sent) * 1000,
@@ -88,8 +104,9 @@ class Relay:
                                               headers)
                 return await self._whole(model, meter, upstream, headers)
             finally:
-                # Closing drops the engine connection; for an unfinished answer that is how
-                # llama.cpp learns to stop generating and free the slot.
+                # For an unfinished answer, closing drops the connection: that is how the
+                # engine (or the peer) learns to stop generating and free the slot. A
+                # connection read to its end is already back in its pool.
                 upstream.close()
         finally:
             model.release()
@@ -122,6 +139,7 @@ class Relay:
         t_first: float | None = None
         t_last: float | None = None
         tail = b""
+        last = b""  # the chunk holding [DONE]: sent with the end of the response
         events = 0
         clock = time.perf_counter
         try:
@@ -133,16 +151,19 @@ class Relay:
                     t_last = now
                 events += chunk.count(b"data: ")
                 tail = tail[-4096:] + chunk if len(chunk) < 8192 else chunk
+                if b"data: [DONE]" in chunk:
+                    # The answer is complete. Clients close as soon as they read this, which
+                    # cancels this handler, so measure before sending it; it goes out in one
+                    # write with the response's end, so a relaying entry node sees the end
+                    # at once and can keep its connection to this node.
+                    last = chunk
+                    break
                 try:
                     await response.write(chunk)
                 # The client hung up. Returning closes the engine connection (see forward),
                 # which frees the slot; this is not the engine's failure.
                 except ConnectionResetError:
                     return response
-                if b"data: [DONE]" in chunk:
-                    # The answer is complete. Clients close as soon as they read this, which
-                    # cancels this handler, so measure now rather than at the engine's EOF.
-                    break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
@@ -161,7 +182,7 @@ class Relay:
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                            time.monotonic())
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
-            await response.write_eof()
+            await response.write_eof(last)
         return response
 
 

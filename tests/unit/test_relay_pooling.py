@@ -1,0 +1,167 @@
+"""router/proxy.py across two hops: an entry's relay keeps its connection to a peer between
+answers (no TLS handshake per prompt), and a client hanging up still closes it, which is
+how the peer learns to stop and free its slot.
+
+Three in-process aiohttp servers stand in for client-facing entry, peer node and engine; the
+engine is a fake (this is about connections, not tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from covey.metrics.samples import ModelMeter
+from covey.router.proxy import T_RECEIVED, Relay
+from covey.router.table import ServedModel
+from covey.types import EngineReady, EngineState, ModelCard, ModelId
+
+TOKENS = 5
+
+
+@dataclass
+class _Engine:
+    base_url: str
+    kind: str = "fake"
+    pid: int | None = None
+
+    @property
+    def state(self) -> EngineState:
+        return EngineReady(base_url=self.base_url)
+
+
+def _model(base_url: str, *, peer: bool) -> ServedModel:
+    card = ModelCard(id=ModelId("m"), path=None, size_bytes=None, quantization=None,
+                     architecture=None, context_length=None)
+    return ServedModel(card=card, engine=_Engine(base_url), upstream_name="m", slots=4,
+                       max_queue=4, meter=ModelMeter(window_s=60),
+                       sign=(lambda path, body: {}) if peer else None)
+
+
+@dataclass
+class Hops:
+    entry_url: str
+    peer_connections: list[object] = field(default_factory=list)  # peer: each request's socket
+    engine_stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    slow: bool = False
+
+
+async def _engine_app(hops: Hops) -> web.Application:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for i in range(TOKENS if not hops.slow else 10_000):
+                chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await asyncio.sleep(0.01 if hops.slow else 0)
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            hops.engine_stopped.set()
+            raise
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+def _relay_app(relay: Relay, model: ServedModel, seen: list[object] | None) -> web.Application:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        if seen is not None:
+            seen.append(request.transport)
+        request[T_RECEIVED] = time.perf_counter()
+        return await relay.forward(request, model, "/chat/completions", await request.read(),
+                                   stream=True, headers={})
+
+    app = web.Application(handler_args={"handler_cancellation": True})
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.fixture
+async def hops() -> AsyncIterator[Hops]:
+    state = Hops(entry_url="")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as eng, \
+            aiohttp.ClientSession() as peers:
+        engine = TestServer(await _engine_app(state))
+        await engine.start_server()
+        peer = TestServer(_relay_app(Relay(eng), _model(str(engine.make_url("/v1")), peer=False),
+                                     state.peer_connections))
+        await peer.start_server()
+        entry = TestServer(_relay_app(Relay(eng, peers),
+                                      _model(str(peer.make_url("/v1")), peer=True), None))
+        await entry.start_server()
+        state.entry_url = str(entry.make_url("/v1/chat/completions"))
+        try:
+            yield state
+        finally:
+            for server in (entry, peer, engine):
+                await server.close()
+
+
+async def _ask(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with session.post(url, json={"stream": True}) as r:
+        assert r.status == 200
+        return await r.read()
+
+
+async def test_entry_keeps_its_connection_to_the_peer(hops: Hops) -> None:
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            body = await _ask(client, hops.entry_url)
+            assert body.count(b"data: ") == TOKENS + 1 and body.endswith(b"data: [DONE]\n\n")
+    assert len(hops.peer_connections) == 3
+    assert len({id(t) for t in hops.peer_connections}) == 1, "a new connection per answer"
+
+
+async def test_client_hanging_up_closes_the_peer_connection(hops: Hops) -> None:
+    hops.slow = True
+    async with aiohttp.ClientSession() as client:
+        async with client.post(hops.entry_url, json={"stream": True}) as r:
+            await r.content.readline()  # the first token is streaming: now hang up
+    # The hang-up travels entry → peer → engine: the engine's handler is stopped.
+    await asyncio.wait_for(hops.engine_stopped.wait(), 5)
+    hops.slow = False
+    async with aiohttp.ClientSession() as client:
+        await _ask(client, hops.entry_url)
+    assert len(hops.peer_connections) == 2
+    assert hops.peer_connections[0] is not hops.peer_connections[1]
+
+
+async def test_a_silent_peer_is_given_up_on_within_the_deadline() -> None:
+    """A peer that accepts the connection and never answers (a vanished machine behind a
+    kept connection looks the same) fails the attempt at the deadline, not after minutes."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession() as peers:
+        relay = Relay(peers, peers, peer_deadline_s=0.3)
+        entry = TestServer(_relay_app(relay, _model(f"http://127.0.0.1:{port}/v1", peer=True),
+                                      None))
+        await entry.start_server()
+        try:
+            async with aiohttp.ClientSession() as client:
+                started = time.monotonic()
+                async with client.post(entry.make_url("/v1/chat/completions"),
+                                       json={"stream": True}) as r:
+                    assert r.status != 200
+                assert time.monotonic() - started < 3
+        finally:
+            await entry.close()
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+    assert accepted, "the peer was never called"
