@@ -169,6 +169,7 @@ class Node:
         period, engines are terminated, the runtime file is removed."""
         s = self.settings
         self.prepare()
+        await asyncio.to_thread(catalog.gpu_memory_bytes)  # asked once, off the event loop
         mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join)
         tls = tls_identity(self.identity.key, s.data_dir)
         connector = engine_connector()

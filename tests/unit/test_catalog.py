@@ -120,3 +120,31 @@ def test_check_fits_message_names_need_and_available() -> None:
         "big-q4_0 needs 11.00 GiB of memory (1.1 × its 10.00 GiB file) but only 8.00 GiB is "
         "available; free memory or pick a smaller quantisation"
     )
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("echo 81559; echo 81559", 2 * 81559 * 1024 * 1024),  # two GPUs: their sum, MiB → bytes
+    ("echo 'NVIDIA-SMI has failed'; exit 9", None),  # driver not loaded
+    ("echo '[N/A]'", None),  # unparsable: unknown, not zero
+    ("exit 0", None),  # no GPU listed
+])
+def test_gpu_memory_from_nvidia_smi(script: str, expected: int | None, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n{script}\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    catalog.gpu_memory_bytes.cache_clear()
+    try:
+        assert catalog.gpu_memory_bytes() == expected
+    finally:
+        catalog.gpu_memory_bytes.cache_clear()
+
+
+def test_no_nvidia_smi_means_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    catalog.gpu_memory_bytes.cache_clear()
+    try:
+        assert catalog.gpu_memory_bytes() is None
+    finally:
+        catalog.gpu_memory_bytes.cache_clear()

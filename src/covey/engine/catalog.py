@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,10 +96,26 @@ def fast_memory_bytes(override: int | None) -> int:
 
 
 def machine_hardware(fast_memory_override: int | None) -> dict[str, int | None]:
-    """What this node publishes about its machine. GPU memory is not detected yet: it stays
-    None (shown as unknown) rather than a guess that would mislead a reader."""
-    return {"ram_bytes": psutil.virtual_memory().total, "gpu_bytes": None,
+    """What this node publishes about its machine (in its signed record, every round)."""
+    return {"ram_bytes": psutil.virtual_memory().total, "gpu_bytes": gpu_memory_bytes(),
             "fast_memory_bytes": fast_memory_bytes(fast_memory_override)}
+
+
+@functools.cache
+def gpu_memory_bytes() -> int | None:
+    """Total memory of this machine's NVIDIA GPUs, asked of `nvidia-smi` once; None where
+    there is none or it does not answer (unknown, never a guess)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout
+        mib = [int(line) for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.info("GPU memory unknown: nvidia-smi failed (%s)", type(exc).__name__)
+        return None
+    return sum(mib) * 1024 * 1024 if mib else None
 
 
 def check_fits(card: ModelCard, available: int) -> None:
