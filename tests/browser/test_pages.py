@@ -92,9 +92,9 @@ def test_stop_ends_the_stream_and_frees_the_slot(page: Page, mesh: Mesh) -> None
     wait_for(lambda: _in_flight(mesh.server) == 0, 5, "the server to free the slot after Stop")
 
 
-def test_older_node_shape_and_vanished_peer(page: Page, mesh: Mesh) -> None:
-    """Fed /api/status as an older node sends it (no catalog, no peer health), and then
-    without the peer: the page still renders, and the vanished peer shows as gone."""
+def test_sparse_status_and_vanished_peer(page: Page, mesh: Mesh) -> None:
+    """Fed /api/status with no catalog and a peer not checked yet, and then without the
+    peer: the page still renders, and the vanished peer shows as gone."""
     drop_peers = False
 
     def older(route: Route) -> None:

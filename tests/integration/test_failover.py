@@ -10,16 +10,13 @@ nodes under steady load do not fit on a 2-core machine, and this test is about t
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPConnection
-from urllib.parse import urlsplit
 
-from tests.conftest import FakeBackend, NodeProcess, mesh_invite, wait_for
+from tests.conftest import FakeBackend, NodeProcess, http, mesh_invite, wait_for
 
 MODEL = "fake-model"
 WORKERS = 4
@@ -35,23 +32,15 @@ class Outcome:
 
 
 def _one(url: str) -> Outcome:
-    parts = urlsplit(url)
-    conn = HTTPConnection(parts.hostname, parts.port, timeout=30)
     started = time.monotonic()
-    try:
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({
-            "model": MODEL, "max_tokens": 12, "stream": True,
-            "messages": [{"role": "user", "content": "hi"}]}),
-            headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        body = r.read()
-        first = (r.getheader("x-covey-candidates") or "").split(",")[0]
-        served = (r.getheader("x-covey-served-by") or "").split(" ")[0]
-        complete = r.status == 200 and b'"error"' not in body and body.rstrip().endswith(
-            b"data: [DONE]")
-        return Outcome(started, r.status, first, served, complete)
-    finally:
-        conn.close()
+    status, headers, body = http("POST", url + "/v1/chat/completions", {
+        "model": MODEL, "max_tokens": 12, "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]})
+    first = headers.get("x-covey-candidates", "").split(",")[0]
+    served = headers.get("x-covey-served-by", "").split(" ")[0]
+    complete = status == 200 and '"error"' not in body and body.rstrip().endswith(
+        "data: [DONE]")
+    return Outcome(started, status, first, served, complete)
 
 
 def test_sigkill_under_load_loses_nothing(start_node: Callable[..., NodeProcess],

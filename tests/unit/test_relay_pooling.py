@@ -18,31 +18,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from covey.metrics.samples import ModelMeter
 from covey.router.proxy import T_RECEIVED, Relay
 from covey.router.table import ServedModel
-from covey.types import EngineReady, EngineState, ModelCard, ModelId
+from covey.types import EngineReady
+from tests.unit.test_table import _served
 
 TOKENS = 5
 
 
-@dataclass
-class _Engine:
-    base_url: str
-    kind: str = "fake"
-    pid: int | None = None
-
-    @property
-    def state(self) -> EngineState:
-        return EngineReady(base_url=self.base_url)
-
-
 def _model(base_url: str, *, peer: bool) -> ServedModel:
-    card = ModelCard(id=ModelId("m"), path=None, size_bytes=None, quantization=None,
-                     architecture=None, context_length=None)
-    return ServedModel(card=card, engine=_Engine(base_url), upstream_name="m", slots=4,
-                       max_queue=4, meter=ModelMeter(window_s=60),
-                       sign=(lambda path, body: {}) if peer else None)
+    model = _served("m", EngineReady(base_url=base_url), slots=4, queue=4)
+    if peer:
+        model.sign = lambda path, body: {}
+    return model
 
 
 @dataclass

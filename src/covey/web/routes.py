@@ -40,22 +40,21 @@ def add_to(app: web.Application) -> None:
     """Route the pages and their files on the client API's app."""
     files = static_files()
 
-    def page(name: str) -> web.FileResponse:
-        return web.FileResponse(files[name], headers={**HEADERS,
-                                                      "Content-Type": CONTENT_TYPES[".html"]})
+    def serve(path: Path) -> web.FileResponse:
+        return web.FileResponse(path, headers={**HEADERS,
+                                               "Content-Type": CONTENT_TYPES[path.suffix]})
 
     async def status_page(request: web.Request) -> web.FileResponse:
-        return page("status.html")
+        return serve(files["status.html"])
 
     async def chat_page(request: web.Request) -> web.FileResponse:
-        return page("chat.html")
+        return serve(files["chat.html"])
 
     async def static(request: web.Request) -> web.FileResponse:
         path = files.get(request.match_info["name"])
         if path is None:
             raise web.HTTPNotFound()
-        return web.FileResponse(path, headers={**HEADERS,
-                                               "Content-Type": CONTENT_TYPES[path.suffix]})
+        return serve(path)
 
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status_page)

@@ -21,23 +21,14 @@
   }
 
   async function loadModels() {
-    let options = [];
-    let nodeName = "";
     const status = await api("/api/status", { cache: "no-store" });
-    if (status.ok) {
-      const s = await status.json();
-      nodeName = s.node?.name || "";
-      options = ranked(s.catalog || []).map((m) => {
-        const n = (m.nodes || []).length;
-        const speed = rate(m.tokens_per_s_p50);
-        return { id: m.id, label: `${m.id} — ${n} node${n === 1 ? "" : "s"}${speed ? ` · ${speed}` : ""}` };
-      });
-    }
-    if (!options.length) { // an older node without a catalog: its /v1/models, as listed
-      const models = await api("/v1/models", { cache: "no-store" });
-      if (models.ok) options = ((await models.json()).data || []).map((m) => ({ id: m.id, label: m.id }));
-    }
-    $("node-label").textContent = nodeName ? `via ${nodeName}` : "";
+    const s = status.ok ? await status.json() : {};
+    const options = ranked(s.catalog || []).map((m) => {
+      const n = (m.nodes || []).length;
+      const speed = rate(m.tokens_per_s_p50);
+      return { id: m.id, label: `${m.id} — ${n} node${n === 1 ? "" : "s"}${speed ? ` · ${speed}` : ""}` };
+    });
+    $("node-label").textContent = s.node?.name ? `via ${s.node.name}` : "";
     const select = $("model");
     if (document.activeElement === select) return; // never rebuild a list the user has open
     const current = select.value || localStorage.getItem(MODEL_KEY);

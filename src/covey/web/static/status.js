@@ -1,5 +1,4 @@
-// The status page: polls /api/status every 2 s and redraws. Renders what the node gives and
-// leaves out what an older node does not send (no catalog, no peer health).
+// The status page: polls /api/status every 2 s and redraws.
 "use strict";
 
 (() => {
@@ -51,7 +50,7 @@
 
   // ---- sections --------------------------------------------------------------------------
 
-  function renderNode(s, now) {
+  function renderNode(s) {
     const node = s.node || {};
     $("node-name").textContent = node.name || "unnamed node";
     $("node-id").textContent = node.id || "";
@@ -61,7 +60,7 @@
       ["Mesh", mesh ? `<span class="mono">${esc(mesh.id)}</span>` : `<span class="muted">none</span>`],
       ["Mesh address", mesh ? `<span class="mono">${esc(mesh.address)}</span>` : "—"],
       ["Peers", String((s.peers || []).length)],
-      ["Models in mesh", String((s.catalog || s.models || []).length)],
+      ["Models in mesh", String((s.catalog || []).length)],
       ["Version", esc(node.version || "")],
       ["Up", esc(duration(node.uptime_s))],
     ];
@@ -72,14 +71,7 @@
   }
 
   function renderCatalog(s, now) {
-    // An older node has no catalog: its own models stand in, with their local figures.
-    const rows = s.catalog || (s.models || []).map((m) => ({
-      id: m.id, size_bytes: m.size_bytes, quantization: m.quantization,
-      nodes: [{ id: s.node.id, name: s.node.name }], ttft_ms_p50: m.ttft_ms?.p50,
-      tokens_per_s_p50: m.tokens_per_s?.p50, samples: m.tokens_per_s?.count,
-      window_s: m.window_s, baseline_tokens_per_s: m.baseline?.tokens_per_s,
-    }));
-    const body = rows.map((m) => {
+    const body = (s.catalog || []).map((m) => {
       const size = [bytes(m.size_bytes), m.quantization].filter(Boolean).join(" · ");
       const nodes = chips((m.nodes || []).map((n) =>
         `<span class="chip" title="${esc(n.id)}">${esc(n.name || shortId(n.id))}</span>`));
@@ -127,9 +119,8 @@
     });
     const body = peers.map((p) => {
       const hw = p.hardware || {};
-      const gpu = hw.gpu_memory_bytes ?? hw.gpu_bytes;
       const memory = [hw.ram_bytes != null && `RAM ${bytes(hw.ram_bytes)}`,
-                      gpu != null && `GPU ${bytes(gpu)}`].filter(Boolean);
+                      hw.gpu_bytes != null && `GPU ${bytes(hw.gpu_bytes)}`].filter(Boolean);
       const models = chips((p.models || []).map((m) => {
         const r = rate(m.tokens_per_s_p50);
         return `<span class="chip state-${esc(m.state)}" title="${esc(m.state || "")}">${esc(m.id)}${r ? ` · ${esc(r)}` : ""}</span>`;
@@ -189,7 +180,7 @@
       const s = await response.json();
       // The node's clock, not the browser's: "last seen" and the sparkline use node times.
       const now = (s.node?.started_at ?? 0) + (s.node?.uptime_s ?? 0) || Date.now() / 1000;
-      renderNode(s, now);
+      renderNode(s);
       renderCatalog(s, now);
       renderPeers(s, now);
       renderLocal(s);
