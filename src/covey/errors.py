@@ -83,7 +83,15 @@ class Busy(CoveyError):
 
 
 class UpstreamFailed(CoveyError):
+    """`upstream_status`: the engine's or peer's own 5xx, when it answered with one (None: it
+    did not answer at all)."""
+
     status, type, code = 502, "server_error", "upstream_failed"
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 upstream_status: int | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.upstream_status = upstream_status
 
 
 class Unavailable(CoveyError):

@@ -31,6 +31,7 @@ from covey.health.monitor import HealthMonitor
 from covey.mesh import identity
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
+from covey.mesh.peer_transport import HttpPeerTransport
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
 from covey.mesh.transport import TlsIdentity, tls_identity
@@ -174,18 +175,18 @@ class Node:
         tls = tls_identity(self.identity.key, s.data_dir)
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
+        mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
+                           interval_s=s.gossip_interval_s, bootstrap=bootstrap)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          auto_decompress=False) as session, \
-                aiohttp.ClientSession(connector=peer_connector(), timeout=timeout,
-                                      auto_decompress=False) as peer_session:
-            relay = Relay(session, peer_session, s.peer_timeout_s)
-            mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
-                               interval_s=s.gossip_interval_s, bootstrap=bootstrap)
+                HttpPeerTransport(mesh.sign) as transport:
+            mesh.transport = transport
+            relay = Relay(session, transport, s.peer_timeout_s)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
                                   health=health)
             peer_runner = web.AppRunner(
-                build_peer_app(mesh_state, serve=routes.serve_for_peer,
+                build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
                                engines=self._engine_states),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
@@ -306,13 +307,6 @@ def engine_connector() -> aiohttp.TCPConnector:
     streamed answer, so a pooled one fails the next request with a reset. A loopback connect
     costs far less than that failure."""
     return aiohttp.TCPConnector(limit=0, force_close=True)
-
-
-def peer_connector() -> aiohttp.TCPConnector:
-    """Connections to peers' mesh listeners are kept (Covey's own server keeps them alive):
-    each saves a TLS handshake per prompt. Idle ones close after 30 s, long before the peer
-    drops them, so a reused connection is rarely one the peer has just closed."""
-    return aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
 
 
 class _Stop(Exception):

@@ -147,16 +147,28 @@ def test_silent_drop_is_named_a_firewall(start_node: Callable[..., NodeProcess],
     assert "firewall" in failure["fix"] and str(black_hole) in failure["fix"]
 
 
-def test_node_of_another_mesh_is_not_a_member(start_node: Callable[..., NodeProcess]) -> None:
+def test_a_revoked_node_is_told_it_is_not_a_member(
+        start_node: Callable[..., NodeProcess]) -> None:
+    """Layer 8 names a refusal of the signed probe. (Doctor never probes a node outside the
+    roster: there would be no key to pin. So the refused node is this one, revoked.)"""
+    server, entry, server_id = _pair(start_node)
+    entry_id = entry.status()["node"]["id"]
+    r = subprocess.run([sys.executable, "-m", "covey", "revoke", entry_id, "--data-dir",
+                        str(server.data_dir)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    failure = _wait_failure(entry, server_id, 8, "the server to refuse the revoked entry")
+    assert "not_member" in failure["detail"], failure
+    assert "revoked" in failure["fix"]
+
+
+def test_doctor_never_probes_an_address_outside_the_roster(
+        start_node: Callable[..., NodeProcess]) -> None:
     _, entry, _ = _pair(start_node)
     stranger = start_node("--no-default-model", name="stranger")
     stranger.wait_listening()
     address = json.loads((stranger.data_dir / "node.json").read_text())["mesh"]
-    report = _doctor(entry, peer=address)
-    failure = report["peers"][0]["first_failure"]
-    assert failure["layer"] == 8 and "not_member" in failure["detail"], failure
-    assert "another mesh" in failure["fix"]
-    assert not report["ok"]
+    code, _, body = http("GET", f"{entry.url}/api/doctor?peer={address}&token=0")
+    assert code == 404 and "known peers" in body["error"]["message"], body
 
 
 class StallingProxy:

@@ -1,5 +1,5 @@
 """The mesh's network layer with real TLS on loopback: join by invite, signed push-pull
-gossip, and every refusal. In-process peers (the layer is not wired into `serve` yet)."""
+gossip, and every refusal. In-process peers, each calling through its own peer transport."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from covey.mesh import identity
-from covey.mesh.client import PeerUnreachable, exchange, join
+from covey.mesh.client import exchange, join, signer_for
 from covey.mesh.membership import InviteBook, parse_invite, revoke
 from covey.mesh.peer_api import build_peer_app
+from covey.mesh.peer_transport import HttpPeerTransport, PeerError
+from covey.mesh.peer_transport import Peer as Callee
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 
@@ -27,6 +28,15 @@ class Peer:
     address: str
     tls: TlsIdentity
     runner: web.AppRunner
+    transport: HttpPeerTransport
+
+    @property
+    def callee(self) -> Callee:
+        return Callee(self.tls.fingerprint, (self.address,), self.address)
+
+    async def close(self) -> None:
+        await self.transport.close()
+        await self.runner.cleanup()
 
     def publish(self) -> None:
         self.state.publish(time.time(), name=self.address, addresses=[self.address],
@@ -36,18 +46,20 @@ class Peer:
 async def _serve(state: MeshState, tls: TlsIdentity) -> Peer:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert_path, tls.key_path)
-    runner = web.AppRunner(build_peer_app(state), access_log=None)
+    runner = web.AppRunner(build_peer_app(state, tls.fingerprint), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    peer = Peer(state, f"127.0.0.1:{runner.addresses[0][1]}", tls, runner)
+    peer = Peer(state, f"127.0.0.1:{runner.addresses[0][1]}", tls, runner,
+                HttpPeerTransport(signer_for(state)))
     peer.publish()
     return peer
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+async def session() -> AsyncIterator[HttpPeerTransport]:
+    """A transport for joining (the join is not signed)."""
+    async with HttpPeerTransport(lambda audience, path, body: {}) as s:
         yield s
 
 
@@ -61,7 +73,7 @@ def _invite(peer: Peer, ttl_s: float = 600) -> str:
         book.close()
 
 
-async def _joiner(tmp_path: Path, name: str, session: aiohttp.ClientSession,
+async def _joiner(tmp_path: Path, name: str, session: HttpPeerTransport,
                   token: str) -> Peer:
     data_dir = tmp_path / name
     data_dir.mkdir()
@@ -78,16 +90,16 @@ async def _founder(tmp_path: Path, name: str = "a") -> Peer:
     return await _serve(state, tls_identity(ident.key, data_dir))
 
 
-async def test_join_and_gossip_converge(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+async def test_join_and_gossip_converge(tmp_path: Path, session: HttpPeerTransport) -> None:
     a = await _founder(tmp_path)
     b = await _joiner(tmp_path, "b", session, _invite(a))
     c = await _joiner(tmp_path, "c", session, _invite(a))
     peers = [a, b, c]
     try:
         assert b.state.info == a.state.info == c.state.info
-        await exchange(session, b.state, a.address, a.tls.fingerprint)  # A learns B
-        await exchange(session, c.state, a.address, a.tls.fingerprint)  # C learns B; A learns C
-        await exchange(session, b.state, a.address, a.tls.fingerprint)  # B learns C
+        await exchange(b.transport, b.state, a.callee)  # A learns B
+        await exchange(c.transport, c.state, a.callee)  # C learns B; A learns C
+        await exchange(b.transport, b.state, a.callee)  # B learns C
         everyone = {p.state.identity.node_id for p in peers}
         for p in peers:
             assert set(p.state.table.digest()) == everyone
@@ -96,31 +108,33 @@ async def test_join_and_gossip_converge(tmp_path: Path, session: aiohttp.ClientS
         assert again is not None and again.info == a.state.info
     finally:
         for p in peers:
-            await p.runner.cleanup()
+            await p.close()
 
 
-async def test_refusals(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+async def test_refusals(tmp_path: Path, session: HttpPeerTransport) -> None:
     a = await _founder(tmp_path)
     outsider = await _founder(tmp_path, "outsider")  # a node of another mesh
     token = _invite(a)
     b = await _joiner(tmp_path, "b", session, token)
     try:
-        with pytest.raises(PeerUnreachable, match="already used"):
+        with pytest.raises(PeerError, match="already used"):
             await _joiner(tmp_path, "b2", session, token)
-        with pytest.raises(PeerUnreachable, match="expired"):
+        with pytest.raises(PeerError, match="expired"):
             await _joiner(tmp_path, "b3", session, _invite(a, ttl_s=-1))
-        with pytest.raises(PeerUnreachable, match="not a member"):
-            await exchange(session, outsider.state, a.address, a.tls.fingerprint)
-        with pytest.raises(PeerUnreachable, match="different TLS key"):
-            await exchange(session, b.state, a.address, outsider.tls.fingerprint)
+        with pytest.raises(PeerError, match="not a member"):
+            await exchange(outsider.transport, outsider.state, a.callee)
+        impostor = Callee(outsider.tls.fingerprint, (a.address,))
+        with pytest.raises(PeerError, match="different TLS key"):
+            await exchange(b.transport, b.state, impostor)
+
         # Revoked: refused from the next request on.
         assert a.state.authority is not None
         revocations, envelope = revoke(a.state.authority, None, b.state.identity.node_id,
                                        time.time())
         assert a.state.set_revocations(revocations, envelope)
         assert b.state.identity.node_id not in a.state.table.digest()
-        with pytest.raises(PeerUnreachable, match="revoked"):
-            await exchange(session, b.state, a.address, a.tls.fingerprint)
+        with pytest.raises(PeerError, match="revoked"):
+            await exchange(b.transport, b.state, a.callee)
     finally:
         for p in (a, b, outsider):
-            await p.runner.cleanup()
+            await p.close()

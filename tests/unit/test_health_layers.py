@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from covey.health import layers as L
 from covey.health.local import roster_layer
 from covey.health.probe import Target, engines_ready, split_address, tcp_connect
+from covey.mesh.peer_transport import Peer
 from covey.mesh.records import new_record
 
 
@@ -59,7 +60,7 @@ def test_missing_record_is_not_present() -> None:
     ({}, False, "is absent"),
 ])
 def test_engines_ready(answer: dict[str, object], ok: bool, words: str) -> None:
-    result = engines_ready(Target("id", "peer", "h:1", None), answer, ["a"])
+    result = engines_ready(Target(Peer("ab" * 32, ("h:1",), "peer", "id")), answer, ["a"])
     assert result.ok is ok and words in result.detail
 
 
@@ -72,5 +73,5 @@ async def test_refused_connection_names_covey_not_running() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    result = await tcp_connect(Target("id", "peer", f"127.0.0.1:{port}", None), 2.0)
+    result = await tcp_connect(Target(Peer("ab" * 32, (f"127.0.0.1:{port}",), "peer", "id")), 2.0)
     assert result.ok is False and "refused" in result.detail and "covey serve" in result.fix

@@ -15,6 +15,7 @@ from covey.mesh.sealed import public_bytes
 from covey.mesh.transport import (
     H_NODE,
     H_SIG,
+    H_TIME,
     PeerRefused,
     RequestVerifier,
     sign_request,
@@ -26,13 +27,17 @@ NOW = 1_800_000_000.0
 BODY = b'{"messages": []}'
 
 
-def _verifier(members: set[str]) -> RequestVerifier:
-    return RequestVerifier(MESH, lambda node_id, key, now: node_id in members)
+ME = "cd" * 32  # the verifying node's TLS fingerprint: the audience of requests to it
+
+
+def _verifier(members: set[str], **kw: object) -> RequestVerifier:
+    return RequestVerifier(MESH, lambda node_id, key, now: node_id in members, ME,
+                           **kw)  # type: ignore[arg-type]
 
 
 def _signed(key: Ed25519PrivateKey, **kw: object) -> dict[str, str]:
-    args: dict[str, object] = {"mesh_id": MESH, "method": "POST", "path": "/mesh/chat",
-                               "body": BODY, "now": NOW}
+    args: dict[str, object] = {"mesh_id": MESH, "audience": ME, "method": "POST",
+                               "path": "/mesh/chat", "body": BODY, "now": NOW}
     args.update(kw)
     return sign_request(key, **args)  # type: ignore[arg-type]
 
@@ -70,6 +75,49 @@ def test_refusals() -> None:
     assert _refusal(verifier, {**_signed(key), H_SIG: "A" * 500}) == "malformed"
     forwarded = {**_signed(stranger), "x-forwarded-for": "127.0.0.1"}
     assert _refusal(verifier, forwarded) == "not_member"
+
+
+def test_a_request_for_another_node_is_refused() -> None:
+    """A member that received a signed request cannot replay it to a third node: the
+    audience (the receiver's TLS fingerprint) is signed."""
+    key = Ed25519PrivateKey.generate()
+    verifier = _verifier({node_id_for(public_bytes(key))})
+    assert _refusal(verifier, _signed(key, audience="ef" * 32)) == "bad_signature"
+
+
+@pytest.mark.parametrize("timestamp", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_non_finite_request_time_is_refused(timestamp: str) -> None:
+    """NaN compares false with everything: it passed the freshness window, so a captured
+    request could be replayed any time its nonce was no longer remembered."""
+    key = Ed25519PrivateKey.generate()
+    verifier = _verifier({node_id_for(public_bytes(key))})
+    headers = {**_signed(key), H_TIME: timestamp}
+    assert _refusal(verifier, headers) == "malformed"
+
+
+def test_live_nonces_are_never_evicted() -> None:
+    """A full replay cache refuses new requests (503, retry) instead of forgetting a nonce
+    whose request is still fresh: forgetting it would let that request be replayed."""
+    key = Ed25519PrivateKey.generate()
+    verifier = _verifier({node_id_for(public_bytes(key))}, max_nonces=2)
+    first = _signed(key)
+    verifier.verify("POST", "/mesh/chat", first, BODY, NOW)
+    verifier.verify("POST", "/mesh/chat", _signed(key), BODY, NOW)
+    with pytest.raises(PeerRefused) as full:
+        verifier.verify("POST", "/mesh/chat", _signed(key), BODY, NOW + 1)
+    assert full.value.reason == "busy" and full.value.status == 503
+    assert _refusal(verifier, first, now=NOW + 2) == "replay"
+    # Once the first requests could no longer pass the freshness check, room comes back.
+    later = _signed(key, now=NOW + 61)
+    assert verifier.verify("POST", "/mesh/chat", later, BODY, NOW + 61)
+
+
+def test_membership_is_checked_from_the_headers_alone() -> None:
+    """A stranger is refused before the body is read (claim() takes no body)."""
+    stranger = Ed25519PrivateKey.generate()
+    with pytest.raises(PeerRefused) as refused:
+        _verifier(set()).claim(_signed(stranger), NOW)
+    assert refused.value.reason == "not_member"
 
 
 def test_tls_identity_is_stable(tmp_path: Path) -> None:

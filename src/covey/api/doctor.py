@@ -1,7 +1,8 @@
 """GET /api/doctor: every layer checked now, for this node and each peer (or one).
 
-    ?peer=ID|NAME|HOST:PORT   only that peer (an address not in the roster is checked
-                              directly, layers 6–9)
+    ?peer=ID|NAME|HOST:PORT   only that member (by id prefix, name or advertised address;
+                              nothing outside the roster is ever probed: there would be no
+                              key to pin)
     ?token=0                  skip the one-token probes (layer 11)
 """
 
@@ -40,15 +41,13 @@ class DoctorRoutes:
         return [L.passed(1, f"answering on {self.url()}"), engines_layer(self.table),
                 membership_layer(self.mesh, now), discovery_layer(self.mesh, self.mdns, now)]
 
-    def _find(self, wanted: str) -> list[NodeRecord] | None:
-        """Peers matching `wanted` (id prefix, name or address); None: treat as an address."""
+    def _find(self, wanted: str) -> list[NodeRecord]:
+        """Members matching `wanted` (id prefix, name or advertised address)."""
         peers = self.mesh.peers(time.time())
         matches = [r for r in peers if (len(wanted) >= 4 and r.node_id.startswith(wanted))
                    or r.name == wanted or wanted in r.addresses]
         if matches:
             return matches
-        if ":" in wanted and wanted.rsplit(":", 1)[1].isdigit():
-            return None
         known = ", ".join(f"{r.name} ({r.node_id[:12]})" for r in peers) or "none"
         raise NotFound(f"no peer {wanted!r} in the roster; known peers: {known}")
 
@@ -58,16 +57,11 @@ class DoctorRoutes:
         local = L.settle(self.local_layers(), L.LOCAL_LAYERS)
         records = self._find(wanted) if wanted else self.mesh.peers(time.time())
         peers: list[dict[str, Any]] = []
-        if records is None:
-            results = await self.health.check_address(wanted, token)
-            peers.append({"id": None, "name": wanted, "address": wanted,
+        checks = await asyncio.gather(*(self.health.check_now(r, token) for r in records))
+        for record, results in zip(records, checks, strict=True):
+            peers.append({"id": record.node_id, "name": record.name,
+                          "address": record.addresses[0] if record.addresses else None,
                           **L.report(results, time.time())})
-        else:
-            checks = await asyncio.gather(*(self.health.check_now(r, token) for r in records))
-            for record, results in zip(records, checks, strict=True):
-                peers.append({"id": record.node_id, "name": record.name,
-                              "address": record.addresses[0] if record.addresses else None,
-                              **L.report(results, time.time())})
         broken = any(r.ok is False for r in local) or any(p["ok"] is False for p in peers)
         return web.json_response({
             "ok": not broken, "node": {"id": self.mesh.node_id, "layers": [

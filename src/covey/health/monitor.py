@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from covey.health import layers as L
 from covey.health.local import roster_layer
 from covey.health.probe import Target, check_peer, one_token, token_timeout
+from covey.mesh.peer_transport import PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 
@@ -40,8 +39,7 @@ class PeerHealth:
 
 
 def target_for(record: NodeRecord, now: float) -> Target:
-    return Target(record.node_id, record.name, record.addresses[0] if record.addresses else "",
-                  record.tls_fingerprint or None, max(0.0, now - record.issued_at))
+    return Target(peer_of(record), max(0.0, now - record.issued_at))
 
 
 def ready_models(record: NodeRecord) -> list[str]:
@@ -67,7 +65,7 @@ class HealthMonitor:
         self.down_after = down_after
         self.peers: dict[str, PeerHealth] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: PeerTransport | None = None  # while running
 
     @property
     def fresh_s(self) -> float:
@@ -105,7 +103,7 @@ class HealthMonitor:
     def about_to_use(self, record: NodeRecord, model: str) -> None:
         """A route picked this peer: refresh its token proof in the background if stale."""
         h = self.peers.get(record.node_id)
-        if h is None or self._session is None:
+        if h is None or self._transport is None:
             return
         proved = h.token_ok_at.get(model)
         key = f"token:{record.node_id}:{model}"
@@ -131,42 +129,33 @@ class HealthMonitor:
     # --- checking -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
-            self._session = session
-            try:
-                while True:
-                    now = time.time()
-                    live = {r.node_id: r for r in self.mesh.peers(now)}
-                    for gone in set(self.peers) - set(live):
-                        del self.peers[gone]
-                    for node_id, record in live.items():
-                        if f"check:{node_id}" not in self._running:
-                            self._start(f"check:{node_id}", self._check(record))
-                    await asyncio.sleep(self.interval_s)
-            finally:
-                for task in self._running.values():
-                    task.cancel()
-                self._session = None
+        assert self.mesh.transport is not None, "the node sets the transport before run()"
+        self._transport = self.mesh.transport
+        try:
+            while True:
+                now = time.time()
+                live = {r.node_id: r for r in self.mesh.peers(now)}
+                for gone in set(self.peers) - set(live):
+                    del self.peers[gone]
+                for node_id, record in live.items():
+                    if f"check:{node_id}" not in self._running:
+                        self._start(f"check:{node_id}", self._check(record))
+                await asyncio.sleep(self.interval_s)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            self._transport = None
 
     async def check_now(self, record: NodeRecord, token: bool) -> list[L.LayerResult]:
         """A full fresh check of one peer (for `covey doctor`): layers 5–11."""
         now = time.time()
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
-        if not roster.ok or self._session is None:
+        if not roster.ok or self._transport is None:
             return L.settle([roster], L.PEER_LAYERS)
-        results = await check_peer(self._session, target_for(record, now), self.mesh.sign,
+        results = await check_peer(self._transport, target_for(record, now),
                                    all_models(record), ready_models(record)[:8] if token
                                    else [], self.timeout_s)
         return L.settle([roster, *results], L.PEER_LAYERS)
-
-    async def check_address(self, address: str, token: bool) -> list[L.LayerResult]:
-        """Layers 6–9 against an address not in the roster (nothing to pin)."""
-        if self._session is None:
-            return []
-        t = Target("", address, address, None)
-        results = await check_peer(self._session, t, self.mesh.sign, [], [], self.timeout_s)
-        return L.settle([L.skipped(5, f"{address} is not in the roster: checking the address "
-                                      "directly"), *results], L.PEER_LAYERS)
 
     def _start(self, key: str, coro: Any) -> None:
         task = asyncio.create_task(coro, name=key)
@@ -174,14 +163,13 @@ class HealthMonitor:
         task.add_done_callback(lambda _t: self._running.pop(key, None))
 
     async def _check(self, record: NodeRecord) -> None:
-        assert self._session is not None
+        assert self._transport is not None
         now = time.time()
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         results = [roster]
         if roster.ok:
-            results += await check_peer(self._session, target_for(record, now),
-                                        self.mesh.sign, all_models(record), [],
-                                        self.timeout_s)
+            results += await check_peer(self._transport, target_for(record, now),
+                                        all_models(record), [], self.timeout_s)
         h = self.peers.setdefault(record.node_id, PeerHealth())
         h.results, h.checked_at = results, time.time()
         failure = path_failure(results)
@@ -191,9 +179,9 @@ class HealthMonitor:
             self._failure(record.node_id, h, failure)
 
     async def _token_probe(self, record: NodeRecord, model: str) -> None:
-        assert self._session is not None
-        result = await one_token(self._session, target_for(record, time.time()),
-                                 self.mesh.sign, model, token_timeout(self.timeout_s))
+        assert self._transport is not None
+        result = await one_token(self._transport, target_for(record, time.time()), model,
+                                 token_timeout(self.timeout_s))
         h = self.peers.setdefault(record.node_id, PeerHealth())
         if result.ok:
             h.token_ok_at[model] = time.monotonic()

@@ -1,4 +1,9 @@
-"""Checking the path to one peer, layer by layer (6–11), over fresh connections.
+"""Checking the path to one peer, layer by layer (6–11).
+
+The probes travel the way prompts do: through the peer transport's kept, pinned connection.
+When they pass, that connection itself proved layers 6 (TCP) and 7 (TLS pinned to the signed
+key), and no new connection or handshake is spent. Only when a probe fails are the lower
+layers checked on their own fresh connections, to name where the path breaks.
 
 Every check has a deadline and turns each way of failing into a named layer with a fix.
 The one-token probe uses a fixed synthetic prompt, never a user's, and is marked so the
@@ -12,7 +17,6 @@ import hashlib
 import json
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,29 +24,35 @@ import aiohttp
 import psutil
 
 from covey.health.layers import LayerResult, failed, passed
+from covey.mesh.peer_transport import Peer, PeerError, PeerTransport
 
 LARGE_PROBE_BYTES = 64 * 1024
 PROBE_HEADER = "x-covey-probe"  # on a one-token probe: not real traffic, do not measure it
 TOKEN_PROMPT = "Reply with one word: ready."
 VPN_PREFIXES = ("tailscale", "wg", "tun", "utun", "zt", "ppp", "ipsec", "nordlynx", "proton")
 
-Signer = Callable[[str, bytes], dict[str, str]]
 
 
 @dataclass(frozen=True)
 class Target:
-    """A peer to check: where it says it listens, and the TLS key it signed (None: unknown,
-    when checking a bare address)."""
+    """A peer to check, and how long ago its record was signed."""
 
-    node_id: str
-    name: str
-    address: str
-    fingerprint: str | None
+    peer: Peer
     gossiped_s_ago: float | None = None
 
     @property
     def label(self) -> str:
-        return self.name or self.node_id[:12] or self.address
+        return self.peer.label
+
+    @property
+    def address(self) -> str:
+        """The address to diagnose: the one that answered last, else the first."""
+        return self.peer.addresses[0] if self.peer.addresses else "?"
+
+    def at(self, address: str) -> Target:
+        """The same peer, diagnosed at `address`."""
+        return Target(Peer(self.peer.fingerprint, (address,), self.peer.name,
+                           self.peer.node_id), self.gossiped_s_ago)
 
 
 def token_timeout(timeout_s: float) -> float:
@@ -105,11 +115,13 @@ async def tls_handshake(t: Target, timeout_s: float) -> LayerResult:
     finally:
         writer.close()
     seen = hashlib.sha256(der).hexdigest()
-    if t.fingerprint is None:
-        return passed(7, f"TLS key {seen[:16]}… (not pinned: no signed record for it)")
-    if seen != t.fingerprint:
+    expected = t.peer.fingerprint
+    if not expected:
+        return failed(7, f"{t.label} signed no TLS fingerprint: there is nothing to pin",
+                      f"the peer runs an older or broken Covey: upgrade {t.label}")
+    if seen != expected:
         return failed(7, f"TLS key at {t.address} is {seen[:16]}…, but {t.label} signed "
-                         f"{t.fingerprint[:16]}…",
+                         f"{expected[:16]}…",
                       "not the same node, or a man-in-the-middle: if the peer was reinstalled "
                       "it must rejoin with a new invite; otherwise find out what answers on "
                       "that address")
@@ -126,41 +138,36 @@ _REFUSALS = {
 }
 
 
-async def _signed_post(session: aiohttp.ClientSession, t: Target, sign: Signer, path: str,
-                       body: bytes, timeout_s: float, headers: dict[str, str] | None = None
-                       ) -> aiohttp.ClientResponse:
-    pin: aiohttp.Fingerprint | bool = (aiohttp.Fingerprint(bytes.fromhex(t.fingerprint))
-                                       if t.fingerprint else False)
-    return await session.post(
-        f"https://{t.address}{path}", data=body, ssl=pin,
-        timeout=aiohttp.ClientTimeout(total=timeout_s),
-        headers={"Content-Type": "application/json", **sign(path, body), **(headers or {})})
-
-
-async def mesh_probe(session: aiohttp.ClientSession, t: Target, sign: Signer, size: int,
+async def mesh_probe(transport: PeerTransport, t: Target, size: int,
                      timeout_s: float) -> tuple[LayerResult, dict[str, Any]]:
     """Layer 8 (size 0) or 9 (size > 0): a signed echo; the answer lists the peer's engines."""
     layer = 9 if size else 8
     body = json.dumps({"pad": "x" * size}).encode()
     try:
-        async with await _signed_post(session, t, sign, "/mesh/probe", body, timeout_s) as r:
-            answer = await r.json(content_type=None)
-            status = r.status
-    except TimeoutError:
+        async with asyncio.timeout(timeout_s):
+            async with await transport.post(t.peer, "/mesh/probe", body,
+                                            timeout_s=timeout_s) as r:
+                raw = await r.read()
+                status = r.status
+    except (TimeoutError, PeerError) as exc:
+        if isinstance(exc, PeerError) and exc.kind != "timeout":
+            return failed(layer, f"probe to {t.label} failed: {exc}",
+                          "the connection broke during the probe: check the path (proxy, "
+                          "VPN) and the peer's log"), {}
         if layer == 9:
-            return failed(9, f"a {size // 1024} KiB probe to {t.address} timed out while small "
+            return failed(9, f"a {size // 1024} KiB probe to {t.label} timed out while small "
                              "ones pass",
                           "an MTU or fragmentation black hole on the path (common with VPNs "
                           "and tunnels): large packets are dropped. Lower the tunnel "
                           "interface's MTU (e.g. 1280) or allow ICMP 'fragmentation needed' "
                           "so path MTU discovery works"), {}
-        return failed(8, f"the mesh probe to {t.address} timed out",
+        return failed(8, f"the mesh probe to {t.label} timed out",
                       "the peer accepted TLS but did not answer in time: it may be overloaded "
                       "or stalled; check `covey status` there"), {}
-    except (aiohttp.ClientError, ValueError) as exc:
-        return failed(layer, f"probe to {t.address} failed: {type(exc).__name__}: {exc}",
-                      "the connection broke during the probe: check the path (proxy, VPN) "
-                      "and the peer's log"), {}
+    try:
+        answer = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        answer = None
     if status == 404:
         return failed(layer, f"{t.label} does not know /mesh/probe",
                       "the peer runs an older Covey: upgrade it"), {}
@@ -195,56 +202,79 @@ def engines_ready(t: Target, answer: dict[str, Any], models: list[str]) -> Layer
     return passed(10, f"{len(models)} model(s) ready" if models else "serves no models")
 
 
-async def one_token(session: aiohttp.ClientSession, t: Target, sign: Signer, model: str,
+async def one_token(transport: PeerTransport, t: Target, model: str,
                     timeout_s: float) -> LayerResult:
     body = json.dumps({"model": model, "max_tokens": 1, "stream": True, "temperature": 0,
                        "messages": [{"role": "user", "content": TOKEN_PROMPT}]}).encode()
     started = time.perf_counter()
     try:
-        async with await _signed_post(session, t, sign, "/mesh/v1/chat/completions", body,
-                                      timeout_s, {PROBE_HEADER: "1"}) as r:
-            if r.status != 200:
-                text = (await r.content.read(2048)).decode(errors="replace")
-                return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
-                                  f"{text[:200]}",
-                              f"the engine took the request but could not answer: see the "
-                              f"log of {t.label}")
-            async for line in r.content:
-                if line.startswith(b"data: {") and b'"choices"' in line:
-                    ms = (time.perf_counter() - started) * 1000
-                    return passed(11, f"{model}: first token in {ms:.0f} ms")
-                if line.startswith(b"data: [DONE]"):
-                    break
+        async with asyncio.timeout(timeout_s):
+            async with await transport.post(t.peer, "/mesh/v1/chat/completions", body,
+                                            timeout_s=timeout_s,
+                                            headers={PROBE_HEADER: "1"}) as r:
+                if r.status != 200:
+                    text = (await r.content.read(2048)).decode(errors="replace")
+                    return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
+                                      f"{text[:200]}",
+                                  f"the engine took the request but could not answer: see "
+                                  f"the log of {t.label}")
+                tail = b""
+                async for chunk in r.content.iter_any():
+                    tail = tail[-64:] + chunk
+                    if b"data: {" in tail and b'"choices"' in tail:
+                        ms = (time.perf_counter() - started) * 1000
+                        return passed(11, f"{model}: first token in {ms:.0f} ms")
+                    if b"data: [DONE]" in tail:
+                        break
     except TimeoutError:
         return failed(11, f"no token from {model} on {t.label} within {timeout_s:.0f}s",
                       "the engine is overloaded or stuck: see `covey status` there")
-    except aiohttp.ClientError as exc:
-        return failed(11, f"the token stream from {t.label} broke: {type(exc).__name__}",
+    except (aiohttp.ClientError, PeerError) as exc:
+        return failed(11, f"the token stream from {t.label} broke: {exc}",
                       "the engine or the path failed mid-answer: see the peer's log")
     return failed(11, f"{model} on {t.label} ended without a token",
                   "the engine answered but produced nothing: see the peer's log")
 
 
-async def check_peer(session: aiohttp.ClientSession, t: Target, sign: Signer,
-                     models: list[str], token_models: list[str], timeout_s: float,
+async def diagnose(transport: PeerTransport, t: Target, timeout_s: float) -> list[LayerResult]:
+    """Layers 6 and 7 on fresh connections, at the address that answered last (else each
+    advertised address until one connects): where the path to the peer breaks."""
+    preferred = transport.address(t.peer.fingerprint)
+    addresses = ([preferred] if preferred in t.peer.addresses
+                 else list(t.peer.addresses[:4]) or ["?"])
+    results: list[LayerResult] = []
+    for address in addresses:
+        here = t.at(address)
+        results = [await tcp_connect(here, timeout_s)]
+        if results[-1].ok:
+            results.append(await tls_handshake(here, timeout_s))
+            break
+    return results
+
+
+async def check_peer(transport: PeerTransport, t: Target, models: list[str],
+                     token_models: list[str], timeout_s: float,
                      large_bytes: int = LARGE_PROBE_BYTES) -> list[LayerResult]:
     """Layers 6–11 in order, stopping at the first failure."""
-    results = [await tcp_connect(t, timeout_s)]
+    small, answer = await mesh_probe(transport, t, 0, timeout_s)
+    if small.ok:
+        where = transport.address(t.peer.fingerprint) or t.address  # the one that answered
+        results = [passed(6, f"connected to {where} (kept connection)"),
+                   passed(7, f"TLS key matches the signed record "
+                             f"({t.peer.fingerprint[:16]}…)"), small]
+    else:
+        results = await diagnose(transport, t, timeout_s)
+        if all(r.ok for r in results):
+            results.append(small)
     if results[-1].ok:
-        results.append(await tls_handshake(t, timeout_s))
-    if results[-1].ok:
-        small, answer = await mesh_probe(session, t, sign, 0, timeout_s)
-        results.append(small)
-    if results[-1].ok:
-        large, answer = await mesh_probe(session, t, sign, large_bytes, timeout_s)
+        large, answer = await mesh_probe(transport, t, large_bytes, timeout_s)
         results.append(large)
     if results[-1].ok:
         results.append(engines_ready(t, answer, models))
     if results[-1].ok:
         for model in token_models:
             results = [r for r in results if r.layer != 11]
-            results.append(await one_token(session, t, sign, model,
-                                           token_timeout(timeout_s)))
+            results.append(await one_token(transport, t, model, token_timeout(timeout_s)))
             if not results[-1].ok:
                 break
     return results

@@ -1,68 +1,49 @@
 """Calling peers: joining a mesh by invite, and one push-pull gossip exchange.
 
-Every connection pins the peer's TLS fingerprint (from its signed record, or from the invite
-for the first contact); every request but the join is signed with this node's key.
+Both go through the peer transport (`mesh/peer_transport.py`): pinned to the peer's TLS
+fingerprint (from its signed record, or from the invite for the first contact), signed with
+this node's key (all but the join), answers read with a cap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from covey.mesh.gossip import MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.identity import Identity
 from covey.mesh.membership import Invite, MembershipError
 from covey.mesh.peer_api import apply_records
+from covey.mesh.peer_transport import Peer, PeerError, PeerTransport, Signer, call_json
 from covey.mesh.sealed import SealError, b64d, b64e
 from covey.mesh.state import MeshInfo, MeshState
 from covey.mesh.transport import H_CERT, sign_request
 
-
-class PeerUnreachable(Exception):
-    """A peer did not answer, answered with an error, or presented the wrong TLS key.
-    `answer` is the peer's decoded error body when it answered with one."""
-
-    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.answer = answer or {}
+CALL_TIMEOUT_S = 10.0
 
 
-def _pin(fingerprint: str) -> aiohttp.Fingerprint:
-    return aiohttp.Fingerprint(bytes.fromhex(fingerprint))
+def signer_for(state: MeshState, clock: Callable[[], float] = time.time) -> Signer:
+    """The transport's signer for this node: signs a POST for its audience (the callee's
+    TLS fingerprint) and attaches this node's member certificate."""
+
+    def sign(audience: str, path: str, body: bytes) -> dict[str, str]:
+        headers = sign_request(state.identity.key, mesh_id=state.info.mesh_id,
+                               audience=audience, method="POST", path=path, body=body,
+                               now=clock())
+        return {**headers, H_CERT: b64e(state.cert)}
+
+    return sign
 
 
-async def _post(session: aiohttp.ClientSession, url: str, fingerprint: str, body: bytes,
-                headers: dict[str, str]) -> Any:
-    try:
-        async with session.post(url, data=body, ssl=_pin(fingerprint), headers={
-                "Content-Type": "application/json", **headers}) as r:
-            answer = await r.json(content_type=None)
-            if r.status != 200:
-                message = answer.get("error", {}).get("message") if isinstance(answer, dict) \
-                    else None
-                raise PeerUnreachable(f"{url} answered HTTP {r.status}: {message}",
-                                      answer if isinstance(answer, dict) else None)
-            return answer
-    except aiohttp.ServerFingerprintMismatch as exc:
-        raise PeerUnreachable(f"{url} presented a different TLS key than the one pinned: not "
-                              "the same node, or a man in the middle") from exc
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise PeerUnreachable(f"{url}: {type(exc).__name__}: {exc}") from exc
-
-
-async def join(session: aiohttp.ClientSession, invite: Invite, identity: Identity,
-               data_dir: Path, now: float) -> MeshState:
+async def join(transport: PeerTransport, invite: Invite, identity: Identity,
+               data_dir: Path, now: float, timeout_s: float = CALL_TIMEOUT_S) -> MeshState:
     """Redeem `invite` at the inviting node; save and return the membership it grants."""
-    body = json.dumps({"invite_id": invite.invite_id, "secret": invite.secret,
-                       "public_key": b64e(identity.public_bytes)}).encode()
-    answer = await _post(session, f"https://{invite.address}/mesh/join",
-                         invite.tls_fingerprint, body, {})
+    inviter = Peer(invite.tls_fingerprint, (invite.address,), name=invite.address)
+    answer = await call_json(transport, inviter, "/mesh/join", {
+        "invite_id": invite.invite_id, "secret": invite.secret,
+        "public_key": b64e(identity.public_bytes)}, timeout_s, signed=False)
     if answer.get("mesh_id") != invite.mesh_id or answer.get(
             "authority_public_key") != invite.authority_public_key:
         raise MembershipError("wrong_mesh", "the inviting node answered for another mesh")
@@ -72,21 +53,14 @@ async def join(session: aiohttp.ClientSession, invite: Invite, identity: Identit
     return state
 
 
-async def exchange(session: aiohttp.ClientSession, state: MeshState, address: str,
-                   fingerprint: str, clock: Callable[[], float] = time.time) -> int:
+async def exchange(transport: PeerTransport, state: MeshState, peer: Peer,
+                   clock: Callable[[], float] = time.time,
+                   timeout_s: float = CALL_TIMEOUT_S) -> int:
     """One push-pull round with a peer. Returns how many new records this node learned."""
-
-    def signed(path: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps(payload).encode()
-        headers = sign_request(state.identity.key, mesh_id=state.info.mesh_id, method="POST",
-                               path=path, body=body, now=clock())
-        return body, {**headers, H_CERT: b64e(state.cert)}
-
-    body, headers = signed("/mesh/gossip", {"digest": state.table.digest()})
     try:
-        answer = await _post(session, f"https://{address}/mesh/gossip", fingerprint, body,
-                             headers)
-    except PeerUnreachable as exc:
+        answer = await call_json(transport, peer, "/mesh/gossip",
+                                 {"digest": state.table.digest()}, timeout_s)
+    except PeerError as exc:
         # A member refusing us may hand over the revocation list that names us: it is
         # authority-signed, so believing it is safe, and it is how a revoked node learns why.
         revocations = exc.answer.get("revocations")
@@ -94,18 +68,18 @@ async def exchange(session: aiohttp.ClientSession, state: MeshState, address: st
             with contextlib.suppress(SealError):
                 state.learn_revocations(b64d(revocations))
         raise
-    learned = apply_records(state, list(answer.get("records") or [])[:MAX_RECORDS_PER_EXCHANGE],
-                            clock())
+    records_in = answer.get("records")
+    learned = apply_records(state, list(records_in)[:MAX_RECORDS_PER_EXCHANGE]
+                            if isinstance(records_in, list) else [], clock())
     theirs = answer.get("digest")
     if isinstance(theirs, dict):
         mine = theirs.get(state.identity.node_id)
         if isinstance(mine, int):
-            state.check_own_seq(mine, f"a record held by {address}")
+            state.check_own_seq(mine, f"a record held by {peer.label}")
         send, _ = plan_exchange(state.table.digest(),
                                 {str(k): v for k, v in theirs.items() if isinstance(v, int)},
                                 MAX_RECORDS_PER_EXCHANGE)
         records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
         if records:
-            body, headers = signed("/mesh/records", {"records": records})
-            await _post(session, f"https://{address}/mesh/records", fingerprint, body, headers)
+            await call_json(transport, peer, "/mesh/records", {"records": records}, timeout_s)
     return learned

@@ -8,7 +8,10 @@
     POST /mesh/probe     signed; any JSON body: echoes its size and hash, and lists this
                          node's engines (the data-plane check, `covey.health`)
 
-Every body is capped and validated; refusals are JSON `{"error": {...}}` with 400/403.
+Signed requests are checked in two steps: membership and freshness from the headers before
+the body is read (a stranger cannot make this node read a large one), then the signature over
+the body and replays. Every body is capped and validated; refusals are JSON
+`{"error": {...}}` with 400/403 (503 when the replay cache is full).
 """
 
 from __future__ import annotations
@@ -43,39 +46,51 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
                                         else "invalid_request_error", code), status=status)
 
 
-def build_peer_app(state: MeshState, clock: Clock = time.time,
+def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
                    serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
                    engines: Callable[[], dict[str, dict[str, Any]]] | None = None
                    ) -> web.Application:
-    """The mesh listener's app. `serve` handles peers' inference calls (/mesh/v1/...);
-    `engines` tells probes each local model's state."""
-    verifier = RequestVerifier(state.info.mesh_id, state.is_member)
+    """The mesh listener's app. `audience` is this node's TLS fingerprint: signed requests
+    must name it. `serve` handles peers' inference calls (/mesh/v1/...); `engines` tells
+    probes each local model's state."""
+    verifier = RequestVerifier(state.info.mesh_id, state.is_member, audience)
+
+    def refused(exc: PeerRefused) -> web.Response:
+        if exc.reason == "not_member" and state.revocations_envelope:
+            # Public and authority-signed: tells a revoked caller that it was revoked.
+            return web.json_response(
+                {**error_body(str(exc), "permission_error", exc.reason),
+                 "revocations": b64e(state.revocations_envelope)}, status=403)
+        if exc.status == 503:
+            return web.json_response(error_body(str(exc), "server_error", exc.reason),
+                                     status=503, headers={"Retry-After": "2"})
+        return _refuse(403, exc.reason, str(exc))
 
     @web.middleware
     async def authenticate(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
         request[T_RECEIVED] = time.perf_counter()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _refuse(413, "payload_too_large", "body over the mesh limit")
+        claim = None
         if request.path not in OPEN_PATHS:
             cert = request.headers.get(H_CERT, "")
             if 0 < len(cert) <= MAX_CERT_HEADER:
                 with contextlib.suppress(SealError):  # a bad one simply admits nobody
                     state.admit_cert(b64d(cert), clock())
             try:
-                request[PEER] = verifier.verify(request.method, request.path_qs,
-                                                  request.headers, body, clock())
+                claim = verifier.claim(request.headers, clock())
             except PeerRefused as exc:
-                refusal = _refuse(403, exc.reason, str(exc))
-                if exc.reason == "not_member" and state.revocations_envelope:
-                    # Public and authority-signed: tells a revoked caller that it was revoked.
-                    refusal = web.json_response(
-                        {**error_body(str(exc), "permission_error", exc.reason),
-                         "revocations": b64e(state.revocations_envelope)}, status=403)
-                return refusal
+                return refused(exc)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _refuse(413, "payload_too_large", "body over the mesh limit")
+        if claim is not None:
+            try:
+                request[PEER] = verifier.check(claim, request.method, request.path_qs, body,
+                                               clock())
+            except PeerRefused as exc:
+                return refused(exc)
         if request.path.startswith("/mesh/v1/"):
             try:  # inference: the OpenAI handlers read the body themselves
                 return await handler(request)

@@ -14,16 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from covey.mesh import remembered
-from covey.mesh.client import PeerUnreachable, exchange
+from covey.mesh.client import exchange, signer_for
 from covey.mesh.gossip import choose_peers
+from covey.mesh.peer_transport import Peer, PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.remembered import Bootstrap
-from covey.mesh.sealed import b64e
 from covey.mesh.state import MeshState
-from covey.mesh.transport import H_CERT, TlsIdentity, sign_request
+from covey.mesh.transport import TlsIdentity
 
 log = logging.getLogger(__name__)
 FANOUT = 3
@@ -40,6 +38,8 @@ class MeshRuntime:
         self.interval_s = interval_s
         self.bootstrap = bootstrap
         self.rng = rng or random.Random()
+        self.transport: PeerTransport | None = None  # set by the node before run()
+        self._signer = signer_for(state)
         self._failing: set[str] = set()
         self._problem: str | None = None
 
@@ -65,10 +65,9 @@ class MeshRuntime:
             return "this node was revoked from the mesh; ask a member for a new invite"
         return None
 
-    def sign(self, path: str, body: bytes) -> dict[str, str]:
-        headers = sign_request(self.state.identity.key, mesh_id=self.state.info.mesh_id,
-                               method="POST", path=path, body=body, now=time.time())
-        return {**headers, H_CERT: b64e(self.state.cert)}
+    def sign(self, audience: str, path: str, body: bytes) -> dict[str, str]:
+        """The transport's signer (see `client.signer_for`)."""
+        return self._signer(audience, path, body)
 
     def publish(self) -> None:
         problem = self.problem()
@@ -81,14 +80,14 @@ class MeshRuntime:
                            **self.describe())
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=max(5.0, 4 * self.interval_s))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                self.publish()
-                self.state.table.expire(time.time())
-                await asyncio.gather(*(self._exchange(session, t) for t in self._targets()))
-                self._remember()
-                await asyncio.sleep(self.interval_s)
+        assert self.transport is not None, "the node sets the transport before run()"
+        transport = self.transport
+        while True:
+            self.publish()
+            self.state.table.expire(time.time())
+            await asyncio.gather(*(self._exchange(transport, t) for t in self._targets()))
+            self._remember()
+            await asyncio.sleep(self.interval_s)
 
     def failing_addresses(self) -> set[str]:
         """Addresses whose last gossip exchange failed."""
@@ -113,23 +112,27 @@ class MeshRuntime:
             except OSError as exc:
                 log.warning("could not remember peers in %s: %s", self.state.data_dir, exc)
 
-    def _targets(self) -> list[Bootstrap]:
+    def _targets(self) -> list[Peer]:
         now = time.time()
         by_id = {r.node_id: r for r in self.peers(now) if r.addresses and r.tls_fingerprint}
         chosen = choose_peers(sorted(by_id), self.node_id, FANOUT, self.rng)
-        targets = [Bootstrap(by_id[n].addresses[0], by_id[n].tls_fingerprint) for n in chosen]
-        known = {t.address for t in targets} | {a for r in by_id.values() for a in r.addresses}
+        targets = [peer_of(by_id[n]) for n in chosen]
+        known = {r.tls_fingerprint for r in by_id.values()}
         # Remembered peers (the inviter at first) until gossip has told us about them.
-        return targets + [b for b in self.bootstrap if b.address not in known]
+        return targets + [Peer(b.fingerprint, (b.address,), name=b.address)
+                          for b in self.bootstrap if b.fingerprint not in known]
 
-    async def _exchange(self, session: aiohttp.ClientSession, target: Bootstrap) -> None:
+    async def _exchange(self, transport: PeerTransport, target: Peer) -> None:
+        where = target.addresses[0]
         try:
-            await exchange(session, self.state, target.address, target.fingerprint)
-        except PeerUnreachable as exc:
-            if target.address not in self._failing:
-                log.warning("gossip with %s failed: %s", target.address, exc)
-                self._failing.add(target.address)
+            await exchange(transport, self.state, target,
+                           timeout_s=max(5.0, 4 * self.interval_s))
+        except PeerError as exc:
+            if where not in self._failing:
+                log.warning("gossip with %s failed: %s", target.label, exc)
+                self._failing.add(where)
             return
-        if target.address in self._failing:
-            log.info("gossip with %s works again", target.address)
-            self._failing.discard(target.address)
+        if where in self._failing:
+            log.info("gossip with %s works again", target.label)
+            self._failing.discard(where)
+

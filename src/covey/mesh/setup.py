@@ -10,11 +10,9 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
-
 from covey.errors import ConfigError
 from covey.mesh import remembered
-from covey.mesh.client import PeerUnreachable, join
+from covey.mesh.client import join
 from covey.mesh.identity import Identity, load_or_create
 from covey.mesh.membership import (
     InviteBook,
@@ -24,7 +22,9 @@ from covey.mesh.membership import (
     revoke,
     verify_revocations,
 )
+from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.remembered import Bootstrap
+from covey.mesh.sealed import SealError
 from covey.mesh.state import REVOCATIONS_FILE, MeshState
 from covey.mesh.transport import tls_identity
 
@@ -45,10 +45,10 @@ async def open_mesh(data_dir: Path, identity: Identity,
                               f"mesh {invite.mesh_id}")
         if state is None:
             try:
-                async with aiohttp.ClientSession(
-                        timeout=aiohttp.ClientTimeout(total=15)) as session:
-                    state = await join(session, invite, identity, data_dir, time.time())
-            except (PeerUnreachable, MembershipError) as exc:
+                # The join is unsigned (not a member yet): the signer is never called.
+                async with HttpPeerTransport(_unsigned) as transport:
+                    state = await join(transport, invite, identity, data_dir, time.time())
+            except (PeerError, MembershipError, SealError) as exc:
                 raise ConfigError(f"--join: could not join through {invite.address}: {exc}"
                                   ) from exc
         bootstrap = [Bootstrap(invite.address, invite.tls_fingerprint)]
@@ -56,6 +56,10 @@ async def open_mesh(data_dir: Path, identity: Identity,
     if state is None:
         state = MeshState.load_or_create(data_dir, identity, time.time())
     return state, bootstrap
+
+
+def _unsigned(audience: str, path: str, body: bytes) -> dict[str, str]:
+    raise AssertionError("the join is not signed")
 
 
 def mint_invite(data_dir: Path, ttl_s: float) -> str:

@@ -4,8 +4,11 @@
   own Ed25519 node key. Callers pin the certificate's SHA-256 fingerprint, which the node
   publishes in its signed record, so no CA is involved and a man in the middle cannot pass.
 - Python's ssl module cannot accept arbitrary client certificates on the server side, so the
-  caller proves who it is by signing each request: method, path, body hash, timestamp, nonce
-  and mesh id, with its node key. The server checks membership, freshness and replays.
+  caller proves who it is by signing each request: mesh id, audience (the node it is meant
+  for), method, path, body hash, timestamp and nonce, with its node key. The server checks
+  membership and freshness from the headers alone, before it reads the body; then the
+  signature and replays. The audience stops a member from replaying a request it received
+  to a third node.
 A source address, loopback, or a forwarded header is never a credential.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import os
 import secrets
 from collections import OrderedDict
@@ -28,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes
 
-REQUEST_DOMAIN = b"covey-request-v1"
+REQUEST_DOMAIN = b"covey-request-v2"  # v2: the audience is signed too
 H_NODE, H_KEY, H_TIME, H_NONCE, H_SIG = (
     "x-covey-node", "x-covey-key", "x-covey-time", "x-covey-nonce", "x-covey-sig")
 H_CERT = "x-covey-cert"  # the caller's member certificate, like a TLS client certificate
@@ -39,44 +43,65 @@ MAX_NONCES = 100_000
 
 class PeerRefused(Exception):
     """A peer request that must not be served. `reason`: unsigned, malformed, wrong_key,
-    not_member, stale, replay, bad_signature."""
+    not_member, stale, replay, bad_signature, busy (the replay cache is full: 503)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
-
-def _message(mesh_id: str, method: str, path: str, body: bytes, timestamp: str,
-             nonce: str) -> bytes:
-    return "\n".join([mesh_id, method.upper(), path, hashlib.sha256(body).hexdigest(),
-                      timestamp, nonce]).encode()
+    @property
+    def status(self) -> int:
+        return 503 if self.reason == "busy" else 403
 
 
-def sign_request(key: Ed25519PrivateKey, *, mesh_id: str, method: str, path: str, body: bytes,
-                 now: float, nonce: str | None = None) -> dict[str, str]:
-    """Headers that authenticate one request from this node."""
+def _message(mesh_id: str, audience: str, method: str, path: str, body: bytes,
+             timestamp: str, nonce: str) -> bytes:
+    return "\n".join([mesh_id, audience, method.upper(), path,
+                      hashlib.sha256(body).hexdigest(), timestamp, nonce]).encode()
+
+
+def sign_request(key: Ed25519PrivateKey, *, mesh_id: str, audience: str, method: str,
+                 path: str, body: bytes, now: float, nonce: str | None = None
+                 ) -> dict[str, str]:
+    """Headers that authenticate one request from this node to node `audience`."""
     raw = public_bytes(key)
     nonce = nonce or secrets.token_urlsafe(16)
     timestamp = f"{now:.3f}"
-    sig = key.sign(REQUEST_DOMAIN + b"\x00" + _message(mesh_id, method, path, body, timestamp,
-                                                        nonce))
+    sig = key.sign(REQUEST_DOMAIN + b"\x00" + _message(mesh_id, audience, method, path, body,
+                                                        timestamp, nonce))
     return {H_NODE: node_id_for(raw), H_KEY: b64e(raw), H_TIME: timestamp, H_NONCE: nonce,
             H_SIG: b64e(sig)}
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a request's headers claim, checked for membership and freshness (not yet for the
+    signature: that needs the body)."""
+
+    node_id: str
+    key: bytes
+    sig: bytes
+    timestamp: str
+    sent_at: float
+    nonce: str
+
+
 @dataclass
 class RequestVerifier:
-    """Checks signed peer requests. `is_member(node_id, public_key, now)` is the membership
-    view (certificates minus revocations). Remembers nonces for the freshness window."""
+    """Checks signed peer requests addressed to `audience` (this node's id).
+    `is_member(node_id, public_key, now)` is the membership view (certificates minus
+    revocations). Remembers every nonce until its request could no longer be fresh."""
 
     mesh_id: str
     is_member: Callable[[str, bytes, float], bool]
+    audience: str
     window_s: float = WINDOW_S
+    max_nonces: int = MAX_NONCES
     _nonces: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
-    def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               now: float) -> str:
-        """The calling node's id, or PeerRefused."""
+    def claim(self, headers: Mapping[str, str], now: float) -> Claim:
+        """Membership and freshness from the headers alone: run before reading the body, so
+        a stranger cannot make this node read (or hash) a large one. Raises PeerRefused."""
         try:
             node_id, key_text = headers[H_NODE], headers[H_KEY]
             timestamp, nonce, sig_text = headers[H_TIME], headers[H_NONCE], headers[H_SIG]
@@ -88,6 +113,10 @@ class RequestVerifier:
             key, sig, sent_at = b64d(key_text), b64d(sig_text), float(timestamp)
         except (SealError, ValueError) as exc:
             raise PeerRefused("malformed", "unreadable authentication header") from exc
+        # NaN compares false with everything: it would pass the window check below, and a
+        # captured request could be replayed for ever once its nonce left the cache.
+        if not math.isfinite(sent_at):
+            raise PeerRefused("malformed", "request time is not a finite number")
         if node_id_for(key) != node_id:
             raise PeerRefused("wrong_key", "the key does not belong to the claimed node")
         if not self.is_member(node_id, key, now):
@@ -96,22 +125,38 @@ class RequestVerifier:
         if abs(now - sent_at) > self.window_s:
             raise PeerRefused("stale", f"request time is {now - sent_at:+.0f}s off; check the "
                                        "clocks of both machines")
-        try:
-            check(REQUEST_DOMAIN, _message(self.mesh_id, method, path, body, timestamp, nonce),
-                  sig, key)
-        except SealError as exc:
-            raise PeerRefused("bad_signature", "request signature does not verify") from exc
-        self._remember(f"{node_id}:{nonce}", now)
-        return node_id
+        return Claim(node_id, key, sig, timestamp, sent_at, nonce)
 
-    def _remember(self, nonce: str, now: float) -> None:
+    def check(self, claim: Claim, method: str, path: str, body: bytes, now: float) -> str:
+        """The signature over the body, then replays. Returns the calling node's id."""
+        try:
+            check(REQUEST_DOMAIN, _message(self.mesh_id, self.audience, method, path, body,
+                                           claim.timestamp, claim.nonce), claim.sig, claim.key)
+        except SealError as exc:
+            raise PeerRefused("bad_signature", "request signature does not verify (or it was "
+                                               "meant for another node)") from exc
+        self._remember(f"{claim.node_id}:{claim.nonce}", claim.sent_at + self.window_s, now)
+        return claim.node_id
+
+    def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+               now: float) -> str:
+        """Both steps at once. The calling node's id, or PeerRefused."""
+        return self.check(self.claim(headers, now), method, path, body, now)
+
+    def _remember(self, nonce: str, until: float, now: float) -> None:
         # Checked after the signature, so nobody can fill the cache with unsigned junk.
-        while self._nonces and (next(iter(self._nonces.values())) < now - 2 * self.window_s
-                                or len(self._nonces) >= MAX_NONCES):
+        # Only nonces whose request could no longer pass the freshness check are dropped:
+        # evicting a live one would let its request be replayed.
+        while self._nonces and next(iter(self._nonces.values())) < now:
             self._nonces.popitem(last=False)
         if nonce in self._nonces:
             raise PeerRefused("replay", "this request was already received")
-        self._nonces[nonce] = now
+        if len(self._nonces) >= self.max_nonces:
+            raise PeerRefused("busy", "too many peer requests in the last minute; retry "
+                                      "shortly")
+        # Kept in arrival order; `until` is at most now + 2 windows, so an entry behind a
+        # longer-lived one waits at most that long to be dropped.
+        self._nonces[nonce] = max(until, now)
 
 
 # --- TLS identity -------------------------------------------------------------------------

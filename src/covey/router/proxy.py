@@ -7,18 +7,24 @@ tail, where the final usage/timings event lives. Everything else is parsed once 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
+from covey.mesh.peer_transport import (
+    MAX_STREAM,
+    MAX_WHOLE,
+    PeerError,
+    PeerResponse,
+    PeerTransport,
+    engine_post,
+)
 from covey.metrics import server_timing
 from covey.metrics.samples import ModelMeter
 from covey.metrics.timing import (
@@ -37,31 +43,51 @@ T_RECEIVED = web.RequestKey("t_received", float)
 
 
 class UpstreamRejected(CoveyError):
-    """The engine refused the request (4xx): passed on with the engine's status and message."""
+    """The engine (or the peer) refused the request (4xx): its status and message. Whether
+    the client sees it or the next candidate is tried is the dispatcher's call."""
 
     type, code = "invalid_request_error", "rejected_by_engine"
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
         self.status = status
 
 
 class Relay:
-    """Owns the node's upstream HTTP sessions. One per node.
+    """Owns the node's upstream connections. One per node.
 
     `session` reaches engines and attached backends, a connection per request (see
-    node.engine_connector). `peer_session` reaches peers' mesh listeners and keeps connections
-    alive: a fresh pinned-TLS connection costs a handshake, one or two network round trips
-    added to every prompt's time to first token. A peer must start answering (send its
-    response headers) within `peer_deadline_s`, or the next candidate is tried: a machine
-    that vanished leaves a kept connection open but silent."""
+    node.engine_connector). Peers are reached through the peer `transport`, which keeps a
+    pinned connection pool per peer: a fresh TLS connection costs a handshake, one or two
+    network round trips added to every prompt's time to first token. A peer must start
+    answering (send its response headers) within `peer_deadline_s`, or the next candidate is
+    tried: a machine that vanished leaves a kept connection open but silent."""
 
     def __init__(self, session: aiohttp.ClientSession,
-                 peer_session: aiohttp.ClientSession | None = None,
+                 transport: PeerTransport | None = None,
                  peer_deadline_s: float | None = None) -> None:
         self.session = session
-        self.peer_session = peer_session or session
+        self.transport = transport
         self.peer_deadline_s = peer_deadline_s
+
+    async def _send(self, model: ServedModel, base_url: str, path: str, body: bytes,
+                    stream: bool) -> PeerResponse:
+        cap = MAX_STREAM if stream else MAX_WHOLE
+        if model.peer is not None:
+            assert self.transport is not None, "a peer's model needs the peer transport"
+            try:
+                return await self.transport.post(
+                    model.peer, "/mesh/v1" + path, body, timeout_s=self.peer_deadline_s,
+                    max_bytes=cap)
+            except PeerError as exc:
+                raise UpstreamFailed(f"{model.peer.label} did not answer: {exc}",
+                                     retry_after=2) from exc
+        try:
+            return await engine_post(self.session, base_url + path, body,
+                                     {"Content-Type": "application/json"}, cap)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
+                                 f"{type(exc).__name__}", retry_after=2) from exc
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
                       body: bytes, stream: bool, headers: Mapping[str, str],
@@ -73,28 +99,17 @@ class Relay:
         meter = model.meter if measure else ModelMeter(window_s=1.0)
         base_url = model.admit()
         try:
-            headers_up = {"Content-Type": "application/json"}
-            if model.sign is not None:
-                headers_up.update(model.sign(urlsplit(base_url).path + path, body))
-            peer = model.sign is not None
-            session = self.peer_session if peer else self.session
             t_sent = time.perf_counter()
             try:
-                upstream = await asyncio.wait_for(session.post(
-                    base_url + path, data=body, headers=headers_up,
-                    ssl=model.ssl if model.ssl is not None else True),
-                    self.peer_deadline_s if peer else None)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                upstream = await self._send(model, base_url, path, body, stream)
+            except UpstreamFailed:
                 meter.requests_failed += 1
-                why = (f"nothing within {self.peer_deadline_s:g}s"
-                       if peer and type(exc) is TimeoutError else type(exc).__name__)
-                raise UpstreamFailed(f"engine for {model.id!r} did not answer: {why}",
-                                     retry_after=2) from exc
+                raise
             t_headers = time.perf_counter()
             parts = server_timing.split(
                 (t_sent - t_request) * 1000, (t_headers - t_sent) * 1000,
                 server_timing.parse(upstream.headers.get("Server-Timing"))
-                if model.sign is not None else None)
+                if model.peer is not None else None)
             headers = {**headers, "Server-Timing": server_timing.render(parts)}
             try:
                 if upstream.status != 200:
@@ -112,11 +127,11 @@ class Relay:
             model.release()
 
     async def _whole(self, model: ServedModel, meter: ModelMeter,
-                     upstream: aiohttp.ClientResponse,
+                     upstream: PeerResponse,
                      headers: Mapping[str, str]) -> web.Response:
         try:
             data = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, PeerError) as exc:
             meter.requests_failed += 1
             raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
                                  f"({type(exc).__name__}); retry", retry_after=2) from exc
@@ -130,7 +145,7 @@ class Relay:
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
     async def _stream(self, request: web.Request, model: ServedModel, meter: ModelMeter,
-                      upstream: aiohttp.ClientResponse, t_request: float,
+                      upstream: PeerResponse, t_request: float,
                       headers: Mapping[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -186,7 +201,7 @@ class Relay:
         return response
 
 
-async def _raise_for_upstream(upstream: aiohttp.ClientResponse, model: ServedModel,
+async def _raise_for_upstream(upstream: PeerResponse, model: ServedModel,
                               meter: ModelMeter, path: str) -> None:
     """Translate an engine's non-200 answer into our error shape, keeping its message."""
     raw = await upstream.content.read(MAX_UPSTREAM_ERROR_BYTES)
@@ -204,6 +219,17 @@ async def _raise_for_upstream(upstream: aiohttp.ClientResponse, model: ServedMod
         raise BadRequest(f"model {model.id!r} does not serve embeddings: {message}",
                          code="embeddings_not_supported", param="model")
     if 400 <= upstream.status < 500:
-        raise UpstreamRejected(upstream.status, message)
+        retry_after = upstream.headers.get("Retry-After")
+        raise UpstreamRejected(upstream.status, message,
+                               retry_after=_seconds(retry_after) if retry_after else None)
     meter.requests_failed += 1
-    raise UpstreamFailed(f"engine for {model.id!r} failed: {message}", retry_after=2)
+    raise UpstreamFailed(f"engine for {model.id!r} failed: {message}", retry_after=2,
+                         upstream_status=upstream.status)
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return min(value, 3600.0) if value >= 0 else None

@@ -12,6 +12,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from covey.mesh.peer_transport import Peer, peer_of
 from covey.mesh.records import NodeRecord
 
 PRIOR_TTFT_S = 1.0  # what we assume of a node we have never measured
@@ -26,15 +27,14 @@ DEFAULT_TOKENS = 256
 class Candidate:
     node_id: str
     name: str
-    address: str | None  # None: this node
-    fingerprint: str | None
+    peer: Peer | None  # how to call it; None: this node
     expected_s: float
     slots: int
     measured: bool
 
     @property
     def local(self) -> bool:
-        return self.address is None
+        return self.peer is None
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
     tokens/s): it includes the network hop, so it wins over the peer's own gossiped figures."""
     out: list[Candidate] = []
     if local is not None and local.ready:
-        out.append(Candidate(local.node_id, local.name, None, None,
+        out.append(Candidate(local.node_id, local.name, None,
                              expected_seconds(local.ttft_s, local.tokens_per_s,
                                               local.queue_depth, local.slots, tokens),
                              local.slots, local.tokens_per_s is not None))
@@ -85,8 +85,7 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
         seen_ttft, seen_rate = (observed or {}).get(record.node_id, (None, None))
         ttft, rate = seen_ttft if seen_ttft is not None else ttft, seen_rate or rate
         queued = ad.queue_depth + in_flight.get(record.node_id, 0)
-        out.append(Candidate(record.node_id, record.name, record.addresses[0],
-                             record.tls_fingerprint,
+        out.append(Candidate(record.node_id, record.name, peer_of(record),
                              expected_seconds(ttft, rate, queued, ad.slots, tokens),
                              ad.slots, rate is not None))
     # A little randomness among near-equals (power of two choices) so that entries acting

@@ -6,13 +6,11 @@ which model a request means, and whether it may enter now (ready, under capacity
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
 from covey.errors import Busy, ModelNotFound, Unavailable
+from covey.mesh.peer_transport import Peer
 from covey.metrics.samples import ModelMeter
 from covey.types import (
     Baseline,
@@ -49,10 +47,9 @@ class ServedModel:
     meter: ModelMeter
     baseline: Baseline | None = None
     in_flight: int = 0
-    # For a peer: who serves it, how to sign calls to it, and the TLS pin for its listener.
+    # For a peer's copy: who serves it, and the peer to call (through the peer transport).
     served_by: str | None = None
-    sign: Callable[[str, bytes], dict[str, str]] | None = None
-    ssl: aiohttp.Fingerprint | None = None
+    peer: Peer | None = None
 
     @property
     def id(self) -> ModelId:

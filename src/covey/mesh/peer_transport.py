@@ -1,0 +1,373 @@
+"""The one way to talk to a peer: pinned TLS, signed requests, a kept connection pool per peer.
+
+Gossip, the data-plane probes, `covey doctor` and the relay all call peers through a
+`PeerTransport`, so every call gets the same guarantees:
+- pinning is mandatory: a peer is named by the TLS fingerprint its signed record (or the
+  invite) carries; there is no way to call one without it;
+- requests are signed for their audience, the peer's fingerprint (the join is the one
+  unsigned call: the joiner is not a member yet);
+- one bounded pool per peer. aiohttp matches a pooled connection by the identity of its
+  `ssl` object, so each pool keeps ONE `aiohttp.Fingerprint`; a new one per request (as
+  before) never matched, and every gossip round and probe paid a TLS handshake and left an
+  idle socket behind;
+- a peer's addresses are tried in order, starting with the one that answered last;
+- what a peer sends back is read with a cap.
+Failures are one type, `PeerError`, whose `kind` says what went wrong. Unit tests swap in
+`tests/memory_transport.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace, TracebackType
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+from covey.mesh.records import NodeRecord
+
+log = logging.getLogger(__name__)
+
+POOL_LIMIT = 64  # connections to one peer at most: prompts in flight plus control calls
+KEEPALIVE_S = 30.0  # idle kept connections close long before a Covey server drops them (75 s)
+CONNECT_S = 3.0  # per address: a dead address must not eat the whole deadline
+MAX_ANSWER = 4 * 1024 * 1024  # a control answer (gossip, probe, join) read at most
+MAX_WHOLE = 16 * 1024 * 1024  # a whole (non-streamed) completion relayed from a peer
+MAX_STREAM = 256 * 1024 * 1024  # a streamed completion, summed over its chunks
+
+Kind = Literal["unpinned", "connect", "tls", "timeout", "http", "too_large", "malformed",
+               "broken"]
+# (audience fingerprint, path, body) → the signature headers (see mesh/transport.py)
+Signer = Callable[[str, str, bytes], dict[str, str]]
+
+
+class PeerError(Exception):
+    """A call to a peer that did not give a usable answer.
+
+    kind: unpinned (no fingerprint to pin), connect (no address accepted a connection),
+    tls (the key there is not the pinned one), timeout (no answer in time), http (the peer
+    answered with an error status: `status`, `code` and its decoded error `answer`),
+    too_large (its answer was over the cap), malformed (not the JSON expected), broken (the
+    connection failed after it was made)."""
+
+    def __init__(self, kind: Kind, message: str, *, status: int | None = None,
+                 code: str | None = None, answer: dict[str, Any] | None = None,
+                 address: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.code = code
+        self.answer = answer or {}
+        self.address = address
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who to call and where: the pinned fingerprint names the node."""
+
+    fingerprint: str
+    addresses: tuple[str, ...]
+    name: str = ""
+    node_id: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.node_id[:12] or (self.addresses[0] if self.addresses else "?")
+
+
+def peer_of(record: NodeRecord) -> Peer:
+    """How to call the node behind `record` (with no fingerprint in it, the transport
+    refuses to call it: unpinned)."""
+    return Peer(record.tls_fingerprint, tuple(record.addresses), record.name, record.node_id)
+
+
+class Content(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class PeerResponse(Protocol):
+    """What a call returns: aiohttp's response shape, reads capped."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> Content: ...
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    async def __aenter__(self) -> PeerResponse: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+
+class PeerTransport(Protocol):
+    async def post(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
+                   headers: Mapping[str, str] | None = None, signed: bool = True,
+                   max_bytes: int = MAX_ANSWER) -> PeerResponse:
+        """Send `body` to `path` at `peer`; the response once its headers arrived (within
+        `timeout_s`). Its body reads are capped at `max_bytes`. Raises PeerError."""
+        ...
+
+    def opened(self, fingerprint: str) -> int:
+        """Connections opened to that peer since start (each one a TLS handshake)."""
+        ...
+
+    def address(self, fingerprint: str) -> str | None:
+        """The address of that peer that answered last."""
+        ...
+
+
+async def call_json(transport: PeerTransport, peer: Peer, path: str,
+                    payload: Mapping[str, Any], timeout_s: float, *, signed: bool = True,
+                    max_bytes: int = MAX_ANSWER) -> dict[str, Any]:
+    """POST a JSON object and read a JSON object back, all within `timeout_s`.
+    A non-200 answer raises PeerError(kind='http') carrying the peer's error body."""
+    body = json.dumps(payload).encode()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with await transport.post(peer, path, body, timeout_s=timeout_s,
+                                            signed=signed, max_bytes=max_bytes) as r:
+                raw = await r.read()
+                status = r.status
+    except TimeoutError as exc:
+        raise PeerError("timeout", f"{peer.label} did not answer {path} within "
+                                   f"{timeout_s:g}s") from exc
+    try:
+        answer = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        answer = None
+    if status != 200:
+        err = answer.get("error") if isinstance(answer, dict) else None
+        err = err if isinstance(err, dict) else {}
+        message, code = err.get("message"), err.get("code")
+        raise PeerError("http", f"{peer.label} answered {path} with HTTP {status}: "
+                                f"{str(message)[:300] if message else 'no reason given'}",
+                        status=status, code=str(code)[:64] if code else None,
+                        answer=answer if isinstance(answer, dict) else None)
+    if not isinstance(answer, dict):
+        raise PeerError("malformed", f"{peer.label} answered {path} with something other "
+                                     "than a JSON object")
+    return answer
+
+
+# --- the real one --------------------------------------------------------------------------
+
+
+class _CappedContent:
+    def __init__(self, stream: aiohttp.StreamReader, cap: int, label: str) -> None:
+        self._stream = stream
+        self._left = cap
+        self._label = label
+
+    def _take(self, chunk: bytes) -> bytes:
+        self._left -= len(chunk)
+        if self._left < 0:
+            # The relay treats a payload error like any stream that broke mid-answer.
+            raise aiohttp.ClientPayloadError(f"{self._label} sent more than the cap")
+        return chunk
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream.iter_any():
+            yield self._take(chunk)
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._take(await self._stream.read(n))
+
+
+class HttpResponse:
+    """An aiohttp response whose body reads are capped (a peer's, or an engine's)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, cap: int, label: str) -> None:
+        self._response = response
+        self._cap = cap
+        self._label = label
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self.content = _CappedContent(response.content, cap, label)
+
+    async def read(self) -> bytes:
+        length = self._response.content_length
+        if length is not None and length > self._cap:
+            raise PeerError("too_large", f"{self._label} announced {length} bytes, over the "
+                                         f"{self._cap} byte cap")
+        chunks, total = [], 0
+        async for chunk in self._response.content.iter_any():
+            total += len(chunk)
+            if total > self._cap:
+                raise PeerError("too_large", f"{self._label} sent over {self._cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._response.close()
+
+    async def __aenter__(self) -> HttpResponse:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        # A body read to its end returns the connection to the pool; anything else drops it.
+        self._response.release() if exc is None else self._response.close()
+
+
+@dataclass
+class _Pool:
+    session: aiohttp.ClientSession
+    pin: aiohttp.Fingerprint
+    preferred: str | None = None
+    opened: int = 0
+    addresses: tuple[str, ...] = field(default_factory=tuple)
+
+
+class HttpPeerTransport:
+    """Pinned TLS over aiohttp, one bounded keep-alive pool per peer fingerprint.
+
+    `signer(audience, path, body)` signs a request. Use as an async context manager (or call
+    `close()`): it owns every pool's connections."""
+
+    def __init__(self, signer: Signer, *, connect_s: float = CONNECT_S,
+                 pool_limit: int = POOL_LIMIT) -> None:
+        self._signer = signer
+        self._connect_s = connect_s
+        self._pool_limit = pool_limit
+        self._pools: dict[str, _Pool] = {}
+
+    async def __aenter__(self) -> HttpPeerTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.session.close()
+
+    def opened(self, fingerprint: str) -> int:
+        pool = self._pools.get(fingerprint)
+        return pool.opened if pool else 0
+
+    def address(self, fingerprint: str) -> str | None:
+        pool = self._pools.get(fingerprint)
+        return pool.preferred if pool else None
+
+    async def forget(self, keep: set[str]) -> None:
+        """Close the pools of peers no longer known (fingerprints not in `keep`)."""
+        for fingerprint in set(self._pools) - keep:
+            await self._pools.pop(fingerprint).session.close()
+
+    def _pool(self, fingerprint: str) -> _Pool:
+        pool = self._pools.get(fingerprint)
+        if pool is None:
+            trace = aiohttp.TraceConfig()
+
+            async def counted(_s: aiohttp.ClientSession, _c: SimpleNamespace,
+                              _p: aiohttp.TraceConnectionCreateEndParams) -> None:
+                assert pool is not None  # bound below, before any connection is made
+                pool.opened += 1
+
+            trace.on_connection_create_end.append(counted)
+            pool = _Pool(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._pool_limit,
+                                               keepalive_timeout=KEEPALIVE_S),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_s,
+                                              sock_read=600),
+                auto_decompress=False, trace_configs=[trace]),
+                aiohttp.Fingerprint(bytes.fromhex(fingerprint)))
+            self._pools[fingerprint] = pool
+        return pool
+
+    def _order(self, pool: _Pool, addresses: tuple[str, ...]) -> list[str]:
+        if pool.preferred in addresses:
+            return [pool.preferred, *(a for a in addresses if a != pool.preferred)]
+        return list(addresses)
+
+    async def post(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
+                   headers: Mapping[str, str] | None = None, signed: bool = True,
+                   max_bytes: int = MAX_ANSWER) -> HttpResponse:
+        if not _is_fingerprint(peer.fingerprint):
+            raise PeerError("unpinned", f"{peer.label} has no signed TLS fingerprint: it cannot "
+                                        "be called (there would be nothing to pin)")
+        if not peer.addresses:
+            raise PeerError("connect", f"{peer.label} advertises no address")
+        pool = self._pool(peer.fingerprint)
+        failures: list[str] = []
+        last: PeerError | None = None
+        for address in self._order(pool, peer.addresses[:16]):
+            try:
+                response = await self._attempt(pool, peer, address, path, body, timeout_s,
+                                               headers, signed)
+            except PeerError as exc:
+                if exc.kind not in ("connect", "tls"):
+                    raise  # it was reached: another address would only repeat the work
+                failures.append(f"{address}: {exc}")
+                last = exc
+                continue
+            if pool.preferred != address:
+                if pool.preferred is not None:
+                    log.info("peer %s: now reached at %s", peer.label, address)
+                pool.preferred = address
+            return HttpResponse(response, max_bytes, peer.label)
+        assert last is not None
+        raise PeerError(last.kind, f"cannot reach {peer.label}: " + "; ".join(failures),
+                        address=last.address)
+
+    async def _attempt(self, pool: _Pool, peer: Peer, address: str, path: str, body: bytes,
+                       timeout_s: float | None, headers: Mapping[str, str] | None,
+                       signed: bool) -> aiohttp.ClientResponse:
+        for retry in (False, True):
+            sent = {"Content-Type": "application/json", **(headers or {})}
+            if signed:  # signed per attempt: each carries its own nonce
+                sent.update(self._signer(peer.fingerprint, path, body))
+            try:
+                return await asyncio.wait_for(pool.session.post(
+                    f"https://{address}{path}", data=body, headers=sent, ssl=pool.pin),
+                    timeout_s)
+            except aiohttp.ServerFingerprintMismatch as exc:
+                raise PeerError("tls", "presented a different TLS key than the one pinned "
+                                       "(not the same node, or a man in the middle)",
+                                address=address) from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise PeerError("connect", f"{exc.os_error.strerror or exc.os_error}"
+                                if exc.os_error else str(exc), address=address) from exc
+            except aiohttp.ConnectionTimeoutError as exc:
+                raise PeerError("connect", f"connect timed out after {self._connect_s:g}s",
+                                address=address) from exc
+            except aiohttp.ServerDisconnectedError as exc:
+                # A kept connection the peer had just closed: it never saw this request,
+                # so one more try on a fresh connection is safe.
+                if retry:
+                    raise PeerError("broken", f"{peer.label} closed the connection",
+                                    address=address) from exc
+            except TimeoutError as exc:
+                raise PeerError("timeout", f"{peer.label} sent nothing within "
+                                           f"{timeout_s:g}s", address=address) from exc
+            except aiohttp.ClientError as exc:
+                raise PeerError("broken", f"{type(exc).__name__}: {exc}",
+                                address=address) from exc
+        raise AssertionError("unreachable")
+
+
+def _is_fingerprint(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+# Engines and attached backends are not peers, but the relay reads both the same way.
+async def engine_post(session: aiohttp.ClientSession, url: str, body: bytes,
+                      headers: Mapping[str, str], cap: int) -> HttpResponse:
+    """POST to an engine on this machine; its answer is read like a peer's."""
+    response = await session.post(url, data=body, headers=dict(headers))
+    return HttpResponse(response, cap, url)
