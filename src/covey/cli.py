@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     bench.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
-    bench.add_argument("--model", type=Path, help="GGUF to bench (default: the embedded model)")
+    bench.add_argument("--model", type=Path, help="GGUF to bench, or an embedded model's name "
+                       "(default: the default embedded model)")
     bench.add_argument("--threads", type=int, default=None, help="engine threads")
     bench.add_argument("--data-dir", help="where to keep the assembled model "
                        "(default: ~/.covey, or $COVEY_HOME)")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from covey.engine import embedded
 from covey.metrics.timing import measure
 
 err = Console(stderr=True)
@@ -22,8 +23,9 @@ err = Console(stderr=True)
 
 @contextlib.contextmanager
 def assembly_progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress callback that shows a bar only if work actually happens."""
-    progress = Progress(TextColumn("assembling the default model"), BarColumn(),
+    """A progress callback for putting an embedded model in place (unpacking, assembling,
+    hashing); shows a bar only if work actually happens."""
+    progress = Progress(TextColumn("preparing the model"), BarColumn(),
                         DownloadColumn(), TransferSpeedColumn(), console=err, transient=False)
     task: list[Any] = []
 
@@ -202,7 +204,10 @@ def models(url: str, api_key: str | None, as_json: bool) -> int:
     for r in rows:
         table.add_row(r["id"], _size(r["size_bytes"]), r["quantization"] or "-", r["engine"],
                       r["state"] + (f": {r['reason']}" if r["reason"] else ""))
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    out.print(f"embedded models, served by name with `covey serve --model NAME`: "
+              f"{embedded.names_help()}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
