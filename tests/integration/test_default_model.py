@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from covey.engine import embedded
+from covey.engine.gguf import read_metadata
 from tests.conftest import NodeProcess, http, seed_models
 
 pytestmark = pytest.mark.engine
@@ -37,10 +38,14 @@ def test_default_model_answers_hello_without_template_tokens(
     assert text.strip(), answer
     assert not [t for t in TEMPLATE_TOKENS if t in text], text
 
-    # The engine formats chats with the GGUF's own template (llama.cpp reports it).
+    # The engine formats chats with the GGUF's own template. llama.cpp reports a template
+    # even for a GGUF without one (its ChatML fallback, which is what Gemma got), so the
+    # check is that it is the file's own.
     code, _, props = http("GET", model["engine_url"].removesuffix("/v1") + "/props")
     assert code == 200, props
-    assert "<|im_start|>" in props["chat_template"]
+    own = read_metadata(chat_model_path)["tokenizer.chat_template"]
+    assert isinstance(own, str) and "SmolLM" in own
+    assert props["chat_template"] == own
 
 
 def test_both_embedded_models_by_name(model_path: Path, chat_model_path: Path, tmp_path: Path,

@@ -284,7 +284,9 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     if args.runs < 1 or args.max_tokens < 2:
         err.print("covey bench: --runs must be ≥ 1 and --max-tokens ≥ 2")
         return 2
-    named = embedded.find(str(args.model)) if args.model else embedded.DEFAULT
+    # Gemma by default: it needs no download, and docs/bench.md's figures were taken on it
+    # (the relay's overhead does not depend on whether the model can chat).
+    named = embedded.find(str(args.model)) if args.model else embedded.GEMMA
     try:
         with assembly_progress() as progress:
             model = embedded.model_path(named, data_dir, progress) if named else args.model

