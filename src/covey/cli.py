@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from covey import __version__, config
+from covey.engine import embedded
 from covey.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:7272"
@@ -67,11 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--data-dir", help="data dir of the node that created the mesh "
                         "(default: ~/.covey, or $COVEY_HOME)")
 
-    bench = sub.add_parser("bench", help="measure the node's relay overhead on the default model")
+    bench = sub.add_parser("bench", help="measure the node's relay overhead on a model")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     bench.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
-    bench.add_argument("--model", type=Path, help="GGUF to bench (default: the embedded model)")
+    bench.add_argument("--model", type=Path, help="GGUF to bench, or an embedded model's name "
+                       f"(default: {embedded.GEMMA.name}, which needs no download)")
     bench.add_argument("--threads", type=int, default=None, help="engine threads")
     bench.add_argument("--data-dir", help="where to keep the assembled model "
                        "(default: ~/.covey, or $COVEY_HOME)")

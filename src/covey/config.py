@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from covey.engine import embedded
 from covey.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -63,9 +64,13 @@ class Settings:
     health_timeout_s: float = _opt(3.0, "seconds each data-plane check layer may take")
 
     # --- what the node serves ---
-    models: tuple[Path, ...] = _opt((), "GGUF file to serve (repeatable); replaces the default",
-                                    flag="model")
-    default_model: bool = _opt(True, "serve the embedded Gemma 3 270M when no --model is given")
+    models: tuple[Path, ...] = _opt(
+        (), "GGUF file to serve, or an embedded model by name or id: "
+        f"{embedded.names_help()}. Repeatable; replaces the default "
+        f"(default: {embedded.DEFAULT.name})", flag="model",
+    )
+    default_model: bool = _opt(True, f"serve the embedded {embedded.DEFAULT.name} (a small "
+                               "chat model) when no --model is given")
     backends: tuple[str, ...] = _opt(
         (), "OpenAI-compatible server to attach instead of starting engines (repeatable), "
         "e.g. http://127.0.0.1:11434/v1", flag="backend",
@@ -105,7 +110,9 @@ class Settings:
             self,
             data_dir=self.data_dir.expanduser().resolve(),
             # absolute(), not resolve(): the name the user gave (a symlink, say) is the model id.
-            models=tuple(p.expanduser().absolute() for p in self.models),
+            # An embedded model's name stays a bare name; the node fetches it.
+            models=tuple(p if embedded.find(str(p)) else p.expanduser().absolute()
+                         for p in self.models),
         )
         s._check()
         return s

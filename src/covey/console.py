@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from covey.engine import embedded
 from covey.metrics.timing import measure
 
 err = Console(stderr=True)
@@ -22,8 +23,9 @@ err = Console(stderr=True)
 
 @contextlib.contextmanager
 def assembly_progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress callback that shows a bar only if work actually happens."""
-    progress = Progress(TextColumn("assembling the default model"), BarColumn(),
+    """A progress callback for putting an embedded model in place (unpacking, assembling,
+    hashing); shows a bar only if work actually happens."""
+    progress = Progress(TextColumn("preparing the model"), BarColumn(),
                         DownloadColumn(), TransferSpeedColumn(), console=err, transient=False)
     task: list[Any] = []
 
@@ -202,16 +204,29 @@ def models(url: str, api_key: str | None, as_json: bool) -> int:
     for r in rows:
         table.add_row(r["id"], _size(r["size_bytes"]), r["quantization"] or "-", r["engine"],
                       r["state"] + (f": {r['reason']}" if r["reason"] else ""))
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    out.print(f"embedded models, served by name with `covey serve --model NAME`: "
+              f"{embedded.names_help()}", markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+class StreamBroken(Exception):
+    """The node answered and began streaming, then the answer stopped before `[DONE]`."""
+
+    def __init__(self, tokens: int, reason: str) -> None:
+        super().__init__(f"the answer stopped after {tokens} token{'s' * (tokens != 1)}: "
+                         f"{reason}")
 
 
 def chat(url: str, api_key: str | None, prompt: str, model: str | None,
          max_tokens: int) -> int:
+    """Stream one answer; exit 1 when no node answers or the answer stops short."""
     try:
         return asyncio.run(_chat(url, api_key, prompt, model, max_tokens))
-    except NodeUnreachable as exc:
-        err.print(f"covey: {exc}")
+    except (NodeUnreachable, StreamBroken) as exc:
+        # markup off: the reason may come from the network and hold brackets ("[DONE]").
+        err.print(f"covey: {exc}", soft_wrap=True, markup=False, highlight=False)
         return 1
 
 
@@ -224,41 +239,78 @@ async def _chat(url: str, api_key: str | None, prompt: str, model: str | None,
         body["model"] = model
     t0 = time.perf_counter()
     t_first = t_last = None
-    tokens = 0
+    pieces = tokens = 0
     served_model = model or "?"
+    done = False
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                url + "/v1/chat/completions", json=body, headers=_headers(api_key)) as r:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            response = await session.post(url + "/v1/chat/completions", json=body,
+                                          headers=_headers(api_key))
+        # Nothing answered at all (refused, reset before headers, timed out): no node there.
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NodeUnreachable(f"no Covey node answers at {url} ({type(exc).__name__}); "
+                                  "start one with `covey serve`") from exc
+        async with response as r:
             if r.status != 200:
-                raise NodeUnreachable(_error_message(await r.json(content_type=None), r.status))
+                raise NodeUnreachable(await _error_text(r))
             served_by = r.headers.get("x-covey-served-by", "?")
-            async for raw_line in r.content:
-                line = raw_line.strip()
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
+            try:
+                async for raw_line in r.content:
+                    line = raw_line.strip()
+                    if line == b"data: [DONE]":
+                        done = True
+                        break
+                    if not line.startswith(b"data: "):
+                        continue
+                    try:
+                        event = json.loads(line[6:])
+                    except ValueError:
+                        raise StreamBroken(pieces, "the node sent an event that is not JSON"
+                                           ) from None
+                    if not isinstance(event, dict):
+                        raise StreamBroken(pieces, "the node sent an event that is not an "
+                                           "object")
+                    if "error" in event:
+                        error = event["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise StreamBroken(pieces, str(message))
+                    served_model = event.get("model", served_model)
+                    usage = event.get("usage") or {}
+                    tokens = usage.get("completion_tokens", tokens)
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            now = time.perf_counter()
+                            t_first = t_first or now
+                            t_last = now
+                            pieces += 1
+                            sys.stdout.write(text)
+                            sys.stdout.flush()
+            # The node answered, so it runs: the stream broke after it began (the node was
+            # stopped, the connection dropped, or it went silent past the read timeout).
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise StreamBroken(pieces, f"the connection to {url} broke ({reason})"
+                                   ) from exc
+            finally:
+                if pieces:
                     sys.stdout.write("\n")
-                    err.print(f"covey: stream failed: {event['error'].get('message')}")
-                    return 1
-                served_model = event.get("model", served_model)
-                usage = event.get("usage") or {}
-                tokens = usage.get("completion_tokens", tokens)
-                for choice in event.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        now = time.perf_counter()
-                        t_first = t_first or now
-                        t_last = now
-                        sys.stdout.write(text)
-                        sys.stdout.flush()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise NodeUnreachable(f"no Covey node answers at {url} ({type(exc).__name__}); "
-                              "start one with `covey serve`") from exc
+                    sys.stdout.flush()
+    if not done:
+        raise StreamBroken(pieces, "the stream ended without [DONE]")
     result = measure(t0, t_first, t_last, tokens)
-    sys.stdout.write("\n")
     err.print(f"[dim]model {served_model} · served by {served_by} · "
               f"TTFT {_fmt(result.ttft_ms, 'ms', 0)} · "
               f"{_fmt(result.tokens_per_s, 'tok/s')}[/]", soft_wrap=True)
     return 0
+
+
+async def _error_text(r: aiohttp.ClientResponse) -> str:
+    """The node's error message for a non-200 answer (or just the status, if its body is
+    not the OpenAI error JSON)."""
+    try:
+        return _error_message(await r.json(content_type=None), r.status)
+    # Not JSON (a proxy's HTML page, say), or the body broke off: the status still tells.
+    except (ValueError, aiohttp.ClientError):
+        return f"HTTP {r.status}"

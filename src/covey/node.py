@@ -24,7 +24,7 @@ from covey.api.doctor import DoctorRoutes
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
 from covey.config import Settings
-from covey.engine import catalog
+from covey.engine import catalog, embedded
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.health.monitor import HealthMonitor
@@ -88,10 +88,26 @@ class Node:
                              start_timeout_s=s.engine_start_timeout_s,
                              backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s)
 
-    def _model_paths(self) -> list[Path]:
-        if self.settings.serves_default_model:
-            return [catalog.default_model_path(self.settings.data_dir, self.progress)]
-        return list(self.settings.models)
+    def _model_files(self) -> list[tuple[Path, catalog.ModelFileError | None]]:
+        """The GGUFs to serve: `--model` files, embedded models named there, or the default
+        embedded model; each with the error that kept it from being had, if any.
+
+        Embedded models are fetched or assembled into the data dir on first use (blocking).
+        One that cannot be had (no network, a hash mismatch) becomes a failed row naming
+        the fix, like any bad file; the node and its other models keep serving."""
+        s = self.settings
+        chosen = ([embedded.DEFAULT] if s.serves_default_model
+                  else [embedded.find(str(path)) or path for path in s.models])
+        files: list[tuple[Path, catalog.ModelFileError | None]] = []
+        for item in chosen:
+            if isinstance(item, Path):
+                files.append((item, None))
+                continue
+            try:
+                files.append((embedded.model_path(item, s.data_dir, self.progress), None))
+            except catalog.ModelFileError as exc:
+                files.append((s.data_dir / "models" / item.file_name, exc))
+        return files
 
     def prepare(self) -> None:
         """Read every configured GGUF; a bad one becomes a failed row, never a dead node.
@@ -102,9 +118,11 @@ class Node:
         self._prepared = True
         s = self.settings
         memory = catalog.fast_memory_bytes(s.fast_memory_bytes)
-        for path in self._model_paths():
+        for path, problem in self._model_files():
             card: ModelCard | None = None
             try:
+                if problem is not None:
+                    raise problem
                 card = catalog.read_card(path)
                 catalog.check_fits(card, memory)
             except catalog.ModelFileError as exc:

@@ -120,6 +120,10 @@ def test_cli_chat_status_models(shared_node: NodeProcess) -> None:
     assert json.loads(models.stdout)[0] == {
         "id": MODEL, "size_bytes": snap["models"][0]["size_bytes"], "quantization": "Q4_K_M",
         "state": "ready", "reason": None, "engine": "llama.cpp"}
+    listing = _covey("models", "--url", url)
+    assert MODEL in listing.stdout
+    assert "smollm2-135m-instruct (a chat model" in listing.stdout  # the names one can serve
+    assert "gemma-3-270m (a base model" in listing.stdout
 
 
 def test_cli_without_a_node_says_how_to_start_one(tmp_path: Path) -> None:

@@ -168,6 +168,17 @@ def test_resolved_makes_paths_absolute() -> None:
     assert s.data_dir.is_absolute() and "~" not in str(s.data_dir)
 
 
+def test_embedded_model_names_stay_names() -> None:
+    """`--model gemma-3-270m` names the embedded Gemma (the node fetches it), not a file in
+    the working directory; a path with a folder in it stays a path."""
+    s = from_layers({}, {}, _flags("--model", "gemma-3-270m", "--model", "dir/gemma-3-270m",
+                                   "--model", "smollm2-135m-instruct-q4_1")).resolved()
+    assert s.models[0] == Path("gemma-3-270m")
+    assert s.models[1].is_absolute() and s.models[1].name == "gemma-3-270m"
+    assert s.models[2] == Path("smollm2-135m-instruct-q4_1")
+    assert not s.serves_default_model
+
+
 # --- what is served -----------------------------------------------------------------------
 
 

@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from covey.console import assembly_progress
-from covey.engine.catalog import default_model_path
+from covey.engine import embedded
+from covey.engine.catalog import ModelFileError
 from covey.metrics.probe import StreamStats, deterministic_chat, stream_chat
 from covey.metrics.samples import median, percentile
 
@@ -283,8 +284,15 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     if args.runs < 1 or args.max_tokens < 2:
         err.print("covey bench: --runs must be ≥ 1 and --max-tokens ≥ 2")
         return 2
-    with assembly_progress() as progress:
-        model = args.model or default_model_path(data_dir, progress)
+    # Gemma by default: it needs no download, and docs/bench.md's figures were taken on it
+    # (the relay's overhead does not depend on whether the model can chat).
+    named = embedded.find(str(args.model)) if args.model else embedded.GEMMA
+    try:
+        with assembly_progress() as progress:
+            model = embedded.model_path(named, data_dir, progress) if named else args.model
+    except ModelFileError as exc:
+        err.print(f"covey bench: {exc}")
+        return 1
     try:
         with err.status("starting a node and its engine…") as status, \
                 running_node(model, args.threads, streams=4) as node:

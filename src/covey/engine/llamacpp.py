@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     params.port = 0  # llama.cpp picks a free port; we report the one it got
     params.n_parallel = args.parallel
     params.n_ctx = args.ctx * args.parallel
+    # Chat requests are formatted with the GGUF's own chat template (Jinja, as llama-server's
+    # --jinja). This binding already defaults to it; set here so a change of default cannot
+    # silently fall back to a built-in guess and make the model answer with template debris.
+    params.use_jinja = True
     params.endpoint_metrics = True
     params.endpoint_slots = True
     if args.threads:
