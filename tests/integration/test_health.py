@@ -147,16 +147,22 @@ def test_silent_drop_is_named_a_firewall(start_node: Callable[..., NodeProcess],
     assert "firewall" in failure["fix"] and str(black_hole) in failure["fix"]
 
 
-def test_node_of_another_mesh_is_not_a_member(start_node: Callable[..., NodeProcess]) -> None:
-    _, entry, _ = _pair(start_node)
-    stranger = start_node("--no-default-model", name="stranger")
-    stranger.wait_listening()
-    address = json.loads((stranger.data_dir / "node.json").read_text())["mesh"]
-    report = _doctor(entry, peer=address)
-    failure = report["peers"][0]["first_failure"]
-    assert failure["layer"] == 8 and "not_member" in failure["detail"], failure
-    assert "another mesh" in failure["fix"]
-    assert not report["ok"]
+# Was a hole: `?peer=HOST:PORT` probed any address, unpinned (TCP, TLS, signed posts), on
+# behalf of whoever could call the API. Only members are probed now; anything else is a 404
+# naming the known peers, and nothing is sent to the address.
+def test_doctor_probes_only_members(start_node: Callable[..., NodeProcess]) -> None:
+    _, entry, server_id = _pair(start_node)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        code, _, body = http("GET", f"{entry.url}/api/doctor?peer={address}&token=0")
+        assert code == 404, body
+        assert body["error"]["param"] == "peer"
+        assert "server" in body["error"]["message"] and server_id[:12] in body["error"]["message"]
+        with pytest.raises(BlockingIOError):  # the doctor answered without connecting here
+            listener.accept()
+    assert _doctor(entry, peer=server_id[:6])["peers"][0]["id"] == server_id
+    assert _doctor(entry, peer="server")["peers"][0]["id"] == server_id
 
 
 class StallingProxy:

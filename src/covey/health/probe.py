@@ -31,8 +31,8 @@ Signer = Callable[[str, bytes], dict[str, str]]
 
 @dataclass(frozen=True)
 class Target:
-    """A peer to check: where it says it listens, and the TLS key it signed (None: unknown,
-    when checking a bare address)."""
+    """A peer to check: where it says it listens, and the TLS key it signed (None: its record
+    names none, so nothing can be pinned and the peer is unusable)."""
 
     node_id: str
     name: str
@@ -84,7 +84,20 @@ async def tcp_connect(t: Target, timeout_s: float) -> LayerResult:
     return passed(6, f"connected to {t.address}")
 
 
+class Unpinned(Exception):
+    """A signed request was about to go to a peer with no TLS key to pin: refused unsent."""
+
+
+def _no_pin(layer: int, t: Target) -> LayerResult:
+    return failed(layer, f"no signed TLS fingerprint for {t.label}: unusable",
+                  "the peer's signed record names no TLS key, so nothing proves who answers "
+                  "at its address; restart or upgrade Covey there so it publishes one")
+
+
 async def tls_handshake(t: Target, timeout_s: float) -> LayerResult:
+    if not t.fingerprint:
+        # Without a pin any listener would pass: that is no proof the peer answers there.
+        return _no_pin(7, t)
     host, port = split_address(t.address)
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -105,8 +118,6 @@ async def tls_handshake(t: Target, timeout_s: float) -> LayerResult:
     finally:
         writer.close()
     seen = hashlib.sha256(der).hexdigest()
-    if t.fingerprint is None:
-        return passed(7, f"TLS key {seen[:16]}… (not pinned: no signed record for it)")
     if seen != t.fingerprint:
         return failed(7, f"TLS key at {t.address} is {seen[:16]}…, but {t.label} signed "
                          f"{t.fingerprint[:16]}…",
@@ -129,8 +140,14 @@ _REFUSALS = {
 async def _signed_post(session: aiohttp.ClientSession, t: Target, sign: Signer, path: str,
                        body: bytes, timeout_s: float, headers: dict[str, str] | None = None
                        ) -> aiohttp.ClientResponse:
-    pin: aiohttp.Fingerprint | bool = (aiohttp.Fingerprint(bytes.fromhex(t.fingerprint))
-                                       if t.fingerprint else False)
+    """Raises Unpinned, sending nothing, when the target has no TLS key to pin."""
+    if not t.fingerprint:
+        raise Unpinned(t.label)
+    try:
+        pin = aiohttp.Fingerprint(bytes.fromhex(t.fingerprint))
+    # Not a hex SHA-256: as good as none (records come from the network).
+    except ValueError as exc:
+        raise Unpinned(t.label) from exc
     return await session.post(
         f"https://{t.address}{path}", data=body, ssl=pin,
         timeout=aiohttp.ClientTimeout(total=timeout_s),
@@ -146,6 +163,8 @@ async def mesh_probe(session: aiohttp.ClientSession, t: Target, sign: Signer, si
         async with await _signed_post(session, t, sign, "/mesh/probe", body, timeout_s) as r:
             answer = await r.json(content_type=None)
             status = r.status
+    except Unpinned:
+        return _no_pin(layer, t), {}
     except TimeoutError:
         if layer == 9:
             return failed(9, f"a {size // 1024} KiB probe to {t.address} timed out while small "
@@ -215,6 +234,8 @@ async def one_token(session: aiohttp.ClientSession, t: Target, sign: Signer, mod
                     return passed(11, f"{model}: first token in {ms:.0f} ms")
                 if line.startswith(b"data: [DONE]"):
                     break
+    except Unpinned:
+        return _no_pin(11, t)
     except TimeoutError:
         return failed(11, f"no token from {model} on {t.label} within {timeout_s:.0f}s",
                       "the engine is overloaded or stuck: see `covey status` there")
