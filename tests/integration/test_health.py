@@ -151,18 +151,20 @@ def test_silent_drop_is_named_a_firewall(start_node: Callable[..., NodeProcess],
 # behalf of whoever could call the API. Only members are probed now; anything else is a 404
 # naming the known peers, and nothing is sent to the address.
 def test_doctor_probes_only_members(start_node: Callable[..., NodeProcess]) -> None:
-    _, entry, server_id = _pair(start_node)
+    server, entry, server_id = _pair(start_node)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.setblocking(False)
         address = f"127.0.0.1:{listener.getsockname()[1]}"
         code, _, body = http("GET", f"{entry.url}/api/doctor?peer={address}&token=0")
         assert code == 404, body
         assert body["error"]["param"] == "peer"
-        assert "server" in body["error"]["message"] and server_id[:12] in body["error"]["message"]
+        assert f"known peers: {server.status()['node']['name']} ({server_id[:12]})" in \
+            body["error"]["message"]
         with pytest.raises(BlockingIOError):  # the doctor answered without connecting here
             listener.accept()
     assert _doctor(entry, peer=server_id[:6])["peers"][0]["id"] == server_id
-    assert _doctor(entry, peer="server")["peers"][0]["id"] == server_id
+    name = server.status()["node"]["name"]
+    assert _doctor(entry, peer=name)["peers"][0]["id"] == server_id
 
 
 class StallingProxy:
