@@ -160,6 +160,9 @@ def test_doctor_probes_only_members(start_node: Callable[..., NodeProcess]) -> N
         assert body["error"]["param"] == "peer"
         assert f"known peers: {server.status()['node']['name']} ({server_id[:12]})" in \
             body["error"]["message"]
+        r = subprocess.run([sys.executable, "-m", "covey", "doctor", "--url", entry.url,
+                            address], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "known peers" in r.stderr, r.stdout + r.stderr
         with pytest.raises(BlockingIOError):  # the doctor answered without connecting here
             listener.accept()
     assert _doctor(entry, peer=server_id[:6])["peers"][0]["id"] == server_id
