@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check every layer from this node to each peer's "
                             "model, name the first that fails and its fix")
-    doctor.add_argument("peer", nargs="?", help="only this peer: node id (prefix), name, or "
-                        "host:port of a mesh listener")
+    doctor.add_argument("peer", nargs="?", help="only this member: its node id, a unique "
+                        "prefix of it, or its name")
     doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
     doctor.add_argument("--no-token", action="store_true",
                         help="skip the one-token probes (layer 11)")

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from rich.console import Console
@@ -50,6 +51,14 @@ class NodeUnreachable(Exception):
     pass
 
 
+class NodeRefused(NodeUnreachable):
+    """The node answered, with an error (`status`): it is running, the request was wrong."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 async def _get_json(url: str, api_key: str | None, timeout_s: float = 10) -> Any:
     try:
         async with aiohttp.ClientSession(
@@ -57,7 +66,7 @@ async def _get_json(url: str, api_key: str | None, timeout_s: float = 10) -> Any
             async with session.get(url, headers=_headers(api_key)) as r:
                 body = await r.json(content_type=None)
                 if r.status != 200:
-                    raise NodeUnreachable(_error_message(body, r.status))
+                    raise NodeRefused(_error_message(body, r.status), r.status)
                 return body
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise NodeUnreachable(f"no Covey node answers at {url} ({type(exc).__name__}); "
@@ -150,11 +159,16 @@ _MARK = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]·[/]"}
 def doctor(url: str, api_key: str | None, peer: str | None, token: bool,
            as_json: bool) -> int:
     """Every layer for this node and its peers; exit 1 when any layer failed."""
-    query = "?" + "&".join(([f"peer={peer}"] if peer else []) + ([] if token else ["token=0"]))
+    query = "?" + "&".join(([f"peer={quote(peer, safe='')}"] if peer else [])
+                           + ([] if token else ["token=0"]))
     try:
         report: dict[str, Any] = asyncio.run(_get_json(url + "/api/doctor" + query.rstrip("?"),
                                                        api_key, timeout_s=120))
     except NodeUnreachable as exc:
+        if isinstance(exc, NodeRefused) and exc.status == 404:
+            # No such member: the message lists the known ones. Not a failed layer.
+            err.print(f"covey: {exc}")
+            return 2
         fix = "start it with `covey serve` (or point --url/--data-dir at the right node)"
         if as_json:
             print(json.dumps({"ok": False, "node": {"first_failure": {

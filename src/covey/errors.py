@@ -6,6 +6,7 @@
     ├── Forbidden                   403: Host/Origin names another site (DNS rebinding)
     ├── ModelNotFound               404: unknown model id (lists the available ids)
     ├── PayloadTooLarge             413: body over the configured limit
+    ├── UnsupportedMediaType        415: a POST body not declared `application/json`
     ├── Busy                        429: every slot busy and the queue full (Retry-After)
     ├── UpstreamFailed              502: the engine failed or vanished mid-request
     ├── Unavailable                 503: the model exists but cannot serve now (Retry-After)
@@ -76,6 +77,10 @@ class MethodNotAllowed(CoveyError):
 
 class PayloadTooLarge(CoveyError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class UnsupportedMediaType(CoveyError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
 
 
 class Busy(CoveyError):

@@ -39,6 +39,9 @@ def test_malformed_json_is_400(shared_node: NodeProcess) -> None:
     ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, "temperature"),
+    # Was a hole: passed through unchecked, llama.cpp answered 500 ("Failed to parse tools")
+    # and the node reported 503 "every node ... failed", blaming a healthy engine.
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": -1}, "tools"),
 ])
 def test_schema_violation_names_the_field(shared_node: NodeProcess, payload: dict[str, object],
                                           field: str) -> None:

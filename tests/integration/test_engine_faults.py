@@ -78,6 +78,61 @@ def test_engine_crash_mid_stream_then_restart(start_node: Callable[..., NodeProc
     assert r.choices[0].message.content is not None
 
 
+# Loaded by the engine child through PYTHONPATH (tests only): the first child to load the
+# model holds before it reports ready, writing its pid, until the test kills it. Children
+# after it (the marker exists) load straight through.
+HOLD_ONCE_HOOK = """
+import os, signal, sys
+marker = os.environ.get("COVEY_TEST_HOLD_ONCE")
+if marker and "--alias" in sys.argv and not os.path.exists(marker):
+    import xllamacpp
+    real_server = xllamacpp.Server
+
+    def held(params):
+        server = real_server(params)  # the model is in memory; the ready line is not sent
+        with open(marker + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(marker + ".tmp", marker)
+        while True:
+            signal.pause()
+
+    xllamacpp.Server = held
+"""
+
+
+# Was a bug: a child killed before it reported ready (the OOM killer's SIGKILL while
+# loading) was taken for a bad file and never restarted.
+def test_engine_killed_while_loading_is_restarted(start_node: Callable[..., NodeProcess],
+                                                  model_path: Path, tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_ONCE_HOOK)
+    marker = tmp_path / "held-pid"
+    node = start_node("--model", str(model_path), "--no-baseline", env={
+        "COVEY_TEST_HOLD_ONCE": str(marker),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook),
+                                                    os.environ.get("PYTHONPATH")]))})
+    node.wait_listening()
+    pid = wait_for(lambda: marker.exists() and int(marker.read_text()), 90,
+                   "the engine child to load and hold")
+    assert node.model(MODEL)["state"] == "starting"
+    os.kill(pid, signal.SIGKILL)
+
+    def settled() -> dict[str, object] | None:
+        m = node.model(MODEL)
+        final = m["state"] == "failed" and "restarting" not in str(m["reason"])
+        return m if m["state"] == "ready" or final else None
+
+    model = wait_for(settled, 90, "the engine to be restarted (or to fail for good)")
+    assert model["state"] == "ready", model
+    assert model["restarts"] == 1 and model["pid"] != pid
+    assert "died while loading (killed by SIGKILL; out of memory?); restarting in" in node.log()
+    code, _, body = http("POST", node.url + "/v1/chat/completions",
+                         {"model": MODEL, "max_tokens": 1,
+                          "messages": [{"role": "user", "content": "hi"}]})
+    assert code == 200, body
+
+
 def test_bad_models_beside_a_good_one(start_node: Callable[..., NodeProcess], model_path: Path,
                                       tmp_path: Path) -> None:
     not_gguf = tmp_path / "notes-q4_0.gguf"

@@ -161,14 +161,27 @@ def test_a_revoked_node_is_told_it_is_not_a_member(
     assert "revoked" in failure["fix"]
 
 
-def test_doctor_never_probes_an_address_outside_the_roster(
-        start_node: Callable[..., NodeProcess]) -> None:
-    _, entry, _ = _pair(start_node)
-    stranger = start_node("--no-default-model", name="stranger")
-    stranger.wait_listening()
-    address = json.loads((stranger.data_dir / "node.json").read_text())["mesh"]
-    code, _, body = http("GET", f"{entry.url}/api/doctor?peer={address}&token=0")
-    assert code == 404 and "known peers" in body["error"]["message"], body
+# Was a hole: `?peer=HOST:PORT` probed any address, unpinned (TCP, TLS, signed posts), on
+# behalf of whoever could call the API. Only members are probed now; anything else is a 404
+# naming the known peers, and nothing is sent to the address.
+def test_doctor_probes_only_members(start_node: Callable[..., NodeProcess]) -> None:
+    server, entry, server_id = _pair(start_node)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        code, _, body = http("GET", f"{entry.url}/api/doctor?peer={address}&token=0")
+        assert code == 404, body
+        assert body["error"]["param"] == "peer"
+        assert f"known peers: {server.status()['node']['name']} ({server_id[:12]})" in \
+            body["error"]["message"]
+        r = subprocess.run([sys.executable, "-m", "covey", "doctor", "--url", entry.url,
+                            address], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "known peers" in r.stderr, r.stdout + r.stderr
+        with pytest.raises(BlockingIOError):  # the doctor answered without connecting here
+            listener.accept()
+    assert _doctor(entry, peer=server_id[:6])["peers"][0]["id"] == server_id
+    name = server.status()["node"]["name"]
+    assert _doctor(entry, peer=name)["peers"][0]["id"] == server_id
 
 
 class StallingProxy:

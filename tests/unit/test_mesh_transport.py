@@ -8,7 +8,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import public_bytes
@@ -125,6 +131,30 @@ def test_tls_identity_is_stable(tmp_path: Path) -> None:
     first = tls_identity(key, tmp_path)
     assert tls_identity(key, tmp_path) == first
     assert (first.key_path.stat().st_mode & 0o777) == 0o600
+
+
+# Was a bug: after node.key was deleted (the README's fix for a copied data dir), the node
+# made a new key but kept serving the old tls.crt, whose key is the old node's: the TLS
+# identity and the node identity disagreed (and two copies still shared one TLS key).
+def test_tls_identity_follows_a_new_node_key(tmp_path: Path) -> None:
+    old = tls_identity(Ed25519PrivateKey.generate(), tmp_path)
+    key = Ed25519PrivateKey.generate()
+    new = tls_identity(key, tmp_path)
+    assert new.fingerprint != old.fingerprint
+    cert = x509.load_pem_x509_certificate(new.cert_path.read_bytes())
+    assert cert.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) == public_bytes(key)
+    served = load_pem_private_key(new.key_path.read_bytes(), None)
+    assert served.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) == public_bytes(key)
+    assert tls_identity(key, tmp_path) == new  # and kept from then on
+
+
+def test_tls_identity_replaces_a_damaged_certificate(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    first = tls_identity(key, tmp_path)
+    first.cert_path.write_text("not a certificate")
+    again = tls_identity(key, tmp_path)
+    assert again.cert_path.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert len(again.fingerprint) == 64
 
 
 async def test_tls_pinned_to_the_fingerprint(tmp_path: Path) -> None:

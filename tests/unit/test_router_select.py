@@ -85,3 +85,14 @@ def test_a_never_measured_node_gets_a_larger_share_until_measured() -> None:
     rng = random.Random(2)
     firsts = [rank(MODEL, None, peers, {}, rng)[0].name for _ in range(2000)]
     assert 0.18 < firsts.count("new") / len(firsts) < 0.30  # 20 % + 5 % of the rest
+
+
+def test_a_peer_without_a_signed_tls_fingerprint_is_never_a_candidate() -> None:
+    """Nothing could be pinned, so no prompt may go there (the probes fail it too)."""
+    bare = new_record(Ed25519PrivateKey.generate(), mesh_id="m", seq=1, now=0, ttl_s=60,
+                      name="bare", addresses=["bare:7070"],
+                      models=[{"id": MODEL, "slots": 2, "state": "ready", "queue_depth": 0}],
+                      metrics={MODEL: {"tokens_per_s_p50": 99.0, "ttft_ms_p50": 1.0,
+                                       "samples": 5}})
+    assert bare.tls_fingerprint == ""
+    assert _names(None, [bare, _peer("pinned", 5.0)]) == ["pinned"]

@@ -1,7 +1,15 @@
-"""The client API application: guards (Host/Origin, API key, body size) and error shaping.
+"""The client API application: guards (Host/Origin, API key, content type, body size) and
+error shaping.
 
 Every error leaving the API is OpenAI-shaped and made by `covey.errors`; unexpected
 exceptions are logged (without request content) and answered with a generic 500.
+
+The guards run in the middleware, before any handler: a request another site's page sent
+(foreign Origin, `Origin: null`, `Sec-Fetch-Site: cross-site`) or one without the key on a
+keyed node is refused before it can cause any work, outbound probes included. A POST must
+declare `application/json`: a cross-site form or `no-cors` fetch can only send
+`text/plain`, form or multipart bodies without a preflight, so this shuts that door even for
+a browser that sends no Origin.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from covey.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
+    UnsupportedMediaType,
     error_body,
 )
 from covey.router.proxy import T_RECEIVED
@@ -57,6 +66,36 @@ def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> boo
     return bind_host in ("0.0.0.0", "::", "")
 
 
+def origin_allowed(origin: str | None, bind_host: str, extra: frozenset[str]) -> bool:
+    """Pure: may a request carrying this `Origin` header be served?
+
+    No Origin (curl, the openai client, a same-origin GET) passes. `null` is the origin of a
+    sandboxed frame, a `file:` page or a redirect chain: any site can make a browser send
+    it, so it is foreign. Otherwise the origin's host must be one `host_allowed` serves.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip()
+    if origin.lower() == "null":
+        return False
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return host_allowed(netloc, bind_host, extra)
+
+
+def cross_site(fetch_site: str | None) -> bool:
+    """Pure: does a browser's `Sec-Fetch-Site` say another site made this request? It does
+    so even where no Origin is sent (an `<img>` or a `no-cors` GET)."""
+    return fetch_site is not None and fetch_site.strip().lower() == "cross-site"
+
+
+def is_json(content_type: str) -> bool:
+    """Pure: does a Content-Type (aiohttp's parsed mime type, lower case) declare JSON?"""
+    return content_type == "application/json"
+
+
 def _hostname(host: str) -> str | None:
     try:
         return urlsplit("//" + host).hostname
@@ -77,14 +116,25 @@ def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[s
                 raise Forbidden(f"Host {request.host!r} is not served here; add it with "
                                 "--allowed-host if this is intended")
             origin = request.headers.get("Origin")
-            if origin and origin != "null" and not host_allowed(urlsplit(origin).netloc,
-                                                                bind_host, extra):
+            if not origin_allowed(origin, bind_host, extra):
                 raise Forbidden(f"Origin {origin!r} may not call this API")
-            if expected_auth and needs_key(request.path):
+            guarded = needs_key(request.path)
+            # A page may be opened from a link on another site; its data and every endpoint
+            # that does work may not be fetched from one.
+            if guarded and cross_site(request.headers.get("Sec-Fetch-Site")):
+                raise Forbidden("another site's page may not call this API "
+                                "(Sec-Fetch-Site: cross-site)")
+            if expected_auth and guarded:
                 given = request.headers.get("Authorization", "").encode()
                 if not hmac.compare_digest(given, expected_auth):
                     raise Unauthorized("missing or wrong API key; send "
                                        "`Authorization: Bearer <key>`")
+            # Only a routed POST: an unknown path is better answered 404 than 415.
+            if request.method == "POST" and request.match_info.http_exception is None \
+                    and not is_json(request.content_type):
+                raise UnsupportedMediaType(
+                    f"Content-Type {request.headers.get('Content-Type', '(none)')!r} is not "
+                    "supported; send `Content-Type: application/json`")
             if (request.content_length or 0) > max_body_bytes:
                 raise _too_large(max_body_bytes)
             return await handler(request)

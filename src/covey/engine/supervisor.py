@@ -1,8 +1,10 @@
 """Supervise one llama.cpp child process per local model: start, watch, restart with backoff.
 
 The lifecycle is a tagged union (`EngineStarting | EngineReady | EngineFailed | EngineStopped`).
-A child that fails while loading is not restarted (the file will not fix itself); one that
-dies after it was ready is restarted with doubling backoff, reset after a quiet minute.
+A child that reports a load failure (llama.cpp's own error, exit status EXIT_LOAD_FAILED) is
+not restarted: the file will not fix itself. Any other death, while loading or after ready
+(a signal such as the OOM killer's SIGKILL, a crash, an unexpected exit), is restarted with
+doubling backoff, reset after a quiet minute.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ class EngineOptions:
     backoff_max_s: float
 
 
+def load_failure_is_final(code: int) -> bool:
+    """Pure: does a child that exited with `code` before it was ready stay failed? Only when
+    it reported llama.cpp's load error itself; a signal (negative code) or any other exit
+    says nothing about the file, so it is restarted like a crash after ready."""
+    return code == EXIT_LOAD_FAILED
+
+
+@dataclass(frozen=True)
+class _DiedLoading:
+    """The child died before it was ready without reporting a load error."""
+
+    reason: str
+
+
 def next_backoff(previous: float | None, initial: float, maximum: float,
                  was_stable: bool) -> float:
     """Pure: the delay before the next restart; doubles per crash unless the engine was stable."""
@@ -87,14 +103,17 @@ class LocalEngine:
             while True:
                 attempt += 1
                 self._set(EngineStarting(attempt=attempt))
-                ready_at = await self._start()
-                if ready_at is None:
+                started = await self._start()
+                if started is None:
                     return  # load failure: state already says why; nothing to retry
-                code = await self._proc.wait()  # type: ignore[union-attr]
-                stable = time.monotonic() - ready_at >= STABLE_AFTER_S
+                if isinstance(started, _DiedLoading):
+                    reason, stable = started.reason, False
+                else:
+                    code = await self._proc.wait()  # type: ignore[union-attr]
+                    stable = time.monotonic() - started >= STABLE_AFTER_S
+                    reason = f"engine process exited ({_describe_exit(code)})"
                 delay = next_backoff(delay, self.options.backoff_s, self.options.backoff_max_s,
                                      stable)
-                reason = f"engine process exited ({_describe_exit(code)})"
                 log.warning("model %s: %s; restarting in %.1fs", self.card.id, reason, delay)
                 self.restarts += 1
                 self._set(EngineFailed(reason=f"{reason}; restarting", retry_in=delay))
@@ -105,8 +124,10 @@ class LocalEngine:
             if not (isinstance(self._state, EngineFailed) and self._state.retry_in is None):
                 self._set(EngineStopped())
 
-    async def _start(self) -> float | None:
-        """Start the child and wait until it serves. Returns the ready time, or None."""
+    async def _start(self) -> float | _DiedLoading | None:
+        """Start the child and wait until it serves. Returns the ready time, _DiedLoading
+        when it died before that without a load error (to be restarted), or None when it
+        failed for good (the state says why)."""
         o = self.options
         argv = [sys.executable, "-m", "covey.engine.llamacpp", "--model", str(self.card.path),
                 "--alias", self.card.id, "--ctx", str(o.ctx_size), "--parallel", str(o.parallel)]
@@ -138,6 +159,10 @@ class LocalEngine:
             return None
         if url is None:
             code = await self._proc.wait()
+            if not load_failure_is_final(code):
+                hint = "; out of memory?" if code == -signal.SIGKILL else ""
+                return _DiedLoading(f"engine process died while loading "
+                                    f"({_describe_exit(code)}{hint})")
             reason = self._load_failure_reason(code)
             log.error("model %s: %s", self.card.id, reason)
             self._set(EngineFailed(reason))
@@ -162,9 +187,9 @@ class LocalEngine:
 
     def _load_failure_reason(self, code: int) -> str:
         tail = _first_error_line(self.log_path, self._log_offset)
-        if code == EXIT_LOAD_FAILED and tail:
+        if tail:
             return f"llama.cpp could not load {self.card.path.name}: {tail}"  # type: ignore[union-attr]
-        return f"engine exited while loading ({_describe_exit(code)}); see {self.log_path}"
+        return f"engine could not load the model ({_describe_exit(code)}); see {self.log_path}"
 
     async def _kill(self) -> None:
         proc = self._proc

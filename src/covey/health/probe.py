@@ -117,8 +117,8 @@ async def tls_handshake(t: Target, timeout_s: float) -> LayerResult:
     seen = hashlib.sha256(der).hexdigest()
     expected = t.peer.fingerprint
     if not expected:
-        return failed(7, f"{t.label} signed no TLS fingerprint: there is nothing to pin",
-                      f"the peer runs an older or broken Covey: upgrade {t.label}")
+        return failed(7, f"no signed TLS fingerprint for {t.label}: unusable (nothing to "
+                         "pin)", f"the peer runs an older or broken Covey: upgrade {t.label}")
     if seen != expected:
         return failed(7, f"TLS key at {t.address} is {seen[:16]}…, but {t.label} signed "
                          f"{expected[:16]}…",

@@ -299,8 +299,8 @@ class HttpPeerTransport:
                    headers: Mapping[str, str] | None = None, signed: bool = True,
                    max_bytes: int = MAX_ANSWER) -> HttpResponse:
         if not _is_fingerprint(peer.fingerprint):
-            raise PeerError("unpinned", f"{peer.label} has no signed TLS fingerprint: it cannot "
-                                        "be called (there would be nothing to pin)")
+            raise PeerError("unpinned", f"no signed TLS fingerprint for {peer.label}: unusable "
+                                        "(there would be nothing to pin)")
         if not peer.addresses:
             raise PeerError("connect", f"{peer.label} advertises no address")
         pool = self._pool(peer.fingerprint)
@@ -361,8 +361,9 @@ class HttpPeerTransport:
         raise AssertionError("unreachable")
 
 
-def _is_fingerprint(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+def _is_fingerprint(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(
+        c in "0123456789abcdef" for c in text)
 
 
 # Engines and attached backends are not peers, but the relay reads both the same way.

@@ -26,7 +26,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.x509.oid import NameOID
 
 from covey.mesh.identity import node_id_for
@@ -170,21 +173,43 @@ class TlsIdentity:
 
 
 def tls_identity(key: Ed25519PrivateKey, directory: Path) -> TlsIdentity:
-    """A self-signed certificate for the node key (made once, reused across restarts)."""
+    """A self-signed certificate for the node key: made once and reused across restarts, and
+    made anew when the one on disk is for another key (node.key was deleted to give a copied
+    data dir its own identity) or cannot be read, so the TLS key always is the node key."""
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    if not cert_path.exists():
-        node_id = node_id_for(public_bytes(key))
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)])
-        start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=36500))
-                .sign(key, algorithm=None))
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    cert = _load_cert(cert_path)
+    if cert is None or not key_path.exists() or _raw_public(cert) != public_bytes(key):
+        cert = _make_cert(key, cert_path, key_path)
     return TlsIdentity(cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex())
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    # Missing or damaged: a new one is made from the node key, which is what it must hold.
+    except (OSError, ValueError):
+        return None
+
+
+def _raw_public(cert: x509.Certificate) -> bytes | None:
+    public = cert.public_key()
+    if not isinstance(public, Ed25519PublicKey):
+        return None
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _make_cert(key: Ed25519PrivateKey, cert_path: Path, key_path: Path) -> x509.Certificate:
+    node_id = node_id_for(public_bytes(key))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)])
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=36500))
+            .sign(key, algorithm=None))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
