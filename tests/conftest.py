@@ -225,10 +225,12 @@ def shared_node(model_path: Path, tmp_path_factory: pytest.TempPathFactory
 class FakeBackend:
     """A running tests/fake_backend.py process."""
 
-    def __init__(self, models: str, tokens: int, token_delay: float) -> None:
+    def __init__(self, models: str, tokens: int, token_delay: float,
+                 fail_first: int = 0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_backend", "--models", models,
-             "--tokens", str(tokens), "--token-delay", str(token_delay)],
+             "--tokens", str(tokens), "--token-delay", str(token_delay),
+             "--fail-first", str(fail_first)],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -249,8 +251,8 @@ def fake_backend() -> Iterator[Callable[..., FakeBackend]]:
     backends: list[FakeBackend] = []
 
     def start(models: str = "fake-model", tokens: int = 20,
-              token_delay: float = 0.05) -> FakeBackend:
-        backends.append(FakeBackend(models, tokens, token_delay))
+              token_delay: float = 0.05, fail_first: int = 0) -> FakeBackend:
+        backends.append(FakeBackend(models, tokens, token_delay, fail_first))
         return backends[-1]
 
     yield start

@@ -1,10 +1,11 @@
 """A fake OpenAI-compatible backend for load and fault tests where a real engine cannot reach
 the needed numbers (holding every slot busy on demand, say).
 
-    python -m tests.fake_backend --models a,b --token-delay 0.2 --tokens 20
+    python -m tests.fake_backend --models a,b --token-delay 0.2 --tokens 20 --fail-first 0
 
 Prints `FAKE-LISTENING <url>` once serving on 127.0.0.1. Streams `tokens` chat chunks,
-one every `token-delay` seconds, then a usage event and [DONE].
+one every `token-delay` seconds, then a usage event and [DONE]. The first `fail-first` chat
+requests get HTTP 500 instead (an engine that fails, then recovers).
 """
 
 from __future__ import annotations
@@ -17,13 +18,21 @@ import time
 from aiohttp import web
 
 
-def _app(model_ids: list[str], tokens: int, delay: float) -> web.Application:
+def _app(model_ids: list[str], tokens: int, delay: float, fail_first: int = 0
+         ) -> web.Application:
+    failures_left = fail_first
+
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in model_ids]})
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal failures_left
         body = await request.json()
+        if failures_left > 0:
+            failures_left -= 1
+            return web.json_response({"error": {"message": "injected failure",
+                                                "type": "server_error"}}, status=500)
         model = body.get("model")
         if model not in model_ids:
             return web.json_response({"error": {"message": f"unknown model {model}",
@@ -60,7 +69,8 @@ def _app(model_ids: list[str], tokens: int, delay: float) -> web.Application:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(_app(args.models.split(","), args.tokens, args.token_delay))
+    runner = web.AppRunner(_app(args.models.split(","), args.tokens, args.token_delay,
+                                args.fail_first))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -74,4 +84,5 @@ if __name__ == "__main__":
     p.add_argument("--models", default="fake-model")
     p.add_argument("--tokens", type=int, default=20)
     p.add_argument("--token-delay", type=float, default=0.05)
+    p.add_argument("--fail-first", type=int, default=0)
     asyncio.run(_main(p.parse_args()))

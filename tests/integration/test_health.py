@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import NodeProcess, http, mesh_invite, wait_for
+from tests.conftest import FakeBackend, NodeProcess, http, mesh_invite, wait_for
 
 MODEL = "gemma-3-270m-q4_k_m"
 
@@ -264,3 +264,32 @@ def test_stale_roster_entry(start_node: Callable[..., NodeProcess]) -> None:
         assert "old" in failure["detail"] and "stopped gossiping" in failure["fix"]
     finally:
         server.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_failed_token_probe_is_retried_and_the_model_comes_back(
+        start_node: Callable[..., NodeProcess],
+        fake_backend: Callable[..., FakeBackend]) -> None:
+    # The server's backend answers HTTP 500 to its first three chats: the first request's
+    # one-token probe and the request itself, then the first re-probe (two token failures in
+    # a row take the model out). It works from then on; the server gossips all along, so its
+    # record never expires. Before health/state.py one failed probe took the model out until
+    # the record expired, and nothing probed it again: every request got a 503 from then on.
+    backend = fake_backend(models="fake-model", tokens=4, token_delay=0.01, fail_first=3)
+    _, entry, server_id = _pair(start_node, "--no-baseline", "--backend", backend.url)
+
+    def peer_health() -> dict[str, Any]:
+        return entry.status()["peers"][0]["health"]  # type: ignore[no-any-return]
+
+    wait_for(lambda: peer_health()["ok"] and entry.status()["peers"][0]["models"]
+             and entry.status()["peers"][0]["models"][0]["state"] == "ready", 30,
+             "the entry to prove the server's path and see its model ready")
+    chat = {"model": "fake-model", "max_tokens": 2, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    code, _, body = http("POST", entry.url + "/v1/chat/completions", chat)
+    assert code == 503, body
+    wait_for(lambda: (f := peer_health()["first_failure"]) and f["layer"] == 11, 20,
+             "the failed re-probe to take the model out (layer 11)", interval=0.2)
+    wait_for(lambda: peer_health()["ok"], 30, "a later re-probe to bring the model back")
+    code, headers, body = http("POST", entry.url + "/v1/chat/completions", chat)
+    assert code == 200 and body.rstrip().endswith("data: [DONE]"), body
+    assert headers["x-covey-served-by"].startswith(server_id), headers

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from covey.health import layers as L
-from covey.health.local import roster_layer
+from covey.health.local import is_loopback, loopback_only, roster_layer
 from covey.health.probe import Target, engines_ready, split_address, tcp_connect
 from covey.mesh.peer_transport import Peer
 from covey.mesh.records import new_record
@@ -75,3 +75,46 @@ async def test_refused_connection_names_covey_not_running() -> None:
         port = s.getsockname()[1]  # closed again: nothing listens there
     result = await tcp_connect(Target(Peer("ab" * 32, (f"127.0.0.1:{port}",), "peer", "id")), 2.0)
     assert result.ok is False and "refused" in result.detail and "covey serve" in result.fix
+
+
+def _peer_at(*addresses: str) -> object:
+    return new_record(Ed25519PrivateKey.generate(), mesh_id="m", seq=1, now=0, ttl_s=30,
+                      name="peer", addresses=list(addresses))
+
+
+HERE = {"127.0.0.1", "::1", "10.0.0.1"}  # this machine's interface addresses
+
+
+@pytest.mark.parametrize(("own", "peers", "names"), [
+    (["127.0.0.1:7071"], [["10.0.0.2:7070"]], "127.0.0.1:7071"),  # the case to name
+    (["127.0.0.1:7071"], [["127.0.0.1:7072"], ["10.0.0.2:7070"]], "10.0.0.2:7070"),
+    (["[::1]:7071"], [["[fd00::2]:7070"]], "[::1]:7071"),
+    (["localhost:7071"], [["peer.lan:7070"]], "localhost:7071"),
+    (["127.0.0.1:7071"], [["127.0.0.1:7072"]], None),  # everyone on this machine
+    (["127.0.0.1:7071"], [["10.0.0.1:7072"]], None),  # a peer on this host's LAN address
+    (["10.0.0.1:7071"], [["10.0.0.2:7070"]], None),  # reachable from elsewhere
+    (["127.0.0.1:7071", "10.0.0.1:7071"], [["10.0.0.2:7070"]], None),  # one is enough
+    ([], [["10.0.0.2:7070"]], None),  # not listening yet: nothing to judge
+    (["127.0.0.1:7071"], [], None),  # no peers
+])
+def test_loopback_only_node_is_named_with_the_fix(own: list[str], peers: list[list[str]],
+                                                  names: str | None) -> None:
+    records = [_peer_at(*addresses) for addresses in peers]
+    result = loopback_only(own, records, HERE)  # type: ignore[arg-type]
+    if names is None:
+        assert result is None
+        return
+    assert result is not None and result.layer == 4 and result.ok is False
+    assert result.detail.startswith(f"this node advertises only loopback ({own[0]})")
+    assert "but its peers are on other hosts" in result.detail and names in result.detail
+    assert result.fix == ("start it with --mesh-host 0.0.0.0 (or --advertise HOST:PORT) so "
+                          "peers can reach it")
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1:1", True), ("127.1.2.3:1", True), ("[::1]:1", True), ("localhost:1", True),
+    ("10.0.0.1:1", False), ("[fe80::1%eth0]:1", False), ("host.lan:1", False), ("", False),
+    ("[::1", True), ("::1", True), (":::", False),
+])
+def test_is_loopback_never_raises(address: str, loopback: bool) -> None:
+    assert is_loopback(address) is loopback

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections.abc import Collection
+
+import psutil
+
 from covey.health.layers import LayerResult, failed, passed, skipped
 from covey.mesh.membership import MembershipError
 from covey.mesh.records import NodeRecord
@@ -41,8 +47,56 @@ def membership_layer(mesh: MeshRuntime, now: float) -> LayerResult:
                      f"{known} peer(s) known")
 
 
+def _host(address: str) -> str:
+    """The host part of "host:port", "[v6]:port" or a bare host (network data: never raises)."""
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    return address.rpartition(":")[0] if address.count(":") == 1 else address
+
+
+def is_loopback(address: str) -> bool:
+    host = _host(address).split("%")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it names a real interface
+
+
+def host_ips() -> set[str]:
+    """Every IP address of this machine's interfaces (peers there are on this host)."""
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
+            for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)}
+
+
+def loopback_only(own: list[str], peers: list[NodeRecord], this_host: Collection[str]
+                  ) -> LayerResult | None:
+    """Layer 4's failure when this node advertises only loopback addresses while a live peer
+    advertises an address on another host: that peer can never connect back here. Pure:
+    `own` are this node's advertised addresses, `this_host` the IPs of this machine (a peer
+    that advertises one of them shares the machine and can use loopback)."""
+    if not own or not all(is_loopback(a) for a in own):
+        return None
+    for record in peers:
+        for address in record.addresses[:16]:
+            if not is_loopback(address) and _host(address) not in this_host:
+                label = record.name or record.node_id[:12]
+                return failed(4, f"this node advertises only loopback ({', '.join(own[:4])}) "
+                                 f"but its peers are on other hosts ({label} at "
+                                 f"{address[:64]})",
+                              "start it with --mesh-host 0.0.0.0 (or --advertise HOST:PORT) "
+                              "so peers can reach it")
+    return None
+
+
 def discovery_layer(mesh: MeshRuntime, mdns: bool, now: float) -> LayerResult:
     live = mesh.peers(now)
+    # A single address today; a list once the runtime advertises every usable address.
+    own = [mesh.advertise] if mesh.advertise else []
+    unreachable = loopback_only(own, live, host_ips()) if live else None
+    if unreachable is not None:
+        return unreachable
     sources = [b.address for b in mesh.bootstrap]
     how = (f"remembered/invite addresses: {', '.join(sources[:4])}" if sources
            else "no remembered addresses") + ("; mDNS on" if mdns else "; mDNS off")

@@ -1,12 +1,12 @@
-"""Which peers can take a prompt right now: data-plane checks, cached and debounced.
+"""Which peers can take a prompt right now: schedules data-plane checks and feeds their
+results to each peer's `PeerState` (health/state.py holds every rule; this module only runs
+probes and keeps the tasks).
 
 Every `interval_s` each live peer gets the cheap check (layers 5–10: roster, TCP, TLS pin,
-small and large signed probes, engines ready). The one-token probe (layer 11) runs only when
-a route is about to use a peer whose last proof for that model is older than
-`TOKEN_STALE_S`; real traffic that streams a token back is proof too.
-
-Debouncing: `down_after` consecutive failures (probes or real requests) mark a peer down; one
-success marks it up. A peer never checked is not routed to.
+small and large signed probes, engines ready). The one-token probe (layer 11) runs when a
+route is about to use a peer whose proof for that model is stale, and, on the same tick as
+the cheap checks, for every model whose last token probe failed once its backoff has passed.
+Real traffic that streams a token back is proof too.
 """
 
 from __future__ import annotations
@@ -14,28 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from covey.health import layers as L
 from covey.health.local import roster_layer
 from covey.health.probe import Target, check_peer, one_token, token_timeout
+from covey.health.state import (
+    CheapCheck,
+    Observation,
+    PeerState,
+    Policy,
+    RealRequest,
+    TokenProbe,
+    path_failure,
+)
 from covey.mesh.peer_transport import PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 
 log = logging.getLogger(__name__)
-TOKEN_STALE_S = 60.0
-
-
-@dataclass
-class PeerHealth:
-    results: list[L.LayerResult] = field(default_factory=list)
-    checked_at: float | None = None  # wall clock of the last cheap check
-    failures: int = 0  # consecutive
-    up: bool = False
-    token_ok_at: dict[str, float] = field(default_factory=dict)  # model → monotonic
-    token_failed: dict[str, L.LayerResult] = field(default_factory=dict)
 
 
 def target_for(record: NodeRecord, now: float) -> Target:
@@ -50,20 +48,18 @@ def all_models(record: NodeRecord) -> list[str]:
     return [ad.id for ad in record.models]
 
 
-def path_failure(results: list[L.LayerResult]) -> L.LayerResult | None:
-    """The first failure below the engine layer: the peer as a whole is unreachable. An
-    engine that is down (layer 10) only rules out its model, which the record says too."""
-    return L.first_failure([r for r in results if r.layer < 10])
-
-
 class HealthMonitor:
     def __init__(self, mesh: MeshRuntime, interval_s: float, timeout_s: float,
-                 down_after: int = 2) -> None:
+                 down_after: int = 2, clock: Callable[[], float] = time.time) -> None:
         self.mesh = mesh
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.down_after = down_after
-        self.peers: dict[str, PeerHealth] = {}
+        self.clock = clock  # wall time: `checked_at` is shown next to the status page's now
+        # A check older than this is out of date: a few missed rounds, or one slow check
+        # (every layer may take `timeout_s`).
+        self.policy = Policy(down_after=down_after,
+                             fresh_s=max(3 * interval_s, 2 * timeout_s) + 1)
+        self.peers: dict[str, PeerState] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._transport: PeerTransport | None = None  # while running
 
@@ -76,40 +72,22 @@ class HealthMonitor:
 
     def usable(self, node_id: str, model: str) -> bool:
         h = self.peers.get(node_id)
-        if h is None or not h.up or model in h.token_failed or h.checked_at is None:
-            return False
-        return time.time() - h.checked_at < max(3 * self.interval_s, 2 * self.timeout_s) + 1
+        return h is not None and h.usable(model, self.clock())
 
     def why_not(self, node_id: str, model: str) -> str:
         h = self.peers.get(node_id)
-        if h is None or h.checked_at is None:
-            return "not checked yet"
-        failure = h.token_failed.get(model) or L.first_failure(h.results)
-        if failure is None:
-            return "checks are out of date" if h.up else "recovering"
-        return f"layer {failure.layer} ({failure.name}): {failure.detail}"
+        return "not checked yet" if h is None else h.why_not(model, self.clock())
 
     def request_done(self, node_id: str, model: str, ok: bool) -> None:
         """Real traffic: a streamed answer proves the whole path; a failure before the first
-        byte counts like a failed probe."""
-        h = self.peers.setdefault(node_id, PeerHealth())
-        if ok:
-            h.token_ok_at[model] = time.monotonic()
-            h.token_failed.pop(model, None)
-            self._success(node_id, h)
-        else:
-            self._failure(node_id, h, None)
+        byte counts like a failed check of the path."""
+        self._observe(node_id, RealRequest(model, ok))
 
     def about_to_use(self, record: NodeRecord, model: str) -> None:
         """A route picked this peer: refresh its token proof in the background if stale."""
         h = self.peers.get(record.node_id)
-        if h is None or self._transport is None:
-            return
-        proved = h.token_ok_at.get(model)
-        key = f"token:{record.node_id}:{model}"
-        if (proved is None or time.monotonic() - proved > TOKEN_STALE_S) \
-                and key not in self._running:
-            self._start(key, self._token_probe(record, model))
+        if h is not None and h.wants_token_probe(model, self.clock()):
+            self._probe_token(record, model)
 
     # --- status -------------------------------------------------------------------------
 
@@ -117,14 +95,7 @@ class HealthMonitor:
         h = self.peers.get(node_id)
         if h is None:
             return L.report(L.settle([], L.PEER_LAYERS), None)
-        results = list(h.results)
-        token = next(iter(h.token_failed.values()), None)
-        if token is None and h.token_ok_at and h.up:
-            age = time.monotonic() - max(h.token_ok_at.values())
-            token = L.passed(11, f"a token came back {age:.0f}s ago")
-        if token is not None:
-            results = [r for r in results if r.layer != 11] + [token]
-        return L.report(L.settle(results, L.PEER_LAYERS), h.checked_at)
+        return h.report(self.clock())
 
     # --- checking -----------------------------------------------------------------------
 
@@ -133,22 +104,35 @@ class HealthMonitor:
         self._transport = self.mesh.transport
         try:
             while True:
-                now = time.time()
-                live = {r.node_id: r for r in self.mesh.peers(now)}
-                for gone in set(self.peers) - set(live):
-                    del self.peers[gone]
-                for node_id, record in live.items():
-                    if f"check:{node_id}" not in self._running:
-                        self._start(f"check:{node_id}", self._check(record))
+                self._tick()
                 await asyncio.sleep(self.interval_s)
         finally:
             for task in self._running.values():
                 task.cancel()
             self._transport = None
 
+    def _tick(self) -> None:
+        """One round: forget gone peers, start cheap checks, re-probe failing models whose
+        backoff has passed (nothing else would: no route picks a model that was removed)."""
+        now = self.clock()
+        live = {r.node_id: r for r in self.mesh.peers(now)}
+        for gone in set(self.peers) - set(live):
+            del self.peers[gone]
+        for node_id, record in live.items():
+            if f"check:{node_id}" not in self._running:
+                self._start(f"check:{node_id}", self._check(record))
+            h = self.peers.get(node_id)
+            if h is None:
+                continue
+            ready = ready_models(record)
+            self.peers[node_id] = h = h.forget_models(set(all_models(record)))
+            for model in h.failing_models():
+                if model in ready and h.wants_token_probe(model, now):
+                    self._probe_token(record, model)
+
     async def check_now(self, record: NodeRecord, token: bool) -> list[L.LayerResult]:
         """A full fresh check of one peer (for `covey doctor`): layers 5–11."""
-        now = time.time()
+        now = self.clock()
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         if not roster.ok or self._transport is None:
             return L.settle([roster], L.PEER_LAYERS)
@@ -162,46 +146,46 @@ class HealthMonitor:
         self._running[key] = task
         task.add_done_callback(lambda _t: self._running.pop(key, None))
 
+    def _probe_token(self, record: NodeRecord, model: str) -> None:
+        key = f"token:{record.node_id}:{model}"
+        if self._transport is not None and key not in self._running:
+            self._start(key, self._token_probe(record, model))
+
+    def _observe(self, node_id: str, observation: Observation) -> None:
+        """Feed one observation to the peer's state; log what changed (one line each)."""
+        before = self.peers.get(node_id) or PeerState(self.policy)
+        now = self.clock()
+        after = before.observe(observation, now)
+        self.peers[node_id] = after
+        if after.up and not before.up:
+            log.info("health: peer %s is reachable (all layers pass)", node_id)
+        elif before.up and not after.up:
+            failure = path_failure(after.results) if isinstance(observation, CheapCheck) \
+                else None
+            what = (f"layer {failure.layer} ({failure.name}): {failure.detail}" if failure
+                    else "requests to it failed")
+            log.warning("health: peer %s is down: %s", node_id, what)
+        if isinstance(observation, (TokenProbe, RealRequest)):
+            model = observation.model
+            if after.removed(model) and not before.removed(model):
+                failure = after.models[model].last_failure
+                log.warning("health: %s cannot serve %s: %s", node_id, model,
+                            failure.detail if failure else "token probes failed")
+            elif before.removed(model) and not after.removed(model):
+                log.info("health: %s serves %s again (a token came back)", node_id, model)
+
     async def _check(self, record: NodeRecord) -> None:
         assert self._transport is not None
-        now = time.time()
+        now = self.clock()
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         results = [roster]
         if roster.ok:
             results += await check_peer(self._transport, target_for(record, now),
                                         all_models(record), [], self.timeout_s)
-        h = self.peers.setdefault(record.node_id, PeerHealth())
-        h.results, h.checked_at = results, time.time()
-        failure = path_failure(results)
-        if failure is None:
-            self._success(record.node_id, h)
-        else:
-            self._failure(record.node_id, h, failure)
+        self._observe(record.node_id, CheapCheck(tuple(results)))
 
     async def _token_probe(self, record: NodeRecord, model: str) -> None:
         assert self._transport is not None
-        result = await one_token(self._transport, target_for(record, time.time()), model,
+        result = await one_token(self._transport, target_for(record, self.clock()), model,
                                  token_timeout(self.timeout_s))
-        h = self.peers.setdefault(record.node_id, PeerHealth())
-        if result.ok:
-            h.token_ok_at[model] = time.monotonic()
-            h.token_failed.pop(model, None)
-        else:
-            if model not in h.token_failed:
-                log.warning("health: %s (%s) cannot serve %s: %s", record.node_id,
-                            record.name, model, result.detail)
-            h.token_failed[model] = result
-
-    def _success(self, node_id: str, h: PeerHealth) -> None:
-        h.failures = 0
-        if not h.up:
-            log.info("health: peer %s is reachable (all layers pass)", node_id)
-        h.up = True
-
-    def _failure(self, node_id: str, h: PeerHealth, failure: L.LayerResult | None) -> None:
-        h.failures += 1
-        if h.up and h.failures >= self.down_after:
-            h.up = False
-            what = (f"layer {failure.layer} ({failure.name}): {failure.detail}" if failure
-                    else "requests to it failed")
-            log.warning("health: peer %s is down: %s", node_id, what)
+        self._observe(record.node_id, TokenProbe(model, result))
