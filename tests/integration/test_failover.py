@@ -100,3 +100,45 @@ def test_sigkill_under_load_loses_nothing(start_node: Callable[..., NodeProcess]
     assert all(o.served_by != ids[0] for o in after if o.started > killed_at + 0.5)
     # The dead node stops being chosen within 3 s of its death.
     assert max(chosen, default=0.0) < 3.0, chosen
+
+
+def test_a_full_node_is_skipped_for_one_with_room(start_node: Callable[..., NodeProcess],
+                                                  fake_backend: Callable[..., FakeBackend]
+                                                  ) -> None:
+    """Was a hole: a peer's 429 (its queue full) went back to the client while another node
+    had room. Now a 429, 503, 404 or refusal before the first byte moves on to the next
+    candidate; only errors about the request itself (400, 413, 422) reach the client."""
+    entry = start_node("--no-default-model", name="entry")
+    entry.wait_listening()
+    servers = []
+    for i in range(2):
+        backend = fake_backend(models=MODEL, tokens=400, token_delay=0.05)
+        node = start_node("--no-default-model", "--no-baseline", "--backend", backend.url,
+                          "--parallel", "1", "--max-queue", "0", "--join", mesh_invite(entry),
+                          name=f"server{i}")
+        node.wait_listening()
+        servers.append(node)
+    full, roomy = servers
+    full_id, roomy_id = (s.status()["node"]["id"] for s in servers)
+
+    def both_usable() -> bool:
+        peers = entry.status()["peers"]
+        return len(peers) == 2 and all(p["health"]["ok"] and p["models"]
+                                       and p["models"][0]["state"] == "ready" for p in peers)
+
+    wait_for(both_usable, 30, "the entry to prove both servers")
+
+    # One long answer on `full` itself takes its only slot (and it queues nothing).
+    hold = threading.Thread(target=http, args=("POST", full.url + "/v1/chat/completions", {
+        "model": MODEL, "max_tokens": 400, "stream": True,
+        "messages": [{"role": "user", "content": "hold the slot"}]}), daemon=True)
+    hold.start()
+    wait_for(lambda: full.model(MODEL)["in_flight"] == 1, 10, "the full node's slot to be busy")
+    statuses, served = [], []
+    for _ in range(10):
+        status, headers, body = http("POST", entry.url + "/v1/chat/completions", {
+            "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        statuses.append(status)
+        served.append(headers.get("x-covey-served-by", "").split(" ")[0])
+    assert statuses == [200] * 10, statuses
+    assert set(served) == {roomy_id}, served
