@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from covey import __version__
 from covey.api.openai import OpenAIRoutes
 from covey.health.monitor import HealthMonitor
+from covey.mesh.peer_transport import PeerTransport
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.export import render
@@ -50,10 +51,16 @@ def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
     }
 
 
-def peer_status(record: NodeRecord, health: HealthMonitor | None) -> dict[str, Any]:
+def peer_status(record: NodeRecord, health: HealthMonitor | None,
+                transport: PeerTransport | None = None) -> dict[str, Any]:
+    fp = record.tls_fingerprint
     return {
         "health": health.status(record.node_id) if health else None,
         "id": record.node_id, "name": record.name, "addresses": record.addresses,
+        # The address of it that answered last, and the connections (each a TLS handshake)
+        # this node opened to it since start: flat while idle, or the pool is leaking.
+        "reached_at": transport.address(fp) if transport and fp else None,
+        "connections_opened": transport.opened(fp) if transport and fp else None,
         "hardware": record.hardware.model_dump(), "software_version": record.software_version,
         "last_seen": record.issued_at, "expires_at": record.expires_at,
         "models": [{**ad.model_dump(), **(record.metrics[ad.id].model_dump()
@@ -138,7 +145,8 @@ class StatusRoutes:
             "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
             "mesh": ({"id": self.mesh.state.info.mesh_id, "address": self.mesh.advertise,
                       "problem": self.mesh.problem()} if self.mesh else None),
-            "peers": [peer_status(r, self.routes.health) for r in peers],
+            "peers": [peer_status(r, self.routes.health,
+                                  self.mesh.transport if self.mesh else None) for r in peers],
             "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
                                     time.time()),
         }

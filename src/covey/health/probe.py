@@ -144,7 +144,7 @@ async def mesh_probe(transport: PeerTransport, t: Target, size: int,
     layer = 9 if size else 8
     body = json.dumps({"pad": "x" * size}).encode()
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s), transport.control(t.peer.fingerprint):
             async with await transport.post(t.peer, "/mesh/probe", body,
                                             timeout_s=timeout_s) as r:
                 raw = await r.read()

@@ -129,6 +129,11 @@ class PeerTransport(Protocol):
         """The address of that peer that answered last."""
         ...
 
+    def control(self, fingerprint: str) -> asyncio.Lock:
+        """Held for a whole control exchange (gossip, probe): one at a time per peer, so an
+        idle mesh keeps one kept connection per direction instead of one per overlap."""
+        ...
+
 
 async def call_json(transport: PeerTransport, peer: Peer, path: str,
                     payload: Mapping[str, Any], timeout_s: float, *, signed: bool = True,
@@ -137,7 +142,7 @@ async def call_json(transport: PeerTransport, peer: Peer, path: str,
     A non-200 answer raises PeerError(kind='http') carrying the peer's error body."""
     body = json.dumps(payload).encode()
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s), transport.control(peer.fingerprint):
             async with await transport.post(peer, path, body, timeout_s=timeout_s,
                                             signed=signed, max_bytes=max_bytes) as r:
                 raw = await r.read()
@@ -229,7 +234,7 @@ class _Pool:
     pin: aiohttp.Fingerprint
     preferred: str | None = None
     opened: int = 0
-    addresses: tuple[str, ...] = field(default_factory=tuple)
+    control: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class HttpPeerTransport:
@@ -263,6 +268,11 @@ class HttpPeerTransport:
     def address(self, fingerprint: str) -> str | None:
         pool = self._pools.get(fingerprint)
         return pool.preferred if pool else None
+
+    def control(self, fingerprint: str) -> asyncio.Lock:
+        if not _is_fingerprint(fingerprint):
+            return asyncio.Lock()  # post() refuses it anyway: nothing to pin
+        return self._pool(fingerprint).control
 
     async def forget(self, keep: set[str]) -> None:
         """Close the pools of peers no longer known (fingerprints not in `keep`)."""
