@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from covey.errors import ConfigError
+from covey.mesh.addresses import MAX_ADDRESSES, check_address
 
 MiB = 1024 * 1024
 
@@ -51,8 +52,10 @@ class Settings:
     mesh_host: str = _opt("127.0.0.1", "address the mesh (peer) listener binds; use the "
                           "machine's LAN address or 0.0.0.0 to let other machines in")
     mesh_port: int = _opt(7070, "mesh listener port (0 picks a free one)")
-    advertise: str | None = _opt(None, "host:port peers should use to reach this node "
-                                 "(default: mesh host and port)")
+    advertise: tuple[str, ...] = _opt(
+        (), "host:port peers should use to reach this node (repeatable; env: a comma list). "
+        "With a wildcard --mesh-host these come first, before the host's own addresses; "
+        "with a specific --mesh-host they replace it (default: the mesh host's addresses)")
     join: str | None = _opt(None, "invite (from `covey invite` on a member) to join a mesh")
     gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
     mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
@@ -129,6 +132,13 @@ class Settings:
         for url in self.backends:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"setting backend={url!r}: must be an http:// or https:// URL")
+        for address in self.advertise:
+            try:
+                check_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"setting advertise={address!r}: {exc}") from exc
+        if len(self.advertise) > MAX_ADDRESSES:
+            raise bad("advertise", f"at most {MAX_ADDRESSES} addresses")
         if not is_loopback(self.host) and not self.api_key:
             raise ConfigError(
                 f"setting host={self.host!r}: binding a non-loopback address exposes the API "

@@ -112,6 +112,10 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
                       _fmt(base["tokens_per_s"] if base else None, "tok/s"),
                       str(m["tokens_per_s"]["count"]))
     out.print(table)
+    mesh = snap.get("mesh") or {}
+    if mesh.get("addresses"):
+        out.print(f"mesh {mesh.get('id')}: peers reach this node at "
+                  f"{', '.join(mesh['addresses'])}")
     if snap.get("mesh", {}) and snap["mesh"].get("problem"):
         out.print(f"[red]mesh problem:[/] {snap['mesh']['problem']}")
     if snap.get("peers"):

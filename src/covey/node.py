@@ -29,6 +29,7 @@ from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.health.monitor import HealthMonitor
 from covey.mesh import identity
+from covey.mesh.addresses import advertised, host_interfaces
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.runtime import MeshRuntime
@@ -179,7 +180,7 @@ class Node:
                 aiohttp.ClientSession(connector=peer_connector(), timeout=timeout,
                                       auto_decompress=False) as peer_session:
             relay = Relay(session, peer_session, s.peer_timeout_s)
-            mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
+            mesh = MeshRuntime(mesh_state, tls, addresses=[], describe=self._describe,
                                interval_s=s.gossip_interval_s, bootstrap=bootstrap)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
@@ -192,7 +193,8 @@ class Node:
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
                               ssl_context=_server_tls(tls)).start()
             mesh_port = peer_runner.addresses[0][1]
-            mesh.advertise = s.advertise or f"{_url_host(s.mesh_host)}:{mesh_port}"
+            mesh.addresses = advertised(s.mesh_host, mesh_port, s.advertise,
+                                        host_interfaces())
             lan = lan_addresses(s.mesh_host) if s.mdns else []
             discovery = LanDiscovery(mesh_state.info.mesh_id, self.identity.node_id,
                                      tls.fingerprint, lan, mesh_port, mesh.found) if lan else None
@@ -205,9 +207,9 @@ class Node:
             await site.start()
             port = runner.addresses[0][1]
             self.url = f"http://{_url_host(s.host)}:{port}"
-            self._write_runtime(port, mesh.advertise)
+            self._write_runtime(port, mesh.addresses)
             log.info("node %s (%s) listening on %s; mesh %s on %s", self.identity.node_id,
-                     self.name, self.url, mesh_state.info.mesh_id, mesh.advertise)
+                     self.name, self.url, mesh_state.info.mesh_id, ", ".join(mesh.addresses))
             if on_listening:
                 on_listening(self.url)
             try:
@@ -277,9 +279,10 @@ class Node:
                 "baseline": baseline, "software_version": __version__,
                 "hardware": catalog.machine_hardware(self.settings.fast_memory_bytes)}
 
-    def _write_runtime(self, port: int, mesh_address: str) -> None:
-        info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_address,
-                "node_id": self.identity.node_id}
+    def _write_runtime(self, port: int, mesh_addresses: list[str]) -> None:
+        # "mesh": the first address, for readers older than "mesh_addresses".
+        info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_addresses[0],
+                "mesh_addresses": mesh_addresses, "node_id": self.identity.node_id}
         path = self.settings.data_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))

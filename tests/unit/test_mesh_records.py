@@ -158,3 +158,11 @@ def test_nan_or_infinite_times_are_refused() -> None:
         raw = json.dumps(body).encode()  # json.dumps writes NaN / Infinity
         sig = key.sign(b"covey-record-v1\x00" + raw)
         assert _reason(canonical({"body": b64e(raw), "sig": b64e(sig)})) == "malformed"
+
+
+@pytest.mark.parametrize("address", ["evil host:1", "10.0.0.1:99999", "x" * 300, "[::1:7070"])
+def test_a_record_with_a_bad_address_is_malformed(address: str) -> None:
+    # The signer is honest about its key but lies in a field: refused as a whole.
+    key = Ed25519PrivateKey.generate()
+    record = _record(key).model_copy(update={"addresses": [address]})
+    assert _reason(sign_record(record, key)) == "malformed"

@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from covey.mesh.addresses import MAX_ADDRESSES, check_address
 from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, unseal
 
@@ -26,6 +27,9 @@ MAX_LIFETIME_S = 24 * 3600.0  # a record claiming to live longer is refused
 MAX_SKEW_S = 300.0  # clocks may disagree this much
 
 _Id = Field(min_length=1, max_length=256)
+# host:port, checked (IPv4, [IPv6], RFC 1123 name; port 1..65535): a record with a bad
+# address is malformed as a whole.
+Address = Annotated[str, AfterValidator(check_address)]
 
 
 class _Wire(BaseModel):
@@ -66,7 +70,7 @@ class NodeRecord(_Wire):
     issued_at: float
     expires_at: float
     name: str = Field(default="", max_length=256)
-    addresses: list[str] = Field(default_factory=list, max_length=16)
+    addresses: list[Address] = Field(default_factory=list, max_length=MAX_ADDRESSES)
     hardware: Hardware = Field(default_factory=Hardware)
     models: list[ModelAd] = Field(default_factory=list, max_length=64)
     metrics: dict[str, ModelMetrics] = Field(default_factory=dict, max_length=64)

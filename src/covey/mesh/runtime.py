@@ -30,12 +30,12 @@ FANOUT = 3
 
 
 class MeshRuntime:
-    def __init__(self, state: MeshState, tls: TlsIdentity, advertise: str,
+    def __init__(self, state: MeshState, tls: TlsIdentity, addresses: list[str],
                  describe: Callable[[], dict[str, Any]], interval_s: float,
                  bootstrap: list[Bootstrap], rng: random.Random | None = None) -> None:
         self.state = state
         self.tls = tls
-        self.advertise = advertise
+        self.addresses = addresses  # where peers reach this node, best first
         self.describe = describe  # the node's models/metrics as record fields
         self.interval_s = interval_s
         self.bootstrap = bootstrap
@@ -77,7 +77,7 @@ class MeshRuntime:
                 log.error("mesh: %s", problem)
             self._problem = problem
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
-                           addresses=[self.advertise], tls_fingerprint=self.tls.fingerprint,
+                           addresses=self.addresses, tls_fingerprint=self.tls.fingerprint,
                            **self.describe())
 
     async def run(self) -> None:
