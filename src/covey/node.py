@@ -32,6 +32,7 @@ from covey.mesh import identity
 from covey.mesh.addresses import advertised, host_interfaces
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
+from covey.mesh.records import MAX_BYTES, MAX_SAMPLES, MAX_TOKENS_PER_S, MAX_TTFT_MS, plausible
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
 from covey.mesh.transport import TlsIdentity, tls_identity
@@ -271,13 +272,17 @@ class Node:
                                "quantization": m.card.quantization, "slots": m.slots,
                                "queue_depth": m.queue_depth, "state": m.engine.state.kind})
                 ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
-                metrics[m.id] = {"ttft_ms_p50": ttft.p50, "tokens_per_s_p50": rate.p50,
-                                 "samples": rate.count}
-                if m.baseline is not None:
-                    baseline[m.id] = m.baseline.tokens_per_s
+                metrics[m.id] = {"ttft_ms_p50": plausible(ttft.p50, MAX_TTFT_MS),
+                                 "tokens_per_s_p50": plausible(rate.p50, MAX_TOKENS_PER_S),
+                                 "samples": min(rate.count, MAX_SAMPLES)}
+                native = plausible(m.baseline.tokens_per_s if m.baseline else None,
+                                   MAX_TOKENS_PER_S, positive=True)
+                if native is not None:
+                    baseline[m.id] = native
         return {"name": self.name, "models": models[:64], "metrics": metrics,
                 "baseline": baseline, "software_version": __version__,
-                "hardware": catalog.machine_hardware(self.settings.fast_memory_bytes)}
+                "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
+                             catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
 
     def _write_runtime(self, port: int, mesh_addresses: list[str]) -> None:
         # "mesh": the first address, for readers older than "mesh_addresses".
