@@ -3,6 +3,7 @@ gossip, and every refusal. In-process peers (the layer is not wired into `serve`
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -14,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from covey.mesh import identity
-from covey.mesh.client import PeerUnreachable, exchange, join
-from covey.mesh.membership import InviteBook, parse_invite, revoke
+from covey.mesh.client import PeerUnreachable, exchange, join, redeem
+from covey.mesh.membership import Contact, InviteBook, parse_invite, revoke
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
@@ -124,3 +125,43 @@ async def test_refusals(tmp_path: Path, session: aiohttp.ClientSession) -> None:
     finally:
         for p in (a, b, outsider):
             await p.runner.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_join_tries_each_contact_in_order(tmp_path: Path,
+                                                session: aiohttp.ClientSession) -> None:
+    a = await _founder(tmp_path)
+    try:
+        dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
+        assert a.state.authority is not None
+        book = InviteBook(a.state.data_dir / "invites.db")
+        contacts = [Contact(address=dead, fingerprint=a.tls.fingerprint),
+                    Contact(address=a.address, fingerprint=a.tls.fingerprint)]
+        token = book.mint(a.state.authority, contacts, time.time(), 600).token()
+        data_dir = tmp_path / "b"
+        data_dir.mkdir()
+        state, worked = await redeem(session, parse_invite(token),
+                                     identity.load_or_create(data_dir), data_dir, time.time())
+        assert worked.address == a.address and state.info == a.state.info
+
+        # Every address dead: the error names each one and why.
+        other = f"127.0.0.1:{_free_port()}"
+        token = book.mint(a.state.authority, [Contact(address=dead, fingerprint=a.tls.fingerprint),
+                                                  Contact(address=other,
+                                                          fingerprint=a.tls.fingerprint)],
+                          time.time(), 600).token()
+        book.close()
+        data_dir = tmp_path / "c"
+        data_dir.mkdir()
+        with pytest.raises(PeerUnreachable) as info:
+            await redeem(session, parse_invite(token), identity.load_or_create(data_dir),
+                         data_dir, time.time())
+        assert dead in str(info.value) and other in str(info.value)
+        assert "Cannot connect" in str(info.value) or "refused" in str(info.value)
+    finally:
+        await a.runner.cleanup()

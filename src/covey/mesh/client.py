@@ -17,11 +17,18 @@ import aiohttp
 
 from covey.mesh.gossip import MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.identity import Identity
-from covey.mesh.membership import Invite, MembershipError
+from covey.mesh.membership import Contact, Invite, MembershipError
 from covey.mesh.peer_api import apply_records
 from covey.mesh.sealed import SealError, b64d, b64e
 from covey.mesh.state import MeshInfo, MeshState
 from covey.mesh.transport import H_CERT, sign_request
+
+JOIN_CONNECT_S = 3.0  # per contact: an address that does not answer this fast is skipped
+# per contact, once connected: the contact may forward the join to the mesh's creator
+JOIN_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=JOIN_CONNECT_S)
+JOIN_TOTAL_S = 60.0  # every contact together
+# Refusals of the invite itself: the same at every contact, so trying more is pointless.
+INVITE_REFUSALS = frozenset({"used", "expired", "unknown_invite", "malformed"})
 
 
 class PeerUnreachable(Exception):
@@ -38,10 +45,11 @@ def _pin(fingerprint: str) -> aiohttp.Fingerprint:
 
 
 async def _post(session: aiohttp.ClientSession, url: str, fingerprint: str, body: bytes,
-                headers: dict[str, str]) -> Any:
+                headers: dict[str, str], limits: aiohttp.ClientTimeout | None = None) -> Any:
     try:
         async with session.post(url, data=body, ssl=_pin(fingerprint), headers={
-                "Content-Type": "application/json", **headers}) as r:
+                "Content-Type": "application/json", **headers},
+                timeout=limits or session.timeout) as r:
             answer = await r.json(content_type=None)
             if r.status != 200:
                 message = answer.get("error", {}).get("message") if isinstance(answer, dict) \
@@ -56,20 +64,52 @@ async def _post(session: aiohttp.ClientSession, url: str, fingerprint: str, body
         raise PeerUnreachable(f"{url}: {type(exc).__name__}: {exc}") from exc
 
 
+def _refusal_code(exc: PeerUnreachable) -> str | None:
+    error = exc.answer.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
 async def join(session: aiohttp.ClientSession, invite: Invite, identity: Identity,
                data_dir: Path, now: float) -> MeshState:
-    """Redeem `invite` at the inviting node; save and return the membership it grants."""
+    """Redeem `invite`; save and return the membership it grants (see `redeem`)."""
+    state, _ = await redeem(session, invite, identity, data_dir, now)
+    return state
+
+
+async def redeem(session: aiohttp.ClientSession, invite: Invite, identity: Identity,
+                 data_dir: Path, now: float, clock: Callable[[], float] = time.monotonic
+                 ) -> tuple[MeshState, Contact]:
+    """Redeem `invite` at its contacts, in order, each with a short connect timeout, until
+    one answers; save the membership. Returns it and the contact that worked.
+
+    A contact that refuses the invite itself (used, expired, unknown) ends the attempt:
+    another member would only forward it to the same creator. PeerUnreachable names every
+    address tried and why it failed."""
     body = json.dumps({"invite_id": invite.invite_id, "secret": invite.secret,
                        "public_key": b64e(identity.public_bytes)}).encode()
-    answer = await _post(session, f"https://{invite.address}/mesh/join",
-                         invite.tls_fingerprint, body, {})
-    if answer.get("mesh_id") != invite.mesh_id or answer.get(
-            "authority_public_key") != invite.authority_public_key:
-        raise MembershipError("wrong_mesh", "the inviting node answered for another mesh")
-    info = MeshInfo(invite.mesh_id, b64d(invite.authority_public_key))
-    state = MeshState.save(data_dir, identity, info, b64d(str(answer["cert"])))
-    apply_records(state, list(answer.get("records") or []), now)
-    return state
+    deadline = clock() + JOIN_TOTAL_S
+    tried: list[str] = []
+    for contact in invite.reachable():
+        if clock() > deadline:
+            tried.append(f"{contact.address}: not tried (out of time)")
+            continue
+        try:
+            answer = await _post(session, f"https://{contact.address}/mesh/join",
+                                 contact.fingerprint, body, {}, JOIN_TIMEOUT)
+        except PeerUnreachable as exc:
+            if _refusal_code(exc) in INVITE_REFUSALS:
+                raise
+            tried.append(f"{contact.address}: {exc}")
+            continue
+        if answer.get("mesh_id") != invite.mesh_id or answer.get(
+                "authority_public_key") != invite.authority_public_key:
+            raise MembershipError("wrong_mesh", f"{contact.address} answered for another mesh")
+        info = MeshInfo(invite.mesh_id, b64d(invite.authority_public_key))
+        state = MeshState.save(data_dir, identity, info, b64d(str(answer["cert"])))
+        apply_records(state, list(answer.get("records") or []), now)
+        return state, contact
+    raise PeerUnreachable("no address in the invite answered: " + "; ".join(tried))
 
 
 async def exchange(session: aiohttp.ClientSession, state: MeshState, address: str,
