@@ -58,6 +58,9 @@ class Settings:
         "with a specific --mesh-host they replace it (default: the mesh host's addresses)")
     join: str | None = _opt(None, "invite (from `covey invite` on a member) to join a mesh")
     gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
+    cert_validity_s: float = _opt(365 * 24 * 3600.0, "seconds a member certificate issued "
+                                  "by this node (the mesh's creator) is valid; members renew "
+                                  "theirs when a third is left")
     mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
                       "is not loopback-only)")
     peer_timeout_s: float = _opt(30.0, "seconds a peer may take to start answering a prompt "
@@ -123,6 +126,8 @@ class Settings:
         for key in ("ctx_size", "parallel", "max_body_bytes", "baseline_max_tokens"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
+        if not 1 <= self.cert_validity_s <= 100 * 365 * 24 * 3600.0:
+            raise bad("cert_validity_s", "must be 1 second .. 100 years")
         if self.max_queue < 0:
             raise bad("max_queue", "must not be negative")
         if self.threads is not None and self.threads < 1:

@@ -21,6 +21,7 @@ from aiohttp import web
 from covey import __version__
 from covey.api.app import build_app
 from covey.api.doctor import DoctorRoutes
+from covey.api.invite import InviteRoutes
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
 from covey.config import Settings
@@ -30,6 +31,7 @@ from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.health.monitor import HealthMonitor
 from covey.mesh import identity
 from covey.mesh.addresses import advertised, host_interfaces
+from covey.mesh.authority import AuthorityLink
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.records import MAX_BYTES, MAX_SAMPLES, MAX_TOKENS_PER_S, MAX_TTFT_MS, plausible
@@ -76,6 +78,7 @@ class Node:
         self._keepers: dict[ModelId, asyncio.Task[None] | None] = {}  # None: not started yet
         self._tasks: asyncio.TaskGroup | None = None
         self._prepared = False
+        self._invites: InviteRoutes | None = None
 
     # --- building -------------------------------------------------------------------
 
@@ -172,7 +175,8 @@ class Node:
         s = self.settings
         self.prepare()
         await asyncio.to_thread(catalog.gpu_memory_bytes)  # asked once, off the event loop
-        mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join)
+        mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join,
+                                                s.cert_validity_s)
         tls = tls_identity(self.identity.key, s.data_dir)
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
@@ -183,12 +187,15 @@ class Node:
             relay = Relay(session, peer_session, s.peer_timeout_s)
             mesh = MeshRuntime(mesh_state, tls, addresses=[], describe=self._describe,
                                interval_s=s.gossip_interval_s, bootstrap=bootstrap)
+            link = AuthorityLink(mesh_state, peer_session, mesh.reach)
+            mesh.authority = link
+            self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
                                   health=health)
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, serve=routes.serve_for_peer,
-                               engines=self._engine_states),
+                               engines=self._engine_states, authority=link),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
@@ -253,6 +260,8 @@ class Node:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),
                          lambda: self.url or "").add_to(app)
+        if self._invites is not None:
+            self._invites.add_to(app)
         web_routes.add_to(app)
         return app
 

@@ -15,9 +15,11 @@ import pytest
 from aiohttp import web
 
 from covey.mesh import identity
-from covey.mesh.client import PeerUnreachable, exchange, join, redeem
+from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
+from covey.mesh.client import PeerUnreachable, exchange, join, redeem, request_renewal
 from covey.mesh.membership import Contact, InviteBook, parse_invite, revoke
 from covey.mesh.peer_api import build_peer_app
+from covey.mesh.renewal import renewal_request
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 
@@ -34,10 +36,13 @@ class Peer:
                            tls_fingerprint=self.tls.fingerprint)
 
 
-async def _serve(state: MeshState, tls: TlsIdentity) -> Peer:
+async def _serve(state: MeshState, tls: TlsIdentity,
+                 session: aiohttp.ClientSession | None = None) -> Peer:
+    """`session`: this peer forwards joins and renewals to the creator through it."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert_path, tls.key_path)
-    runner = web.AppRunner(build_peer_app(state), access_log=None)
+    link = AuthorityLink(state, session) if session is not None else None
+    runner = web.AppRunner(build_peer_app(state, authority=link), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
@@ -63,12 +68,13 @@ def _invite(peer: Peer, ttl_s: float = 600) -> str:
 
 
 async def _joiner(tmp_path: Path, name: str, session: aiohttp.ClientSession,
-                  token: str) -> Peer:
+                  token: str, forwards: bool = False) -> Peer:
     data_dir = tmp_path / name
     data_dir.mkdir()
     ident = identity.load_or_create(data_dir)
     state = await join(session, parse_invite(token), ident, data_dir, time.time())
-    return await _serve(state, tls_identity(ident.key, data_dir))
+    return await _serve(state, tls_identity(ident.key, data_dir),
+                        session if forwards else None)
 
 
 async def _founder(tmp_path: Path, name: str = "a") -> Peer:
@@ -165,3 +171,48 @@ async def test_join_tries_each_contact_in_order(tmp_path: Path,
         assert "Cannot connect" in str(info.value) or "refused" in str(info.value)
     finally:
         await a.runner.cleanup()
+
+
+async def test_any_member_invites_and_admits(tmp_path: Path,
+                                             session: aiohttp.ClientSession) -> None:
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a), forwards=True)
+    peers = [a, b]
+    try:
+        await exchange(session, b.state, a.address, a.tls.fingerprint)  # b learns a's record
+        creator = b.state.authority_record(time.time())
+        assert creator is not None and creator.node_id == a.state.identity.node_id
+        # An invite minted on B (not the creator): B's contacts first, then A's.
+        token = await AuthorityLink(b.state, session).invite(600, contacts_of(
+            b.state.table.get(b.state.identity.node_id).record))  # type: ignore[union-attr]
+        assert [c.address for c in parse_invite(token).reachable()] == [b.address, a.address]
+        # C redeems it at B, which forwards the join to A and relays the certificate.
+        data_dir = tmp_path / "c"
+        data_dir.mkdir()
+        c_id = identity.load_or_create(data_dir)
+        c_state, worked = await redeem(session, parse_invite(token), c_id, data_dir,
+                                       time.time())
+        assert worked.address == b.address and c_state.info == a.state.info
+        assert c_state.own_cert(time.time()).node_id == c_id.node_id
+        # Spent: B relays A's refusal.
+        data_dir = tmp_path / "d"
+        data_dir.mkdir()
+        with pytest.raises(PeerUnreachable, match="already used"):
+            await redeem(session, parse_invite(token), identity.load_or_create(data_dir),
+                         data_dir, time.time())
+
+        # Renewal through B: C's request is sealed by C, so B can carry it to A.
+        old = c_state.own_cert(time.time())
+        cert = await request_renewal(session, c_state, b.address, b.tls.fingerprint,
+                                     renewal_request(c_state, time.time()))
+        assert c_state.set_cert(cert, time.time()).issued_at >= old.issued_at
+        assert (data_dir.parent / "c" / "member.cert").read_bytes() == cert
+
+        # The creator offline: asking B says who must come back.
+        await a.runner.cleanup()
+        peers.remove(a)
+        with pytest.raises(AuthorityOffline, match=r"creator .* must be online to admit"):
+            await AuthorityLink(b.state, session).invite(600, [])
+    finally:
+        for p in peers:
+            await p.runner.cleanup()

@@ -85,3 +85,14 @@ def test_a_never_measured_node_gets_a_larger_share_until_measured() -> None:
     rng = random.Random(2)
     firsts = [rank(MODEL, None, peers, {}, rng)[0].name for _ in range(2000)]
     assert 0.18 < firsts.count("new") / len(firsts) < 0.30  # 20 % + 5 % of the rest
+
+
+def test_a_peer_is_reached_at_the_address_that_works() -> None:
+    # The peer advertises an address this node cannot reach first; the working one is used.
+    record = _peer("p", tps=50).model_copy(
+        update={"addresses": ["10.99.0.1:7070", "10.78.0.1:7070"]})
+    first = rank(MODEL, None, [record], {}, random.Random(0))
+    assert [c.address for c in first] == ["10.99.0.1:7070"]
+    chosen = rank(MODEL, None, [record], {}, random.Random(0),
+                  addresses={record.node_id: "10.78.0.1:7070"})
+    assert [c.address for c in chosen] == ["10.78.0.1:7070"]

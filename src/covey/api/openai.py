@@ -144,7 +144,8 @@ class OpenAIRoutes:
         in_flight = {nid: m.in_flight for (nid, _), m in self._peer_models.items()}
         max_tokens = getattr(req, "max_tokens", None) or 256
         candidates = rank(model_id, self._local_view(local), peers, in_flight, self.rng,
-                          tokens=max_tokens, observed=self._observed(model_id))
+                          tokens=max_tokens, observed=self._observed(model_id),
+                          addresses=self.mesh.reach.chosen(peers))
         if not candidates:
             if local is not None and not serving:
                 local.admit()  # raises the local reason (loading, failed, busy)

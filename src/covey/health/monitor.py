@@ -39,9 +39,12 @@ class PeerHealth:
     token_failed: dict[str, L.LayerResult] = field(default_factory=dict)
 
 
-def target_for(record: NodeRecord, now: float) -> Target:
-    return Target(record.node_id, record.name, record.addresses[0] if record.addresses else "",
-                  record.tls_fingerprint or None, max(0.0, now - record.issued_at))
+def target_for(record: NodeRecord, now: float, address: str | None = None) -> Target:
+    """`address`: which of the record's addresses to check (default: its first)."""
+    if address is None:
+        address = record.addresses[0] if record.addresses else ""
+    return Target(record.node_id, record.name, address, record.tls_fingerprint or None,
+                  max(0.0, now - record.issued_at))
 
 
 def ready_models(record: NodeRecord) -> list[str]:
@@ -154,9 +157,10 @@ class HealthMonitor:
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         if not roster.ok or self._session is None:
             return L.settle([roster], L.PEER_LAYERS)
-        results = await check_peer(self._session, target_for(record, now), self.mesh.sign,
-                                   all_models(record), ready_models(record)[:8] if token
-                                   else [], self.timeout_s)
+        results = await check_peer(self._session,
+                                   target_for(record, now, self.mesh.reach.address(record)),
+                                   self.mesh.sign, all_models(record),
+                                   ready_models(record)[:8] if token else [], self.timeout_s)
         return L.settle([roster, *results], L.PEER_LAYERS)
 
     async def check_address(self, address: str, token: bool) -> list[L.LayerResult]:
@@ -179,9 +183,18 @@ class HealthMonitor:
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         results = [roster]
         if roster.ok:
-            results += await check_peer(self._session, target_for(record, now),
-                                        self.mesh.sign, all_models(record), [],
-                                        self.timeout_s)
+            # A peer advertises several addresses; the first that connects is the one to use
+            # (remembered in mesh.reach, so routing uses it too).
+            for address in self.mesh.reach.order(record) or [""]:
+                results = [roster, *await check_peer(
+                    self._session, target_for(record, now, address), self.mesh.sign,
+                    all_models(record), [], self.timeout_s)]
+                failure = path_failure(results)
+                if failure is None or failure.layer > 6:
+                    if failure is None and address:
+                        self.mesh.reach.worked(record.node_id, address)
+                    break
+                self.mesh.reach.failed(record.node_id, address)
         h = self.peers.setdefault(record.node_id, PeerHealth())
         h.results, h.checked_at = results, time.time()
         failure = path_failure(results)
@@ -192,7 +205,8 @@ class HealthMonitor:
 
     async def _token_probe(self, record: NodeRecord, model: str) -> None:
         assert self._session is not None
-        result = await one_token(self._session, target_for(record, time.time()),
+        result = await one_token(self._session, target_for(record, time.time(),
+                                                           self.mesh.reach.address(record)),
                                  self.mesh.sign, model, token_timeout(self.timeout_s))
         h = self.peers.setdefault(record.node_id, PeerHealth())
         if result.ok:

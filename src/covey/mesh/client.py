@@ -18,9 +18,8 @@ import aiohttp
 from covey.mesh.gossip import MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.identity import Identity
 from covey.mesh.membership import Contact, Invite, MembershipError
-from covey.mesh.peer_api import apply_records
 from covey.mesh.sealed import SealError, b64d, b64e
-from covey.mesh.state import MeshInfo, MeshState
+from covey.mesh.state import MeshInfo, MeshState, apply_records
 from covey.mesh.transport import H_CERT, sign_request
 
 JOIN_CONNECT_S = 3.0  # per contact: an address that does not answer this fast is skipped
@@ -112,15 +111,67 @@ async def redeem(session: aiohttp.ClientSession, invite: Invite, identity: Ident
     raise PeerUnreachable("no address in the invite answered: " + "; ".join(tried))
 
 
+def _signed(state: MeshState, path: str, body: bytes,
+            clock: Callable[[], float] = time.time) -> dict[str, str]:
+    """Headers that make `body` a signed member request from this node to `path`."""
+    headers = sign_request(state.identity.key, mesh_id=state.info.mesh_id, method="POST",
+                           path=path, body=body, now=clock())
+    return {**headers, H_CERT: b64e(state.cert)}
+
+
+# Calls to the mesh's creator: short, so a member asking on a user's behalf answers soon.
+AUTHORITY_TIMEOUT = aiohttp.ClientTimeout(total=15.0, sock_connect=JOIN_CONNECT_S)
+
+
+async def request_invite(session: aiohttp.ClientSession, state: MeshState, address: str,
+                         fingerprint: str, ttl_s: float, contacts: list[Contact]) -> str:
+    """Ask the authority node at `address` to mint an invite whose first contacts are this
+    node's (`contacts`). Returns the invite token (not yet parsed)."""
+    body = json.dumps({"ttl_s": ttl_s,
+                       "contacts": [c.model_dump() for c in contacts]}).encode()
+    answer = await _post(session, f"https://{address}/mesh/invite", fingerprint, body,
+                         _signed(state, "/mesh/invite", body), AUTHORITY_TIMEOUT)
+    token = answer.get("invite") if isinstance(answer, dict) else None
+    if not isinstance(token, str):
+        raise PeerUnreachable(f"{address} answered without an invite")
+    return token
+
+
+async def forward_join(session: aiohttp.ClientSession, state: MeshState, address: str,
+                       fingerprint: str, body: bytes) -> dict[str, Any]:
+    """Pass a joiner's (unsigned, secret-protected) join body on to the authority node at
+    `address`, signed as this member. Returns the authority's answer, unchecked."""
+    answer = await _post(session, f"https://{address}/mesh/join", fingerprint, body,
+                         _signed(state, "/mesh/join", body), AUTHORITY_TIMEOUT)
+    if not isinstance(answer, dict):
+        raise PeerUnreachable(f"{address} answered the join with something else than JSON")
+    return answer
+
+
+async def request_renewal(session: aiohttp.ClientSession, state: MeshState, address: str,
+                          fingerprint: str, request: str) -> bytes:
+    """Pass a renewal request (sealed by the member that needs it, maybe not this node) to
+    `address`: the authority, or a member that forwards it. Returns the new cert envelope,
+    unchecked."""
+    body = json.dumps({"request": request}).encode()
+    answer = await _post(session, f"https://{address}/mesh/renew", fingerprint, body,
+                         _signed(state, "/mesh/renew", body), AUTHORITY_TIMEOUT)
+    cert = answer.get("cert") if isinstance(answer, dict) else None
+    if not isinstance(cert, str) or len(cert) > 8192:
+        raise PeerUnreachable(f"{address} answered the renewal without a certificate")
+    try:
+        return b64d(cert)
+    except SealError as exc:
+        raise PeerUnreachable(f"{address} answered with a damaged certificate") from exc
+
+
 async def exchange(session: aiohttp.ClientSession, state: MeshState, address: str,
                    fingerprint: str, clock: Callable[[], float] = time.time) -> int:
     """One push-pull round with a peer. Returns how many new records this node learned."""
 
     def signed(path: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(payload).encode()
-        headers = sign_request(state.identity.key, mesh_id=state.info.mesh_id, method="POST",
-                               path=path, body=body, now=clock())
-        return body, {**headers, H_CERT: b64e(state.cert)}
+        return body, _signed(state, path, body, clock)
 
     body, headers = signed("/mesh/gossip", {"digest": state.table.digest()})
     try:

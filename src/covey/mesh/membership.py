@@ -30,6 +30,8 @@ from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, unseal
 
 CERT_DOMAIN = b"covey-cert-v1"
+AUTHORITY_DOMAIN = b"covey-authority-node-v1"
+RENEW_DOMAIN = b"covey-renew-v1"
 REVOKE_DOMAIN = b"covey-revocations-v1"
 INVITE_PREFIX = "covey-invite:"
 MAX_INVITE = 8192  # one line, even with 16 contacts
@@ -86,6 +88,30 @@ def load_authority(data_dir: Path) -> Authority | None:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 key")
     return Authority(key)
+
+
+def _authority_message(mesh_id: str, node_id: str) -> bytes:
+    return mesh_id.encode() + b"\x00" + node_id.encode()
+
+
+def prove_authority(authority: Authority, node_id: str) -> str:
+    """What the creator's node puts in its record so members can find it: the authority
+    key's signature over (mesh id, node id), base64url."""
+    return b64e(authority.key.sign(AUTHORITY_DOMAIN + b"\x00"
+                                   + _authority_message(authority.mesh_id, node_id)))
+
+
+def is_authority_node(proof: str, *, mesh_id: str, node_id: str,
+                      authority_public_key: bytes) -> bool:
+    """Does `proof` show that `node_id` runs the mesh's authority?"""
+    if not proof or len(proof) > 128:
+        return False
+    try:
+        check(AUTHORITY_DOMAIN, _authority_message(mesh_id, node_id), b64d(proof),
+              authority_public_key)
+    except SealError:
+        return False
+    return True
 
 
 # --- certificates ---------------------------------------------------------------------

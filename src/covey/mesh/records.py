@@ -89,6 +89,9 @@ class NodeRecord(_Wire):
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
+    # On the mesh creator's node only: the authority key's signature over (mesh id, node id),
+    # so every member can find the node that admits members and renews certificates.
+    authority_proof: str = Field(default="", max_length=128)
     # The newest authority-signed revocation list this node knows (base64url envelope):
     # every record carries it, so a revocation reaches every member with the gossip.
     revocations: str = Field(default="", max_length=512 * 1024)

@@ -1,8 +1,10 @@
 """The mesh inside a running node: publish our record, gossip with peers, sign peer calls.
 
 `run()` loops every `interval_s`: publish a fresh record (models, load, measurements), drop
-expired records, and push-pull with a few random peers plus any bootstrap address (the
-invite's inviter). A failed exchange is logged once per peer state change, never fatal.
+expired records, push-pull with a few random peers plus any bootstrap address (the invite's
+contacts), and renew this node's certificate when a third of its validity is left. A peer's
+addresses are tried in order and the one that answers is remembered (`reach`). A failed
+exchange is logged once per peer state change, never fatal.
 """
 
 from __future__ import annotations
@@ -12,21 +14,33 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from covey.mesh import remembered
-from covey.mesh.client import PeerUnreachable, exchange
+from covey.mesh.authority import AuthorityLink, AuthorityOffline
+from covey.mesh.client import PeerUnreachable, exchange, request_renewal
 from covey.mesh.gossip import choose_peers
+from covey.mesh.membership import MembershipError
+from covey.mesh.reach import Reachability
 from covey.mesh.records import NodeRecord
 from covey.mesh.remembered import Bootstrap
+from covey.mesh.renewal import needs_renewal, renew_locally, renewal_request
 from covey.mesh.sealed import b64e
 from covey.mesh.state import MeshState
 from covey.mesh.transport import H_CERT, TlsIdentity, sign_request
 
 log = logging.getLogger(__name__)
 FANOUT = 3
+
+
+@dataclass(frozen=True)
+class _Target:
+    node_id: str | None  # None: a remembered address not yet matched to a record
+    addresses: list[str]
+    fingerprint: str
 
 
 class MeshRuntime:
@@ -42,6 +56,9 @@ class MeshRuntime:
         self.rng = rng or random.Random()
         self._failing: set[str] = set()
         self._problem: str | None = None
+        self.reach = Reachability()  # node id → the address of it that answered
+        self.authority: AuthorityLink | None = None  # reaches the mesh's creator (members)
+        self._renewing: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -86,8 +103,11 @@ class MeshRuntime:
             while True:
                 self.publish()
                 self.state.table.expire(time.time())
+                self.reach.forget({r.node_id for r in self.peers(time.time())})
                 await asyncio.gather(*(self._exchange(session, t) for t in self._targets()))
                 self._remember()
+                if self._renewing is None or self._renewing.done():
+                    self._renewing = asyncio.create_task(self.renew(session))
                 await asyncio.sleep(self.interval_s)
 
     def failing_addresses(self) -> set[str]:
@@ -101,10 +121,53 @@ class MeshRuntime:
             self.bootstrap = [peer, *(b for b in self.bootstrap
                                       if b.fingerprint != peer.fingerprint)]
 
+    async def renew(self, session: aiohttp.ClientSession) -> None:
+        """Renew this node's certificate if a third or less of its validity is left: the
+        creator locally; a member at the creator, or through any peer that forwards."""
+        now = time.time()
+        try:
+            cert = self.state.own_cert(now)
+        except MembershipError as exc:
+            log.error("mesh: this node's certificate is unusable (%s); join again with a new "
+                      "invite", exc)
+            return
+        if not needs_renewal(cert, now):
+            return
+        try:
+            if self.state.authority is not None:
+                fresh = renew_locally(self.state, now)
+            else:
+                fresh = self.state.set_cert(await self._ask_renewal(session), time.time())
+        except (AuthorityOffline, PeerUnreachable, MembershipError) as exc:
+            log.warning("mesh: could not renew this node's certificate (expires in %.0fs): "
+                        "%s", cert.expires_at - now, exc)
+            return
+        log.info("mesh: certificate renewed until %.0f", fresh.expires_at)
+
+    async def _ask_renewal(self, session: aiohttp.ClientSession) -> bytes:
+        request = renewal_request(self.state, time.time())
+        if self.authority is None:
+            raise AuthorityOffline("this node has no way to reach the mesh's creator")
+        try:
+            return await self.authority.renew(request)
+        except AuthorityOffline as offline:
+            # The creator may be reachable from a peer though not from here: ask one.
+            creator = self.state.authority_record(time.time())
+            for record in self.peers(time.time()):
+                if creator is not None and record.node_id == creator.node_id:
+                    continue
+                for address in self.reach.order(record):
+                    try:
+                        return await request_renewal(session, self.state, address,
+                                                     record.tls_fingerprint, request)
+                    except PeerUnreachable:
+                        continue
+            raise offline
+
     def _remember(self) -> None:
         """Keep peers.json current, so a restart (even on new ports) finds the mesh again."""
-        live = [Bootstrap(r.addresses[0], r.tls_fingerprint) for r in self.peers(time.time())
-                if r.addresses and r.tls_fingerprint]
+        live = [Bootstrap(address, r.tls_fingerprint) for r in self.peers(time.time())
+                if (address := self.reach.address(r)) and r.tls_fingerprint]
         merged = remembered.merge(live, self.bootstrap)
         if merged != self.bootstrap and live:
             self.bootstrap = merged
@@ -113,23 +176,32 @@ class MeshRuntime:
             except OSError as exc:
                 log.warning("could not remember peers in %s: %s", self.state.data_dir, exc)
 
-    def _targets(self) -> list[Bootstrap]:
+    def _targets(self) -> list[_Target]:
         now = time.time()
         by_id = {r.node_id: r for r in self.peers(now) if r.addresses and r.tls_fingerprint}
         chosen = choose_peers(sorted(by_id), self.node_id, FANOUT, self.rng)
-        targets = [Bootstrap(by_id[n].addresses[0], by_id[n].tls_fingerprint) for n in chosen]
-        known = {t.address for t in targets} | {a for r in by_id.values() for a in r.addresses}
-        # Remembered peers (the inviter at first) until gossip has told us about them.
-        return targets + [b for b in self.bootstrap if b.address not in known]
+        targets = [_Target(n, self.reach.order(by_id[n]), by_id[n].tls_fingerprint)
+                   for n in chosen]
+        known = {a for r in by_id.values() for a in r.addresses}
+        # Remembered peers (the invite's contacts at first) until gossip has told us of them.
+        return targets + [_Target(None, [b.address], b.fingerprint) for b in self.bootstrap
+                          if b.address not in known]
 
-    async def _exchange(self, session: aiohttp.ClientSession, target: Bootstrap) -> None:
-        try:
-            await exchange(session, self.state, target.address, target.fingerprint)
-        except PeerUnreachable as exc:
-            if target.address not in self._failing:
-                log.warning("gossip with %s failed: %s", target.address, exc)
-                self._failing.add(target.address)
+    async def _exchange(self, session: aiohttp.ClientSession, target: _Target) -> None:
+        """Gossip with `target`, trying its addresses in order until one answers."""
+        for address in target.addresses:
+            try:
+                await exchange(session, self.state, address, target.fingerprint)
+            except PeerUnreachable as exc:
+                if target.node_id is not None:
+                    self.reach.failed(target.node_id, address)
+                if address not in self._failing:
+                    log.warning("gossip with %s failed: %s", address, exc)
+                    self._failing.add(address)
+                continue
+            if target.node_id is not None:
+                self.reach.worked(target.node_id, address)
+            if address in self._failing:
+                log.info("gossip with %s works again", address)
+                self._failing.discard(address)
             return
-        if target.address in self._failing:
-            log.info("gossip with %s works again", target.address)
-            self._failing.discard(target.address)

@@ -27,13 +27,14 @@ from covey.mesh.membership import (
     verify_revocations,
 )
 from covey.mesh.remembered import Bootstrap
-from covey.mesh.state import REVOCATIONS_FILE, MeshState
+from covey.mesh.state import CERT_TTL_S, REVOCATIONS_FILE, MeshState
 from covey.mesh.transport import tls_identity
 
 
-async def open_mesh(data_dir: Path, identity: Identity,
-                    join_token: str | None) -> tuple[MeshState, list[Bootstrap]]:
-    """(the mesh state, peers to contact first). Raises ConfigError when joining fails."""
+async def open_mesh(data_dir: Path, identity: Identity, join_token: str | None,
+                    cert_validity_s: float = CERT_TTL_S) -> tuple[MeshState, list[Bootstrap]]:
+    """(the mesh state, peers to contact first). Raises ConfigError when joining fails.
+    `cert_validity_s`: how long certificates this node issues last (on the creator)."""
     state = MeshState.load(data_dir, identity)
     bootstrap = remembered.load(data_dir)
     if join_token:
@@ -59,7 +60,8 @@ async def open_mesh(data_dir: Path, identity: Identity,
         bootstrap = [Bootstrap(c.address, c.fingerprint) for c in contacts]
         remembered.save(data_dir, bootstrap)
     if state is None:
-        state = MeshState.load_or_create(data_dir, identity, time.time())
+        state = MeshState.load_or_create(data_dir, identity, time.time(), cert_validity_s)
+    state.cert_validity_s = cert_validity_s
     return state, bootstrap
 
 

@@ -62,10 +62,13 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
          in_flight: Mapping[str, int], rng: random.Random,
          tokens: int = DEFAULT_TOKENS, explore: float = EXPLORE,
          explore_unmeasured: float = EXPLORE_UNMEASURED,
-         observed: Mapping[str, tuple[float | None, float | None]] | None = None
-         ) -> list[Candidate]:
+         observed: Mapping[str, tuple[float | None, float | None]] | None = None,
+         addresses: Mapping[str, str] | None = None) -> list[Candidate]:
     """Candidates for `model_id`, best first. Peers must advertise the model as ready and
     have room (queued + our in-flight below slots + their queue).
+
+    `addresses` is which of each peer's addresses answers from here (node id → address);
+    a peer missing from it is tried at its first address.
 
     `observed` is what this entry measured itself through the mesh, per peer (TTFT s,
     tokens/s): it includes the network hop, so it wins over the peer's own gossiped figures."""
@@ -85,7 +88,8 @@ def rank(model_id: str, local: LocalView | None, peers: Sequence[NodeRecord],
         seen_ttft, seen_rate = (observed or {}).get(record.node_id, (None, None))
         ttft, rate = seen_ttft if seen_ttft is not None else ttft, seen_rate or rate
         queued = ad.queue_depth + in_flight.get(record.node_id, 0)
-        out.append(Candidate(record.node_id, record.name, record.addresses[0],
+        address = (addresses or {}).get(record.node_id, record.addresses[0])
+        out.append(Candidate(record.node_id, record.name, address,
                              record.tls_fingerprint,
                              expected_seconds(ttft, rate, queued, ad.slots, tokens),
                              ad.slots, rate is not None))
