@@ -6,10 +6,10 @@
     machine 3:  covey invite (on machine 2), then the same on machine 3
 
 plus only the test-speed flags (conftest FAST), never `--advertise`. Machine 1 also has an
-interface no other machine can reach (10.99.0.1 on dummy0, a veth kept inside), and it sorts first in its
-advertised addresses: joiners and peers must fall back to its LAN address. A client on
-machine 3 (the official `openai` client, against 127.0.0.1 inside machine 3) is served by
-machine 1's model, streamed and whole.
+interface no other machine can reach (10.99.0.1 on dummy0, a veth kept inside), and it
+sorts first in its advertised addresses: joiners and peers must fall back to its LAN
+address. A client on machine 3 (the official `openai` client, against 127.0.0.1 inside
+machine 3) is served by machine 1's model, streamed and whole.
 """
 
 from __future__ import annotations
