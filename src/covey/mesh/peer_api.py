@@ -41,6 +41,7 @@ from covey.router.proxy import T_RECEIVED
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_INVITE_TTL_S = 7 * 24 * 3600.0
+MAX_JOIN_BODY = 4096  # a join is an id, a secret and a key: nothing bigger is forwarded
 OPEN_PATHS = frozenset({"/mesh/join"})
 Clock = Callable[[], float]
 PEER = web.RequestKey("peer", str)  # the verified calling node id
@@ -126,7 +127,11 @@ def build_peer_app(state: MeshState, clock: Clock = time.time,
                 return _refuse(403, "not_authority", "this node cannot admit members; use an "
                                                      "invite from the node that created the "
                                                      "mesh")
-            got = await forwarded(authority.join(await request.read(), public_key))
+            body = await request.read()
+            if len(body) > MAX_JOIN_BODY:
+                return _refuse(413, "payload_too_large", "a join body is at most "
+                                                         f"{MAX_JOIN_BODY} bytes")
+            got = await forwarded(authority.join(body, public_key))
             if isinstance(got, web.Response):
                 return got
             cert = got

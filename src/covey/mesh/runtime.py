@@ -59,6 +59,7 @@ class MeshRuntime:
         self.reach = Reachability()  # node id → the address of it that answered
         self.authority: AuthorityLink | None = None  # reaches the mesh's creator (members)
         self._renewing: asyncio.Task[None] | None = None
+        self._renew_failing = False
 
     @property
     def node_id(self) -> str:
@@ -139,9 +140,13 @@ class MeshRuntime:
             else:
                 fresh = self.state.set_cert(await self._ask_renewal(session), time.time())
         except (AuthorityOffline, PeerUnreachable, MembershipError) as exc:
-            log.warning("mesh: could not renew this node's certificate (expires in %.0fs): "
-                        "%s", cert.expires_at - now, exc)
+            # Retried every round; said once per streak of failures, not every round.
+            if not self._renew_failing:
+                log.warning("mesh: could not renew this node's certificate (expires in "
+                            "%.0fs), retrying every round: %s", cert.expires_at - now, exc)
+            self._renew_failing = True
             return
+        self._renew_failing = False
         log.info("mesh: certificate renewed until %.0f", fresh.expires_at)
 
     async def _ask_renewal(self, session: aiohttp.ClientSession) -> bytes:
