@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip the one-token probes (layer 11)")
     client_flags(doctor)
 
-    invite = sub.add_parser("invite", help="print a one-line, single-use invite to this mesh")
-    invite.add_argument("--data-dir", help="data dir of the node that created the mesh "
-                        "(default: ~/.covey, or $COVEY_HOME)")
+    invite = sub.add_parser("invite", help="print a one-line, single-use invite to this mesh "
+                            "(on any member; the mesh's creator must be online)")
+    client_flags(invite)
     invite.add_argument("--ttl", type=float, default=3600.0,
                         help="seconds the invite stays valid (default: 3600)")
 
@@ -86,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "invite":
-            from covey.mesh.setup import mint_invite
+            from covey.mesh.setup import holds_authority, mint_invite
 
-            print(mint_invite(_data_dir(args), args.ttl))
-            return 0
+            if holds_authority(_data_dir(args)) and not args.url:
+                print(mint_invite(_data_dir(args), args.ttl))
+                return 0
+            from covey import console
+
+            # A member: its running node asks the mesh's creator for the invite.
+            return console.invite(_client_url(args),
+                                  args.api_key or os.environ.get("COVEY_API_KEY"), args.ttl)
         if args.command == "revoke":
             from covey.mesh.setup import revoke_member
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from covey.engine import embedded
 from covey.errors import ConfigError
+from covey.mesh.addresses import MAX_ADDRESSES, check_address
 
 MiB = 1024 * 1024
 
@@ -52,10 +53,15 @@ class Settings:
     mesh_host: str = _opt("127.0.0.1", "address the mesh (peer) listener binds; use the "
                           "machine's LAN address or 0.0.0.0 to let other machines in")
     mesh_port: int = _opt(7070, "mesh listener port (0 picks a free one)")
-    advertise: str | None = _opt(None, "host:port peers should use to reach this node "
-                                 "(default: mesh host and port)")
+    advertise: tuple[str, ...] = _opt(
+        (), "host:port peers should use to reach this node (repeatable; env: a comma list). "
+        "With a wildcard --mesh-host these come first, before the host's own addresses; "
+        "with a specific --mesh-host they replace it (default: the mesh host's addresses)")
     join: str | None = _opt(None, "invite (from `covey invite` on a member) to join a mesh")
     gossip_interval_s: float = _opt(2.0, "seconds between gossip rounds")
+    cert_validity_s: float = _opt(365 * 24 * 3600.0, "seconds a member certificate issued "
+                                  "by this node (the mesh's creator) is valid; members renew "
+                                  "theirs when a third is left")
     mdns: bool = _opt(True, "find members on the LAN by mDNS (only when the mesh listener "
                       "is not loopback-only)")
     peer_timeout_s: float = _opt(30.0, "seconds a peer may take to start answering a prompt "
@@ -127,6 +133,8 @@ class Settings:
         for key in ("ctx_size", "parallel", "max_body_bytes", "baseline_max_tokens"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
+        if not 1 <= self.cert_validity_s <= 100 * 365 * 24 * 3600.0:
+            raise bad("cert_validity_s", "must be 1 second .. 100 years")
         if self.max_queue < 0:
             raise bad("max_queue", "must not be negative")
         if self.threads is not None and self.threads < 1:
@@ -136,6 +144,13 @@ class Settings:
         for url in self.backends:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"setting backend={url!r}: must be an http:// or https:// URL")
+        for address in self.advertise:
+            try:
+                check_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"setting advertise={address!r}: {exc}") from exc
+        if len(self.advertise) > MAX_ADDRESSES:
+            raise bad("advertise", f"at most {MAX_ADDRESSES} addresses")
         if not is_loopback(self.host) and not self.api_key:
             raise ConfigError(
                 f"setting host={self.host!r}: binding a non-loopback address exposes the API "

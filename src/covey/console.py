@@ -73,6 +73,32 @@ async def _get_json(url: str, api_key: str | None, timeout_s: float = 10) -> Any
                               "start one with `covey serve`") from exc
 
 
+async def _post_json(url: str, api_key: str | None, payload: Any,
+                     timeout_s: float = 30) -> Any:
+    try:
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.post(url, json=payload, headers=_headers(api_key)) as r:
+                body = await r.json(content_type=None)
+                if r.status != 200:
+                    raise NodeUnreachable(_error_message(body, r.status))
+                return body
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise NodeUnreachable(f"no Covey node answers at {url} ({type(exc).__name__}); "
+                              "start one with `covey serve`") from exc
+
+
+def invite(url: str, api_key: str | None, ttl_s: float) -> int:
+    """Ask the running node for an invite (it asks the mesh's creator) and print it."""
+    try:
+        answer = asyncio.run(_post_json(url + "/api/invite", api_key, {"ttl_s": ttl_s}))
+    except NodeUnreachable as exc:
+        err.print(f"covey: {exc}", markup=False)
+        return 1
+    print(answer["invite"])
+    return 0
+
+
 def _error_message(body: Any, status: int) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return f"HTTP {status}: {body['error'].get('message')}"
@@ -123,6 +149,10 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
                       _fmt(base["tokens_per_s"] if base else None, "tok/s"),
                       str(m["tokens_per_s"]["count"]))
     out.print(table)
+    mesh = snap.get("mesh") or {}
+    if mesh.get("addresses"):
+        out.print(f"mesh {mesh.get('id')}: peers reach this node at "
+                  f"{', '.join(mesh['addresses'])}")
     if snap.get("mesh", {}) and snap["mesh"].get("problem"):
         out.print(f"[red]mesh problem:[/] {snap['mesh']['problem']}")
     if snap.get("peers"):

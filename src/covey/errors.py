@@ -94,8 +94,8 @@ class UpstreamFailed(CoveyError):
     status, type, code = 502, "server_error", "upstream_failed"
 
     def __init__(self, message: str, *, retry_after: float | None = None,
-                 upstream_status: int | None = None) -> None:
-        super().__init__(message, retry_after=retry_after)
+                 upstream_status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
         self.upstream_status = upstream_status
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from covey import __version__
 from covey.api.app import build_app
 from covey.api.doctor import DoctorRoutes
+from covey.api.invite import InviteRoutes
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
 from covey.config import Settings
@@ -29,9 +30,12 @@ from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.health.monitor import HealthMonitor
 from covey.mesh import identity
+from covey.mesh.addresses import advertised, host_interfaces
+from covey.mesh.authority import AuthorityLink
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport
+from covey.mesh.records import MAX_BYTES, MAX_SAMPLES, MAX_TOKENS_PER_S, MAX_TTFT_MS, plausible
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
 from covey.mesh.transport import TlsIdentity, tls_identity
@@ -75,6 +79,7 @@ class Node:
         self._keepers: dict[ModelId, asyncio.Task[None] | None] = {}  # None: not started yet
         self._tasks: asyncio.TaskGroup | None = None
         self._prepared = False
+        self._invites: InviteRoutes | None = None
 
     # --- building -------------------------------------------------------------------
 
@@ -189,29 +194,34 @@ class Node:
         s = self.settings
         self.prepare()
         await asyncio.to_thread(catalog.gpu_memory_bytes)  # asked once, off the event loop
-        mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join)
+        mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join,
+                                                s.cert_validity_s)
         tls = tls_identity(self.identity.key, s.data_dir)
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
-        mesh = MeshRuntime(mesh_state, tls, advertise="", describe=self._describe,
+        mesh = MeshRuntime(mesh_state, tls, addresses=[], describe=self._describe,
                            interval_s=s.gossip_interval_s, bootstrap=bootstrap)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          auto_decompress=False) as session, \
                 HttpPeerTransport(mesh.sign) as transport:
             mesh.transport = transport
             relay = Relay(session, transport, s.peer_timeout_s)
+            link = AuthorityLink(mesh_state, transport)
+            mesh.authority = link
+            self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
                                   health=health)
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
-                               engines=self._engine_states),
+                               engines=self._engine_states, authority=link),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
                               ssl_context=_server_tls(tls)).start()
             mesh_port = peer_runner.addresses[0][1]
-            mesh.advertise = s.advertise or f"{_url_host(s.mesh_host)}:{mesh_port}"
+            mesh.addresses = advertised(s.mesh_host, mesh_port, s.advertise,
+                                        host_interfaces())
             lan = lan_addresses(s.mesh_host) if s.mdns else []
             discovery = LanDiscovery(mesh_state.info.mesh_id, self.identity.node_id,
                                      tls.fingerprint, lan, mesh_port, mesh.found) if lan else None
@@ -224,9 +234,9 @@ class Node:
             await site.start()
             port = runner.addresses[0][1]
             self.url = f"http://{_url_host(s.host)}:{port}"
-            self._write_runtime(port, mesh.advertise)
+            self._write_runtime(port, mesh.addresses)
             log.info("node %s (%s) listening on %s; mesh %s on %s", self.identity.node_id,
-                     self.name, self.url, mesh_state.info.mesh_id, mesh.advertise)
+                     self.name, self.url, mesh_state.info.mesh_id, ", ".join(mesh.addresses))
             if on_listening:
                 on_listening(self.url)
             try:
@@ -269,6 +279,8 @@ class Node:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),
                          lambda: self.url or "").add_to(app)
+        if self._invites is not None:
+            self._invites.add_to(app)
         web_routes.add_to(app)
         return app
 
@@ -288,17 +300,22 @@ class Node:
                                "quantization": m.card.quantization, "slots": m.slots,
                                "queue_depth": m.queue_depth, "state": m.engine.state.kind})
                 ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
-                metrics[m.id] = {"ttft_ms_p50": ttft.p50, "tokens_per_s_p50": rate.p50,
-                                 "samples": rate.count}
-                if m.baseline is not None:
-                    baseline[m.id] = m.baseline.tokens_per_s
+                metrics[m.id] = {"ttft_ms_p50": plausible(ttft.p50, MAX_TTFT_MS),
+                                 "tokens_per_s_p50": plausible(rate.p50, MAX_TOKENS_PER_S),
+                                 "samples": min(rate.count, MAX_SAMPLES)}
+                native = plausible(m.baseline.tokens_per_s if m.baseline else None,
+                                   MAX_TOKENS_PER_S, positive=True)
+                if native is not None:
+                    baseline[m.id] = native
         return {"name": self.name, "models": models[:64], "metrics": metrics,
                 "baseline": baseline, "software_version": __version__,
-                "hardware": catalog.machine_hardware(self.settings.fast_memory_bytes)}
+                "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
+                             catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
 
-    def _write_runtime(self, port: int, mesh_address: str) -> None:
-        info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_address,
-                "node_id": self.identity.node_id}
+    def _write_runtime(self, port: int, mesh_addresses: list[str]) -> None:
+        # "mesh": the first address, for readers older than "mesh_addresses".
+        info = {"pid": os.getpid(), "url": self.url, "port": port, "mesh": mesh_addresses[0],
+                "mesh_addresses": mesh_addresses, "node_id": self.identity.node_id}
         path = self.settings.data_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))

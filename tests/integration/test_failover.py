@@ -118,8 +118,8 @@ def test_a_full_node_is_skipped_for_one_with_room(start_node: Callable[..., Node
                           name=f"server{i}")
         node.wait_listening()
         servers.append(node)
-    full, roomy = servers
-    full_id, roomy_id = (s.status()["node"]["id"] for s in servers)
+    full = servers[0]
+    roomy_id = servers[1].status()["node"]["id"]
 
     def both_usable() -> bool:
         peers = entry.status()["peers"]
@@ -136,7 +136,7 @@ def test_a_full_node_is_skipped_for_one_with_room(start_node: Callable[..., Node
     wait_for(lambda: full.model(MODEL)["in_flight"] == 1, 10, "the full node's slot to be busy")
     statuses, served = [], []
     for _ in range(10):
-        status, headers, body = http("POST", entry.url + "/v1/chat/completions", {
+        status, headers, _ = http("POST", entry.url + "/v1/chat/completions", {
             "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
         statuses.append(status)
         served.append(headers.get("x-covey-served-by", "").split(" ")[0])

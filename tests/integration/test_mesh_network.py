@@ -3,6 +3,7 @@ gossip, and every refusal. In-process peers, each calling through its own peer t
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -13,11 +14,13 @@ import pytest
 from aiohttp import web
 
 from covey.mesh import identity
-from covey.mesh.client import exchange, join, signer_for
-from covey.mesh.membership import InviteBook, parse_invite, revoke
+from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
+from covey.mesh.client import exchange, join, redeem, request_renewal, signer_for
+from covey.mesh.membership import Contact, InviteBook, parse_invite, revoke
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.peer_transport import Peer as Callee
+from covey.mesh.renewal import renewal_request
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 
@@ -43,15 +46,18 @@ class Peer:
                            tls_fingerprint=self.tls.fingerprint)
 
 
-async def _serve(state: MeshState, tls: TlsIdentity) -> Peer:
+async def _serve(state: MeshState, tls: TlsIdentity, forwards: bool = False) -> Peer:
+    """`forwards`: this peer passes joins and renewals on to the creator."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert_path, tls.key_path)
-    runner = web.AppRunner(build_peer_app(state, tls.fingerprint), access_log=None)
+    transport = HttpPeerTransport(signer_for(state))
+    link = AuthorityLink(state, transport) if forwards else None
+    runner = web.AppRunner(build_peer_app(state, tls.fingerprint, authority=link),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    peer = Peer(state, f"127.0.0.1:{runner.addresses[0][1]}", tls, runner,
-                HttpPeerTransport(signer_for(state)))
+    peer = Peer(state, f"127.0.0.1:{runner.addresses[0][1]}", tls, runner, transport)
     peer.publish()
     return peer
 
@@ -74,12 +80,12 @@ def _invite(peer: Peer, ttl_s: float = 600) -> str:
 
 
 async def _joiner(tmp_path: Path, name: str, session: HttpPeerTransport,
-                  token: str) -> Peer:
+                  token: str, forwards: bool = False) -> Peer:
     data_dir = tmp_path / name
     data_dir.mkdir()
     ident = identity.load_or_create(data_dir)
     state = await join(session, parse_invite(token), ident, data_dir, time.time())
-    return await _serve(state, tls_identity(ident.key, data_dir))
+    return await _serve(state, tls_identity(ident.key, data_dir), forwards)
 
 
 async def _founder(tmp_path: Path, name: str = "a") -> Peer:
@@ -137,4 +143,90 @@ async def test_refusals(tmp_path: Path, session: HttpPeerTransport) -> None:
             await exchange(b.transport, b.state, a.callee)
     finally:
         for p in (a, b, outsider):
+            await p.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_join_tries_each_contact_in_order(tmp_path: Path,
+                                                session: HttpPeerTransport) -> None:
+    a = await _founder(tmp_path)
+    try:
+        dead = f"127.0.0.1:{_free_port()}"  # nothing listens there
+        assert a.state.authority is not None
+        book = InviteBook(a.state.data_dir / "invites.db")
+        contacts = [Contact(address=dead, fingerprint=a.tls.fingerprint),
+                    Contact(address=a.address, fingerprint=a.tls.fingerprint)]
+        token = book.mint(a.state.authority, contacts, time.time(), 600).token()
+        data_dir = tmp_path / "b"
+        data_dir.mkdir()
+        state, worked = await redeem(session, parse_invite(token),
+                                     identity.load_or_create(data_dir), data_dir, time.time())
+        assert worked.address == a.address and state.info == a.state.info
+
+        # Every address dead: the error names each one and why.
+        other = f"127.0.0.1:{_free_port()}"
+        token = book.mint(a.state.authority, [Contact(address=dead, fingerprint=a.tls.fingerprint),
+                                                  Contact(address=other,
+                                                          fingerprint=a.tls.fingerprint)],
+                          time.time(), 600).token()
+        book.close()
+        data_dir = tmp_path / "c"
+        data_dir.mkdir()
+        with pytest.raises(PeerError) as info:
+            await redeem(session, parse_invite(token), identity.load_or_create(data_dir),
+                         data_dir, time.time())
+        assert dead in str(info.value) and other in str(info.value)
+        assert "refused" in str(info.value)
+    finally:
+        await a.close()
+
+
+async def test_any_member_invites_and_admits(tmp_path: Path,
+                                             session: HttpPeerTransport) -> None:
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a), forwards=True)
+    peers = [a, b]
+    try:
+        await exchange(b.transport, b.state, a.callee)  # b learns a's record
+        creator = b.state.authority_record(time.time())
+        assert creator is not None and creator.node_id == a.state.identity.node_id
+        # An invite minted on B (not the creator): B's contacts first, then A's.
+        token = await AuthorityLink(b.state, b.transport).invite(600, contacts_of(
+            b.state.table.get(b.state.identity.node_id).record))  # type: ignore[union-attr]
+        assert [c.address for c in parse_invite(token).reachable()] == [b.address, a.address]
+        # C redeems it at B, which forwards the join to A and relays the certificate.
+        data_dir = tmp_path / "c"
+        data_dir.mkdir()
+        c_id = identity.load_or_create(data_dir)
+        c_state, worked = await redeem(session, parse_invite(token), c_id, data_dir,
+                                       time.time())
+        assert worked.address == b.address and c_state.info == a.state.info
+        assert c_state.own_cert(time.time()).node_id == c_id.node_id
+        # Spent: B relays A's refusal.
+        data_dir = tmp_path / "d"
+        data_dir.mkdir()
+        with pytest.raises(PeerError, match="already used"):
+            await redeem(session, parse_invite(token), identity.load_or_create(data_dir),
+                         data_dir, time.time())
+
+        # Renewal through B: C's request is sealed by C, so B can carry it to A.
+        old = c_state.own_cert(time.time())
+        async with HttpPeerTransport(signer_for(c_state)) as c_transport:
+            cert = await request_renewal(c_transport, b.callee,
+                                         renewal_request(c_state, time.time()))
+        assert c_state.set_cert(cert, time.time()).issued_at >= old.issued_at
+        assert (data_dir.parent / "c" / "member.cert").read_bytes() == cert
+
+        # The creator offline: asking B says who must come back.
+        await a.close()
+        peers.remove(a)
+        with pytest.raises(AuthorityOffline, match=r"creator .* must be online to admit"):
+            await AuthorityLink(b.state, b.transport).invite(600, [])
+    finally:
+        for p in peers:
             await p.close()

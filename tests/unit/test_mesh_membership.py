@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from covey.mesh.addresses import MAX_ADDRESSES
 from covey.mesh.identity import node_id_for
 from covey.mesh.membership import (
+    MAX_INVITE,
     Authority,
+    Contact,
     InviteBook,
     MemberCert,
     Members,
@@ -25,7 +29,7 @@ from covey.mesh.membership import (
     verify_cert,
     verify_revocations,
 )
-from covey.mesh.sealed import public_bytes
+from covey.mesh.sealed import b64e, public_bytes
 
 NOW = 1_800_000_000.0
 
@@ -164,3 +168,48 @@ def test_late_old_certificate_does_not_shorten_membership(authority: Authority) 
     members.admit(cert(7200))
     members.admit(cert(60))  # the old one arrives late
     assert members.is_member(node_id_for(node), node, NOW + 3600)
+
+
+def test_invite_carries_every_contact_in_order(tmp_path: Path, authority: Authority) -> None:
+    book = InviteBook(tmp_path / "invites.db")
+    contacts = [Contact(address="10.0.0.2:7070", fingerprint="b" * 64),
+                Contact(address="[2001:db8::1]:7070", fingerprint="b" * 64),
+                Contact(address="10.0.0.2:7070", fingerprint="c" * 64),  # a repeat: dropped
+                Contact(address="creator.lan:7070", fingerprint="a" * 64)]
+    invite = parse_invite(book.mint(authority, contacts, NOW, ttl_s=600).token())
+    book.close()
+    assert [c.address for c in invite.reachable()] == [
+        "10.0.0.2:7070", "[2001:db8::1]:7070", "creator.lan:7070"]
+    # Older readers see the first contact in the old fields.
+    assert (invite.address, invite.tls_fingerprint) == ("10.0.0.2:7070", "b" * 64)
+
+
+def test_an_invite_from_before_contacts_has_one(authority: Authority) -> None:
+    old = {"mesh_id": authority.mesh_id, "authority_public_key": b64e(authority.public_key),
+           "address": "192.0.2.1:7070", "invite_id": "00", "secret": "s",
+           "expires_at": NOW, "tls_fingerprint": "f" * 64}
+    invite = parse_invite("covey-invite:" + b64e(json.dumps(old).encode()))
+    assert invite.reachable() == [Contact(address="192.0.2.1:7070", fingerprint="f" * 64)]
+
+
+def test_sixteen_long_contacts_fit_one_line(tmp_path: Path, authority: Authority) -> None:
+    book = InviteBook(tmp_path / "invites.db")
+    contacts = [Contact(address=f"[2001:db8:aaaa:bbbb:cccc:dddd:eeee:{i:04x}]:65535",
+                        fingerprint="f" * 64) for i in range(40)]
+    token = book.mint(authority, contacts, NOW, ttl_s=600).token()
+    book.close()
+    assert len(token) <= MAX_INVITE and "\n" not in token
+    assert len(parse_invite(token).reachable()) == MAX_ADDRESSES
+
+
+@pytest.mark.parametrize(("address", "fingerprint"), [
+    ("evil host:1", "f" * 64), ("10.0.0.1:0", "f" * 64), ("x" * 300, "f" * 64),
+    ("10.0.0.1:1", ""), ("10.0.0.1:1", "F" * 64), ("10.0.0.1:1", "f" * 65)])
+def test_an_invite_with_a_bad_contact_is_damaged(authority: Authority, address: str,
+                                                 fingerprint: str) -> None:
+    body = {"mesh_id": authority.mesh_id, "authority_public_key": b64e(authority.public_key),
+            "address": "192.0.2.1:7070", "invite_id": "00", "secret": "s", "expires_at": NOW,
+            "contacts": [{"address": address, "fingerprint": fingerprint}]}
+    with pytest.raises(MembershipError) as info:
+        parse_invite("covey-invite:" + b64e(json.dumps(body).encode()))
+    assert info.value.reason == "malformed"

@@ -12,16 +12,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from covey.mesh.records import (
+    DOMAIN,
     MAX_ENVELOPE,
     NodeRecord,
     RecordRejected,
     RecordTable,
     new_record,
     next_seq,
+    plausible,
     sign_record,
     verify_record,
 )
-from covey.mesh.sealed import b64d, b64e, canonical
+from covey.mesh.sealed import b64d, b64e, canonical, seal
 
 MESH = "mtestmesh0000000"
 NOW = 1_800_000_000.0
@@ -158,3 +160,58 @@ def test_nan_or_infinite_times_are_refused() -> None:
         raw = json.dumps(body).encode()  # json.dumps writes NaN / Infinity
         sig = key.sign(b"covey-record-v1\x00" + raw)
         assert _reason(canonical({"body": b64e(raw), "sig": b64e(sig)})) == "malformed"
+
+
+@pytest.mark.parametrize("address", ["evil host:1", "10.0.0.1:99999", "x" * 300, "[::1:7070"])
+def test_a_record_with_a_bad_address_is_malformed(address: str) -> None:
+    # The signer is honest about its key but lies in a field: refused as a whole.
+    key = Ed25519PrivateKey.generate()
+    record = _record(key).model_copy(update={"addresses": [address]})
+    assert _reason(sign_record(record, key)) == "malformed"
+
+
+@pytest.mark.parametrize("fields", [
+    {"metrics": {"m": {"tokens_per_s_p50": 1e300}}},
+    {"metrics": {"m": {"tokens_per_s_p50": -1.0}}},
+    {"metrics": {"m": {"ttft_ms_p50": 1e12}}},
+    {"metrics": {"m": {"samples": 10**30}}},
+    {"metrics": {"k" * 10_000: {}}},
+    {"baseline": {"m": 1e300}},
+    {"baseline": {"m": 0.0}},
+    {"baseline": {"m": -5.0}},
+    {"baseline": {"k" * 10_000: 5.0}},
+    {"hardware": {"ram_bytes": 2**62}},
+    {"hardware": {"gpu_bytes": 10**40}},
+    {"models": [{"id": "m", "size_bytes": 2**70}]},
+    {"models": [{"id": "m", "context": 10**12}]},
+    {"models": [{"id": "k" * 10_000}]},
+])
+def test_implausible_figures_make_a_record_malformed(fields: dict[str, object]) -> None:
+    # Each of these was accepted before the caps: one absurd tokens/s would win every route.
+    key = Ed25519PrivateKey.generate()
+    body = _record(key).model_dump(mode="json")
+    body.update(fields)
+    envelope = seal_raw(body, key)
+    assert _reason(envelope) == "malformed"
+
+
+def seal_raw(body: dict[str, object], key: Ed25519PrivateKey) -> bytes:
+    """Signed like a record, but without the model's own checks (what a hostile peer sends)."""
+    return seal(DOMAIN, body, key)
+
+
+def test_plausible_figures_pass() -> None:
+    key = Ed25519PrivateKey.generate()
+    record = _record(key, metrics={"m": {"tokens_per_s_p50": 5e5, "ttft_ms_p50": 3.6e6,
+                                         "samples": 10}},
+                     baseline={"m": 0.5}, hardware={"ram_bytes": 2**40})
+    assert _verify(sign_record(record, key)) == record
+
+
+def test_plausible() -> None:
+    assert plausible(None, 10) is None
+    assert plausible(5.0, 10) == 5.0
+    assert plausible(11.0, 10) is None
+    assert plausible(-1.0, 10) is None
+    assert plausible(0.0, 10) == 0.0
+    assert plausible(0.0, 10, positive=True) is None

@@ -92,9 +92,7 @@ def loopback_only(own: list[str], peers: list[NodeRecord], this_host: Collection
 
 def discovery_layer(mesh: MeshRuntime, mdns: bool, now: float) -> LayerResult:
     live = mesh.peers(now)
-    # A single address today; a list once the runtime advertises every usable address.
-    own = [mesh.advertise] if mesh.advertise else []
-    unreachable = loopback_only(own, live, host_ips()) if live else None
+    unreachable = loopback_only(mesh.addresses, live, host_ips()) if live else None
     if unreachable is not None:
         return unreachable
     sources = [b.address for b in mesh.bootstrap]

@@ -16,21 +16,25 @@ import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from covey.mesh.addresses import MAX_ADDRESS_CHARS, MAX_ADDRESSES, check_address
 from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, unseal
 
 CERT_DOMAIN = b"covey-cert-v1"
+AUTHORITY_DOMAIN = b"covey-authority-node-v1"
+RENEW_DOMAIN = b"covey-renew-v1"
 REVOKE_DOMAIN = b"covey-revocations-v1"
 INVITE_PREFIX = "covey-invite:"
-MAX_INVITE = 4096
+MAX_INVITE = 8192  # one line, even with 16 contacts
 MAX_ENVELOPE = 256 * 1024
 MAX_REVOKED = 10_000
 
@@ -84,6 +88,30 @@ def load_authority(data_dir: Path) -> Authority | None:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 key")
     return Authority(key)
+
+
+def _authority_message(mesh_id: str, node_id: str) -> bytes:
+    return mesh_id.encode() + b"\x00" + node_id.encode()
+
+
+def prove_authority(authority: Authority, node_id: str) -> str:
+    """What the creator's node puts in its record so members can find it: the authority
+    key's signature over (mesh id, node id), base64url."""
+    return b64e(authority.key.sign(AUTHORITY_DOMAIN + b"\x00"
+                                   + _authority_message(authority.mesh_id, node_id)))
+
+
+def is_authority_node(proof: str, *, mesh_id: str, node_id: str,
+                      authority_public_key: bytes) -> bool:
+    """Does `proof` show that `node_id` runs the mesh's authority?"""
+    if not proof or len(proof) > 128:
+        return False
+    try:
+        check(AUTHORITY_DOMAIN, _authority_message(mesh_id, node_id), b64d(proof),
+              authority_public_key)
+    except SealError:
+        return False
+    return True
 
 
 # --- certificates ---------------------------------------------------------------------
@@ -142,20 +170,48 @@ def verify_cert(envelope: bytes, *, mesh_id: str, authority_public_key: bytes,
 # --- invites ---------------------------------------------------------------------------
 
 
+Address = Annotated[str, Field(max_length=MAX_ADDRESS_CHARS), AfterValidator(check_address)]
+
+
+class Contact(BaseModel):
+    """Where a joiner may redeem an invite: a member's address and the TLS key to pin there."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    address: Address
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")  # hex SHA-256 of its TLS certificate
+
+
 class Invite(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     mesh_id: str = Field(min_length=1, max_length=64)
     authority_public_key: str = Field(min_length=1, max_length=64)
-    address: str = Field(min_length=1, max_length=256)  # host:port of the inviting node
+    # The first contact, for readers older than `contacts`.
+    address: Address
     invite_id: str = Field(min_length=1, max_length=64)
     secret: str = Field(min_length=1, max_length=128)
     expires_at: float
-    tls_fingerprint: str = Field(default="", max_length=64)  # the inviter's, to pin on join
+    tls_fingerprint: str = Field(default="", max_length=64)  # the first contact's
+    # Every address to try, in order: the inviting member's, then the mesh creator's.
+    contacts: list[Contact] = Field(default_factory=list, max_length=MAX_ADDRESSES)
+
+    def reachable(self) -> list[Contact]:
+        """The contacts to try in order (an invite from before `contacts` has one)."""
+        return list(self.contacts) or [Contact.model_construct(
+            address=self.address, fingerprint=self.tls_fingerprint)]
 
     def token(self) -> str:
         """One line, safe to paste into a terminal or a chat message."""
         return INVITE_PREFIX + b64e(json.dumps(self.model_dump(mode="json")).encode())
+
+
+def unique_contacts(contacts: Sequence[Contact]) -> list[Contact]:
+    """Each address once (the first wins), at most MAX_ADDRESSES."""
+    seen: dict[str, Contact] = {}
+    for c in contacts:
+        seen.setdefault(c.address, c)
+    return list(seen.values())[:MAX_ADDRESSES]
 
 
 def parse_invite(token: str) -> Invite:
@@ -190,12 +246,25 @@ class InviteBook:
     def close(self) -> None:
         self._db.close()
 
-    def mint(self, authority: Authority, address: str, now: float, ttl_s: float,
-             tls_fingerprint: str = "") -> Invite:
+    def mint(self, authority: Authority, contacts: str | Sequence[Contact], now: float,
+             ttl_s: float, tls_fingerprint: str = "") -> Invite:
+        """A new invite; `contacts` in the order a joiner should try them (a bare address
+        with `tls_fingerprint` is one contact)."""
+        if isinstance(contacts, str):  # the one-address form of older invites
+            first, listed = Contact.model_construct(address=contacts,
+                                                    fingerprint=tls_fingerprint), []
+        else:
+            listed = unique_contacts(contacts)
+            if not listed:
+                raise ValueError("an invite needs at least one address to redeem it at")
+            first = listed[0]
         invite = Invite(mesh_id=authority.mesh_id,
-                        authority_public_key=b64e(authority.public_key), address=address,
-                        invite_id=secrets.token_hex(8), secret=secrets.token_urlsafe(32),
-                        expires_at=now + ttl_s, tls_fingerprint=tls_fingerprint)
+                        authority_public_key=b64e(authority.public_key),
+                        address=first.address, invite_id=secrets.token_hex(8),
+                        secret=secrets.token_urlsafe(32), expires_at=now + ttl_s,
+                        tls_fingerprint=first.fingerprint, contacts=listed)
+        while len(invite.token()) > MAX_INVITE and len(invite.contacts) > 1:
+            invite = invite.model_copy(update={"contacts": invite.contacts[:-1]})
         self._db.execute("INSERT INTO invites VALUES (?, ?, ?, NULL)",
                          (invite.invite_id, _hash_secret(invite.secret), invite.expires_at))
         return invite

@@ -1,7 +1,13 @@
 """The mesh listener's control endpoints (served over TLS from the node key):
 
-    POST /mesh/join      redeem an invite (authority only; the one unsigned endpoint,
-                         protected by the invite's one-time secret)
+    POST /mesh/join      redeem an invite (the one unsigned endpoint, protected by the
+                         invite's one-time secret); a member that is not the mesh's creator
+                         forwards it to the creator, signed as itself, and relays the
+                         certificate after checking it
+    POST /mesh/invite    signed; the creator mints an invite whose first contacts are the
+                         caller's (body {"ttl_s", "contacts"}), then its own
+    POST /mesh/renew     signed; body {"request"}: a member's sealed renewal request; the
+                         creator answers {"cert"}, a member forwards it to the creator
     POST /mesh/gossip    signed; body {"digest"}: answers with the records the caller lacks
                          and this node's digest
     POST /mesh/records   signed; body {"records"}: records this node lacked
@@ -26,15 +32,18 @@ from typing import Any
 from aiohttp import web
 
 from covey.errors import CoveyError, error_body
+from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
 from covey.mesh.gossip import MAX_DIGEST, MAX_RECORDS_PER_EXCHANGE, plan_exchange
-from covey.mesh.membership import InviteBook, MembershipError
-from covey.mesh.records import RecordRejected
+from covey.mesh.membership import Contact, InviteBook, MembershipError
+from covey.mesh.peer_transport import PeerError
+from covey.mesh.renewal import grant
 from covey.mesh.sealed import SealError, b64d, b64e
-from covey.mesh.state import CERT_TTL_S, MeshState
+from covey.mesh.state import MeshState, apply_records
 from covey.mesh.transport import H_CERT, MAX_CERT_HEADER, PeerRefused, RequestVerifier
 from covey.router.proxy import T_RECEIVED
 
 MAX_BODY = 4 * 1024 * 1024
+MAX_INVITE_TTL_S = 7 * 24 * 3600.0
 OPEN_PATHS = frozenset({"/mesh/join"})
 Clock = Callable[[], float]
 PEER = web.RequestKey("peer", str)  # the verified calling node id
@@ -48,11 +57,12 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
 
 def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
                    serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
-                   engines: Callable[[], dict[str, dict[str, Any]]] | None = None
-                   ) -> web.Application:
+                   engines: Callable[[], dict[str, dict[str, Any]]] | None = None,
+                   authority: AuthorityLink | None = None) -> web.Application:
     """The mesh listener's app. `audience` is this node's TLS fingerprint: signed requests
     must name it. `serve` handles peers' inference calls (/mesh/v1/...); `engines` tells
-    probes each local model's state."""
+    probes each local model's state; `authority` reaches the mesh's creator (on members, to
+    forward joins and renewals)."""
     verifier = RequestVerifier(state.info.mesh_id, state.is_member, audience)
 
     def refused(exc: PeerRefused) -> web.Response:
@@ -105,26 +115,97 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(400, "invalid_json", "body must be a JSON object")
         return await handler(request)
 
+    async def forwarded(work: Awaitable[bytes]) -> bytes | web.Response:
+        """Run a call to the mesh's creator; its failures become refusals for our caller."""
+        try:
+            return await work
+        except AuthorityOffline as exc:
+            return _refuse(503, "creator_offline", str(exc))
+        except PeerError as exc:
+            error = exc.answer.get("error")
+            if isinstance(error, dict):  # the creator refused: pass its reason on
+                return _refuse(403, str(error.get("code") or "refused")[:64],
+                               str(error.get("message") or exc)[:1000])
+            return _refuse(502, "creator_failed", str(exc))
+
     async def join(request: web.Request) -> web.Response:
-        if state.authority is None:
-            return _refuse(403, "not_authority", "this node cannot admit members; use an "
-                                                 "invite from the node that created the mesh")
         data = request[BODY]
         try:
-            public_key = b64d(str(data.get("public_key", "")))
-            book = InviteBook(state.data_dir / "invites.db")
+            public_key = b64d(str(data.get("public_key", ""))[:64])
+        except SealError:
+            public_key = b""
+        if len(public_key) != 32:
+            return _refuse(400, "malformed", "the joining node's key is not an Ed25519 key")
+        if state.authority is None:
+            if authority is None:
+                return _refuse(403, "not_authority", "this node cannot admit members; use an "
+                                                     "invite from the node that created the "
+                                                     "mesh")
+            # Only the three fields a join has, each bounded, travel on to the creator.
+            forward = {"invite_id": str(data.get("invite_id", ""))[:64],
+                       "secret": str(data.get("secret", ""))[:128],
+                       "public_key": b64e(public_key)}
+            got = await forwarded(authority.join(forward, public_key))
+            if isinstance(got, web.Response):
+                return got
+            cert = got
+        else:
             try:
-                cert = book.redeem(state.authority, str(data.get("invite_id", ""))[:64],
-                                   str(data.get("secret", ""))[:128], public_key, clock(),
-                                   CERT_TTL_S)
-            finally:
-                book.close()
-        except (MembershipError, SealError) as exc:
-            return _refuse(403, getattr(exc, "reason", "malformed"), str(exc))
+                book = InviteBook(state.data_dir / "invites.db")
+                try:
+                    cert = book.redeem(state.authority, str(data.get("invite_id", ""))[:64],
+                                       str(data.get("secret", ""))[:128], public_key, clock(),
+                                       state.cert_validity_s)
+                finally:
+                    book.close()
+            except MembershipError as exc:
+                return _refuse(403, exc.reason, str(exc))
         return web.json_response({
             "cert": b64e(cert), "mesh_id": state.info.mesh_id,
             "authority_public_key": b64e(state.info.authority_public_key),
             "records": [b64e(h.envelope) for h in _held(state)]})
+
+    async def invite(request: web.Request) -> web.Response:
+        if state.authority is None:
+            return _refuse(403, "not_authority", "only the mesh's creator mints invites")
+        data = request[BODY]
+        ttl_s, raw = data.get("ttl_s", 3600.0), data.get("contacts", [])
+        if not isinstance(ttl_s, int | float) or not 0 < ttl_s <= MAX_INVITE_TTL_S:
+            return _refuse(400, "invalid_ttl", f"ttl_s must be 0..{MAX_INVITE_TTL_S:.0f}")
+        if not isinstance(raw, list) or len(raw) > 16:
+            return _refuse(400, "invalid_contacts", "contacts must be a list of at most 16")
+        try:
+            theirs = [Contact.model_validate(c) for c in raw]
+        except ValueError:
+            return _refuse(400, "invalid_contacts", "a contact is not {address, fingerprint}")
+        held = state.table.get(state.identity.node_id)
+        contacts = theirs + contacts_of(held.record if held else None)
+        if not contacts:
+            return _refuse(503, "no_address", "the creator has not published its addresses "
+                                              "yet; try again in a moment")
+        book = InviteBook(state.data_dir / "invites.db")
+        try:
+            token = book.mint(state.authority, contacts, clock(), float(ttl_s)).token()
+        finally:
+            book.close()
+        return web.json_response({"invite": token})
+
+    async def renew(request: web.Request) -> web.Response:
+        ask = request[BODY].get("request")
+        if not isinstance(ask, str):
+            return _refuse(400, "invalid_request", "body must be {\"request\": ...}")
+        if state.authority is None:
+            if authority is None:
+                return _refuse(403, "not_authority", "this node cannot reach the creator")
+            got = await forwarded(authority.renew(ask))
+            if isinstance(got, web.Response):
+                return got
+            return web.json_response({"cert": b64e(got)})
+        try:
+            cert = grant(state, ask, clock())
+        except MembershipError as exc:
+            return _refuse(403, exc.reason, str(exc))
+        return web.json_response({"cert": b64e(cert)})
 
     async def gossip(request: web.Request) -> web.Response:
         theirs = request[BODY].get("digest")
@@ -149,27 +230,13 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
     app.router.add_post("/mesh/probe", probe)
     app.router.add_post("/mesh/join", join)
+    app.router.add_post("/mesh/invite", invite)
+    app.router.add_post("/mesh/renew", renew)
     app.router.add_post("/mesh/gossip", gossip)
     app.router.add_post("/mesh/records", records)
     if serve is not None:
         app.router.add_post("/mesh/v1/{path:.+}", serve)
     return app
-
-
-def apply_records(state: MeshState, encoded: list[Any], now: float) -> int:
-    """Apply base64url envelopes; bad, stale or foreign ones are skipped. Returns how many
-    were new."""
-    accepted = 0
-    for item in encoded:
-        if not isinstance(item, str):
-            continue
-        try:
-            state.accept(b64d(item), now)
-            accepted += 1
-        # Each record stands alone: a stale or forged one must not stop the rest.
-        except (RecordRejected, SealError):
-            continue
-    return accepted
 
 
 def _held(state: MeshState) -> list[Any]:

@@ -332,7 +332,7 @@ class HttpPeerTransport:
                 pool.preferred = address
             return HttpResponse(response, max_bytes, peer.label)
         assert last is not None
-        raise PeerError(last.kind, f"cannot reach {peer.label}: " + "; ".join(failures),
+        raise PeerError(last.kind, f"cannot reach {peer.label} at " + "; ".join(failures),
                         address=last.address)
 
     async def _attempt(self, pool: _Pool, peer: Peer, address: str, path: str, body: bytes,
@@ -351,8 +351,7 @@ class HttpPeerTransport:
                                        "(not the same node, or a man in the middle)",
                                 address=address) from exc
             except aiohttp.ClientConnectorError as exc:
-                raise PeerError("connect", f"{exc.os_error.strerror or exc.os_error}"
-                                if exc.os_error else str(exc), address=address) from exc
+                raise PeerError("connect", _why(exc.os_error), address=address) from exc
             except aiohttp.ConnectionTimeoutError as exc:
                 raise PeerError("connect", f"connect timed out after {self._connect_s:g}s",
                                 address=address) from exc
@@ -369,6 +368,15 @@ class HttpPeerTransport:
                 raise PeerError("broken", f"{type(exc).__name__}: {exc}",
                                 address=address) from exc
         raise AssertionError("unreachable")
+
+
+def _why(error: OSError) -> str:
+    """A connect failure in words a user can act on."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "connect timed out"
+    return error.strerror or str(error)
 
 
 def _is_fingerprint(text: object) -> bool:

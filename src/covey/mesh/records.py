@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from covey.mesh.addresses import MAX_ADDRESSES, check_address
 from covey.mesh.identity import node_id_for
 from covey.mesh.sealed import SealError, b64d, b64e, check, public_bytes, seal, unseal
 
@@ -26,6 +27,18 @@ MAX_LIFETIME_S = 24 * 3600.0  # a record claiming to live longer is refused
 MAX_SKEW_S = 300.0  # clocks may disagree this much
 
 _Id = Field(min_length=1, max_length=256)
+# Physical caps on gossiped numbers: a peer claiming more is lying or broken, and one absurd
+# figure (1e300 tokens/s) must not win every route or break the status page's arithmetic.
+MAX_BYTES = 2**60  # memory or file sizes (an exbibyte)
+MAX_TOKENS_PER_S = 1e6
+MAX_TTFT_MS = 24 * 3600 * 1000.0  # a day
+MAX_SAMPLES = 10**9
+MAX_CONTEXT = 2**24  # tokens
+MAX_MODEL_ID = 256  # characters of a model id, also as a dict key
+ModelKey = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_ID)]
+# host:port, checked (IPv4, [IPv6], RFC 1123 name; port 1..65535): a record with a bad
+# address is malformed as a whole.
+Address = Annotated[str, AfterValidator(check_address)]
 
 
 class _Wire(BaseModel):
@@ -35,48 +48,62 @@ class _Wire(BaseModel):
 
 
 class Hardware(_Wire):
-    ram_bytes: int | None = Field(default=None, ge=0)
-    gpu_bytes: int | None = Field(default=None, ge=0)
-    fast_memory_bytes: int | None = Field(default=None, ge=0)
+    ram_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
+    gpu_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
+    fast_memory_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
 
 
 class ModelAd(_Wire):
-    id: str = _Id
-    size_bytes: int | None = Field(default=None, ge=0)
+    id: str = Field(min_length=1, max_length=MAX_MODEL_ID)
+    size_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES)
     sha256: str | None = Field(default=None, max_length=64)
     quantization: str | None = Field(default=None, max_length=32)
-    context: int | None = Field(default=None, ge=0)
+    context: int | None = Field(default=None, ge=0, le=MAX_CONTEXT)
     slots: int = Field(default=1, ge=0, le=4096)
     queue_depth: int = Field(default=0, ge=0, le=1_000_000)
     state: Literal["starting", "ready", "failed", "stopped"] = "stopped"
 
 
 class ModelMetrics(_Wire):
-    ttft_ms_p50: float | None = Field(default=None, ge=0)
-    tokens_per_s_p50: float | None = Field(default=None, ge=0)
-    samples: int = Field(default=0, ge=0)
+    ttft_ms_p50: float | None = Field(default=None, ge=0, le=MAX_TTFT_MS)
+    tokens_per_s_p50: float | None = Field(default=None, ge=0, le=MAX_TOKENS_PER_S)
+    samples: int = Field(default=0, ge=0, le=MAX_SAMPLES)
 
 
 class NodeRecord(_Wire):
-    protocol: int = Field(ge=1)
+    protocol: int = Field(ge=1, le=2**16)
     mesh_id: str = _Id
     node_id: str = _Id
     public_key: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=2**63 - 1)
     issued_at: float
     expires_at: float
     name: str = Field(default="", max_length=256)
-    addresses: list[str] = Field(default_factory=list, max_length=16)
+    addresses: list[Address] = Field(default_factory=list, max_length=MAX_ADDRESSES)
     hardware: Hardware = Field(default_factory=Hardware)
     models: list[ModelAd] = Field(default_factory=list, max_length=64)
-    metrics: dict[str, ModelMetrics] = Field(default_factory=dict, max_length=64)
-    baseline: dict[str, float] = Field(default_factory=dict, max_length=64)
+    metrics: dict[ModelKey, ModelMetrics] = Field(default_factory=dict, max_length=64)
+    # Native tokens/s per model: a measured rate, so above zero.
+    baseline: dict[ModelKey, Annotated[float, Field(gt=0, le=MAX_TOKENS_PER_S)]] = Field(
+        default_factory=dict, max_length=64)
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
+    # On the mesh creator's node only: the authority key's signature over (mesh id, node id),
+    # so every member can find the node that admits members and renews certificates.
+    authority_proof: str = Field(default="", max_length=128)
     # The newest authority-signed revocation list this node knows (base64url envelope):
     # every record carries it, so a revocation reaches every member with the gossip.
     revocations: str = Field(default="", max_length=512 * 1024)
+
+
+def plausible(value: float | None, cap: float, *, positive: bool = False) -> float | None:
+    """`value` if a record may carry it (finite, not negative, at most `cap`, above zero when
+    `positive`), else None: what a node publishes about itself must pass its peers' checks,
+    or none of its record would."""
+    if value is None or not 0 <= value <= cap or (positive and value == 0):
+        return None
+    return value
 
 
 class RecordRejected(Exception):

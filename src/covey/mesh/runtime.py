@@ -1,8 +1,10 @@
 """The mesh inside a running node: publish our record, gossip with peers, sign peer calls.
 
 `run()` loops every `interval_s`: publish a fresh record (models, load, measurements), drop
-expired records, and push-pull with a few random peers plus any bootstrap address (the
-invite's inviter). A failed exchange is logged once per peer state change, never fatal.
+expired records, push-pull with a few random peers plus any bootstrap address (the invite's
+contacts), and renew this node's certificate when a third of its validity is left. The
+peer transport tries a peer's addresses in order and remembers the one that answers. A
+failed exchange is logged once per peer state change, never fatal.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from covey.mesh import remembered
-from covey.mesh.client import exchange, signer_for
+from covey.mesh.authority import AuthorityLink, AuthorityOffline
+from covey.mesh.client import exchange, request_renewal, signer_for
 from covey.mesh.gossip import choose_peers
+from covey.mesh.membership import MembershipError
 from covey.mesh.peer_transport import Peer, PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.remembered import Bootstrap
+from covey.mesh.renewal import needs_renewal, renew_locally, renewal_request
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity
 
@@ -28,12 +33,12 @@ FANOUT = 3
 
 
 class MeshRuntime:
-    def __init__(self, state: MeshState, tls: TlsIdentity, advertise: str,
+    def __init__(self, state: MeshState, tls: TlsIdentity, addresses: list[str],
                  describe: Callable[[], dict[str, Any]], interval_s: float,
                  bootstrap: list[Bootstrap], rng: random.Random | None = None) -> None:
         self.state = state
         self.tls = tls
-        self.advertise = advertise
+        self.addresses = addresses  # where peers reach this node, best first
         self.describe = describe  # the node's models/metrics as record fields
         self.interval_s = interval_s
         self.bootstrap = bootstrap
@@ -42,6 +47,9 @@ class MeshRuntime:
         self._signer = signer_for(state)
         self._failing: set[str] = set()
         self._problem: str | None = None
+        self.authority: AuthorityLink | None = None  # reaches the mesh's creator (members)
+        self._renewing: asyncio.Task[None] | None = None
+        self._renew_failing = False
 
     @property
     def node_id(self) -> str:
@@ -76,7 +84,7 @@ class MeshRuntime:
                 log.error("mesh: %s", problem)
             self._problem = problem
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
-                           addresses=[self.advertise], tls_fingerprint=self.tls.fingerprint,
+                           addresses=self.addresses, tls_fingerprint=self.tls.fingerprint,
                            **self.describe())
 
     async def run(self) -> None:
@@ -87,6 +95,8 @@ class MeshRuntime:
             self.state.table.expire(time.time())
             await asyncio.gather(*(self._exchange(transport, t) for t in self._targets()))
             self._remember()
+            if self._renewing is None or self._renewing.done():
+                self._renewing = asyncio.create_task(self.renew(transport))
             await asyncio.sleep(self.interval_s)
 
     def failing_addresses(self) -> set[str]:
@@ -100,10 +110,57 @@ class MeshRuntime:
             self.bootstrap = [peer, *(b for b in self.bootstrap
                                       if b.fingerprint != peer.fingerprint)]
 
+    async def renew(self, transport: PeerTransport) -> None:
+        """Renew this node's certificate if a third or less of its validity is left: the
+        creator locally; a member at the creator, or through any peer that forwards."""
+        now = time.time()
+        try:
+            cert = self.state.own_cert(now)
+        except MembershipError as exc:
+            log.error("mesh: this node's certificate is unusable (%s); join again with a new "
+                      "invite", exc)
+            return
+        if not needs_renewal(cert, now):
+            return
+        try:
+            if self.state.authority is not None:
+                fresh = renew_locally(self.state, now)
+            else:
+                fresh = self.state.set_cert(await self._ask_renewal(transport), time.time())
+        except (AuthorityOffline, PeerError, MembershipError) as exc:
+            # Retried every round; said once per streak of failures, not every round.
+            if not self._renew_failing:
+                log.warning("mesh: could not renew this node's certificate (expires in "
+                            "%.0fs), retrying every round: %s", cert.expires_at - now, exc)
+            self._renew_failing = True
+            return
+        self._renew_failing = False
+        log.info("mesh: certificate renewed until %.0f", fresh.expires_at)
+
+    async def _ask_renewal(self, transport: PeerTransport) -> bytes:
+        request = renewal_request(self.state, time.time())
+        if self.authority is None:
+            raise AuthorityOffline("this node has no way to reach the mesh's creator")
+        try:
+            return await self.authority.renew(request)
+        except AuthorityOffline as offline:
+            # The creator may be reachable from a peer though not from here: ask one.
+            creator = self.state.authority_record(time.time())
+            for record in self.peers(time.time()):
+                if creator is not None and record.node_id == creator.node_id:
+                    continue
+                try:
+                    return await request_renewal(transport, peer_of(record), request)
+                except PeerError:
+                    continue
+            raise offline
+
     def _remember(self) -> None:
         """Keep peers.json current, so a restart (even on new ports) finds the mesh again."""
-        live = [Bootstrap(r.addresses[0], r.tls_fingerprint) for r in self.peers(time.time())
-                if r.addresses and r.tls_fingerprint]
+        reached = self.transport.address if self.transport else (lambda _fp: None)
+        live = [Bootstrap(address, r.tls_fingerprint) for r in self.peers(time.time())
+                if r.tls_fingerprint and r.addresses
+                and (address := reached(r.tls_fingerprint) or r.addresses[0])]
         merged = remembered.merge(live, self.bootstrap)
         if merged != self.bootstrap and live:
             self.bootstrap = merged
@@ -118,9 +175,14 @@ class MeshRuntime:
         chosen = choose_peers(sorted(by_id), self.node_id, FANOUT, self.rng)
         targets = [peer_of(by_id[n]) for n in chosen]
         known = {r.tls_fingerprint for r in by_id.values()}
-        # Remembered peers (the inviter at first) until gossip has told us about them.
-        return targets + [Peer(b.fingerprint, (b.address,), name=b.address)
-                          for b in self.bootstrap if b.fingerprint not in known]
+        # Remembered peers (the invite's contacts at first) until gossip has told us about
+        # them: one target per node (TLS key), with all the addresses remembered for it.
+        remembered_at: dict[str, list[str]] = {}
+        for b in self.bootstrap:
+            if b.fingerprint not in known:
+                remembered_at.setdefault(b.fingerprint, []).append(b.address)
+        return targets + [Peer(fp, tuple(addresses), name=addresses[0])
+                          for fp, addresses in remembered_at.items()]
 
     async def _exchange(self, transport: PeerTransport, target: Peer) -> None:
         where = target.addresses[0]
@@ -135,4 +197,3 @@ class MeshRuntime:
         if where in self._failing:
             log.info("gossip with %s works again", target.label)
             self._failing.discard(where)
-

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from covey.errors import ConfigError
 from covey.mesh import remembered
-from covey.mesh.client import join
+from covey.mesh.client import redeem
 from covey.mesh.identity import Identity, load_or_create
 from covey.mesh.membership import (
+    Authority,
+    Contact,
     InviteBook,
     MembershipError,
     load_authority,
@@ -25,13 +27,14 @@ from covey.mesh.membership import (
 from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.remembered import Bootstrap
 from covey.mesh.sealed import SealError
-from covey.mesh.state import REVOCATIONS_FILE, MeshState
+from covey.mesh.state import CERT_TTL_S, REVOCATIONS_FILE, MeshState
 from covey.mesh.transport import tls_identity
 
 
-async def open_mesh(data_dir: Path, identity: Identity,
-                    join_token: str | None) -> tuple[MeshState, list[Bootstrap]]:
-    """(the mesh state, peers to contact first). Raises ConfigError when joining fails."""
+async def open_mesh(data_dir: Path, identity: Identity, join_token: str | None,
+                    cert_validity_s: float = CERT_TTL_S) -> tuple[MeshState, list[Bootstrap]]:
+    """(the mesh state, peers to contact first). Raises ConfigError when joining fails.
+    `cert_validity_s`: how long certificates this node issues last (on the creator)."""
     state = MeshState.load(data_dir, identity)
     bootstrap = remembered.load(data_dir)
     if join_token:
@@ -43,18 +46,23 @@ async def open_mesh(data_dir: Path, identity: Identity,
             raise ConfigError(f"--join: this data dir already belongs to mesh "
                               f"{state.info.mesh_id}; use another --data-dir to join "
                               f"mesh {invite.mesh_id}")
+        contacts = invite.reachable()
         if state is None:
             try:
                 # The join is unsigned (not a member yet): the signer is never called.
                 async with HttpPeerTransport(_unsigned) as transport:
-                    state = await join(transport, invite, identity, data_dir, time.time())
+                    state, worked = await redeem(transport, invite, identity, data_dir,
+                                                 time.time())
             except (PeerError, MembershipError, SealError) as exc:
-                raise ConfigError(f"--join: could not join through {invite.address}: {exc}"
+                raise ConfigError(f"--join: could not join mesh {invite.mesh_id}: {exc}"
                                   ) from exc
-        bootstrap = [Bootstrap(invite.address, invite.tls_fingerprint)]
+            # The contact that answered first: it is the likeliest to answer again.
+            contacts = [worked, *(c for c in contacts if c != worked)]
+        bootstrap = [Bootstrap(c.address, c.fingerprint) for c in contacts]
         remembered.save(data_dir, bootstrap)
     if state is None:
-        state = MeshState.load_or_create(data_dir, identity, time.time())
+        state = MeshState.load_or_create(data_dir, identity, time.time(), cert_validity_s)
+    state.cert_validity_s = cert_validity_s
     return state, bootstrap
 
 
@@ -62,21 +70,34 @@ def _unsigned(audience: str, path: str, body: bytes) -> dict[str, str]:
     raise AssertionError("the join is not signed")
 
 
+def holds_authority(data_dir: Path) -> bool:
+    return (data_dir / "authority.key").exists()
+
+
 def mint_invite(data_dir: Path, ttl_s: float) -> str:
-    """An invite token from the mesh's creator, for the node running from `data_dir`."""
+    """An invite token from the mesh's creator, for the node running from `data_dir`: its
+    contacts are every address the running node advertises."""
     authority = load_authority(data_dir)
     if authority is None:
-        raise ConfigError(f"{data_dir} holds no mesh authority: only the node that created "
-                          "the mesh can invite (run `covey invite` there)")
+        raise ConfigError(f"{data_dir} holds no mesh authority: ask the running node for an "
+                          "invite instead (`covey invite` does when the data dir is a member's)")
     try:
-        address = json.loads((data_dir / "node.json").read_text())["mesh"]
-    except (OSError, ValueError, KeyError) as exc:
+        runtime = json.loads((data_dir / "node.json").read_text())
+        addresses = runtime.get("mesh_addresses") or [runtime["mesh"]]
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise ConfigError("start the node first (`covey serve`): the invite carries the "
-                          "address it listens on for peers") from exc
+                          "addresses it listens on for peers") from exc
     fingerprint = tls_identity(load_or_create(data_dir).key, data_dir).fingerprint
+    return mint_with(data_dir, authority,
+                     [Contact(address=a, fingerprint=fingerprint) for a in addresses], ttl_s)
+
+
+def mint_with(data_dir: Path, authority: Authority, contacts: list[Contact],
+              ttl_s: float) -> str:
+    """An invite from the creator's invite book with these contacts (tried in order)."""
     book = InviteBook(data_dir / "invites.db")
     try:
-        return book.mint(authority, address, time.time(), ttl_s, fingerprint).token()
+        return book.mint(authority, contacts, time.time(), ttl_s).token()
     finally:
         book.close()
 

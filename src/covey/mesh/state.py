@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from covey.mesh.identity import Identity
 from covey.mesh.membership import (
@@ -23,9 +24,11 @@ from covey.mesh.membership import (
     MembershipError,
     RevocationList,
     create_authority,
+    is_authority_node,
     issue_cert,
     load_authority,
     newer,
+    prove_authority,
     verify_cert,
     verify_revocations,
 )
@@ -55,8 +58,10 @@ class MeshInfo:
 
 class MeshState:
     def __init__(self, data_dir: Path, identity: Identity, info: MeshInfo, cert: bytes,
-                 authority: Authority | None = None) -> None:
+                 authority: Authority | None = None,
+                 cert_validity_s: float = CERT_TTL_S) -> None:
         self.data_dir = data_dir
+        self.cert_validity_s = cert_validity_s  # of certificates this node issues (authority)
         self.identity = identity
         self.info = info
         self.cert = cert  # this node's certificate envelope
@@ -73,15 +78,19 @@ class MeshState:
     # --- creating, joining, loading ------------------------------------------------------
 
     @classmethod
-    def load_or_create(cls, data_dir: Path, identity: Identity, now: float) -> MeshState:
+    def load_or_create(cls, data_dir: Path, identity: Identity, now: float,
+                       cert_validity_s: float = CERT_TTL_S) -> MeshState:
         """The mesh this node belongs to; a new one (with this node as authority) if none."""
         existing = cls.load(data_dir, identity)
         if existing is not None:
+            existing.cert_validity_s = cert_validity_s
             return existing
         authority = create_authority(data_dir)
-        cert = issue_cert(authority, identity.public_bytes, now, CERT_TTL_S)
-        return cls.save(data_dir, identity, MeshInfo(authority.mesh_id, authority.public_key),
-                        cert, authority)
+        cert = issue_cert(authority, identity.public_bytes, now, cert_validity_s)
+        state = cls.save(data_dir, identity, MeshInfo(authority.mesh_id, authority.public_key),
+                         cert, authority)
+        state.cert_validity_s = cert_validity_s
+        return state
 
     @classmethod
     def load(cls, data_dir: Path, identity: Identity) -> MeshState | None:
@@ -118,6 +127,31 @@ class MeshState:
     def _check_cert(self, envelope: bytes, now: float) -> MemberCert:
         return verify_cert(envelope, mesh_id=self.info.mesh_id,
                            authority_public_key=self.info.authority_public_key, now=now)
+
+    def set_cert(self, envelope: bytes, now: float) -> MemberCert:
+        """Adopt a renewed certificate for this node: checked (this mesh, this node's key,
+        not expired), saved atomically, used from the next record on. MembershipError if
+        it does not fit."""
+        cert = self._check_cert(envelope, now)
+        if b64d(cert.public_key) != self.identity.public_bytes:
+            raise MembershipError("wrong_key", "the renewed certificate is for another node")
+        path = self.data_dir / "member.cert"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(envelope)
+        tmp.replace(path)
+        self.cert = envelope
+        self.members.admit(cert)
+        return cert
+
+    def authority_record(self, now: float) -> NodeRecord | None:
+        """The live record of the node that runs the mesh's authority (it proves it with
+        the authority key), or None when this node knows of none."""
+        for record in self.table.records():
+            if record.expires_at > now and is_authority_node(
+                    record.authority_proof, mesh_id=self.info.mesh_id, node_id=record.node_id,
+                    authority_public_key=self.info.authority_public_key):
+                return record
+        return None
 
     def own_cert(self, now: float) -> MemberCert:
         """This node's certificate, checked (MembershipError when expired or foreign)."""
@@ -194,7 +228,10 @@ class MeshState:
                             seq=next_seq(self.data_dir / "seq", now), now=now, ttl_s=ttl_s,
                             member_cert=b64e(self.cert),
                             revocations=b64e(self.revocations_envelope)
-                            if self.revocations_envelope else "", **fields)
+                            if self.revocations_envelope else "",
+                            authority_proof=prove_authority(self.authority,
+                                                            self.identity.node_id)
+                            if self.authority else "", **fields)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         self._signed_seqs.append(record.seq)
@@ -205,3 +242,19 @@ class MeshState:
         since start and not one we signed, another node is using our key."""
         if self._signed_seqs and seq > self._signed_seqs[0] and seq not in self._signed_seqs:
             self.duplicate_key_seen = [where]
+
+
+def apply_records(state: MeshState, encoded: list[Any], now: float) -> int:
+    """Apply base64url envelopes; bad, stale or foreign ones are skipped. Returns how many
+    were new."""
+    accepted = 0
+    for item in encoded:
+        if not isinstance(item, str):
+            continue
+        try:
+            state.accept(b64d(item), now)
+            accepted += 1
+        # Each record stands alone: a stale or forged one must not stop the rest.
+        except (RecordRejected, SealError):
+            continue
+    return accepted
