@@ -270,7 +270,7 @@ class HttpPeerTransport:
         return pool.preferred if pool else None
 
     def control(self, fingerprint: str) -> asyncio.Lock:
-        if not _is_fingerprint(fingerprint):
+        if not is_fingerprint(fingerprint):
             return asyncio.Lock()  # post() refuses it anyway: nothing to pin
         return self._pool(fingerprint).control
 
@@ -308,7 +308,7 @@ class HttpPeerTransport:
     async def post(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
                    headers: Mapping[str, str] | None = None, signed: bool = True,
                    max_bytes: int = MAX_ANSWER) -> HttpResponse:
-        if not _is_fingerprint(peer.fingerprint):
+        if not is_fingerprint(peer.fingerprint):
             raise PeerError("unpinned", f"no signed TLS fingerprint for {peer.label}: unusable "
                                         "(there would be nothing to pin)")
         if not peer.addresses:
@@ -379,7 +379,7 @@ def _why(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _is_fingerprint(text: object) -> bool:
+def is_fingerprint(text: object) -> bool:
     return isinstance(text, str) and len(text) == 64 and all(
         c in "0123456789abcdef" for c in text)
 
