@@ -26,6 +26,7 @@ from covey.metrics.timing import (
     completion_tokens_from_tail,
     measure,
     tokens_from_body,
+    whole_speed,
 )
 from covey.router.table import ServedModel
 
@@ -102,7 +103,7 @@ class Relay:
                 if stream:
                     return await self._stream(request, model, meter, upstream, t_request,
                                               headers)
-                return await self._whole(model, meter, upstream, headers)
+                return await self._whole(model, meter, upstream, t_request, headers)
             finally:
                 # For an unfinished answer, closing drops the connection: that is how the
                 # engine (or the peer) learns to stop generating and free the slot. A
@@ -112,7 +113,7 @@ class Relay:
             model.release()
 
     async def _whole(self, model: ServedModel, meter: ModelMeter,
-                     upstream: aiohttp.ClientResponse,
+                     upstream: aiohttp.ClientResponse, t_request: float,
                      headers: Mapping[str, str]) -> web.Response:
         try:
             data = await upstream.read()
@@ -120,12 +121,20 @@ class Relay:
             meter.requests_failed += 1
             raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
                                  f"({type(exc).__name__}); retry", retry_after=2) from exc
-        try:
-            tokens = tokens_from_body(json.loads(data)) or 0
-        except ValueError:
-            tokens = 0
-        # A whole response shows no token timing; it counts, but adds no TTFT/speed sample.
-        meter.record(None, None, tokens, time.monotonic())
+        elapsed_ms = (time.perf_counter() - t_request) * 1000
+        try:  # parsed once per request: the body is already whole in memory
+            body = json.loads(data)
+        except ValueError:  # not JSON (an odd backend): it counts, with nothing to measure
+            body = None
+        tokens = tokens_from_body(body) or 0
+        # A whole answer has no first token to time (TTFT stays streamed-only), but its
+        # decode speed is in llama.cpp's timings, or else on this node's clock.
+        speed = whole_speed(body, elapsed_ms, len(data), from_peer=model.sign is not None)
+        if speed is None:
+            meter.record(None, None, tokens, time.monotonic(), latency_ms=elapsed_ms)
+        else:
+            meter.record(None, speed.tokens_per_s, speed.tokens, time.monotonic(),
+                         source=speed.source, latency_ms=elapsed_ms)
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
