@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from covey.metrics.efficiency import Efficiency, comparable, efficiency, min_tokens
+from covey.metrics.efficiency import Efficiency, comparable, efficiency, max_tokens, min_tokens
 from covey.metrics.samples import Speed
 
 
@@ -15,12 +15,20 @@ def test_min_tokens_is_half_the_baseline(baseline_tokens: int, expected: int) ->
     assert min_tokens(baseline_tokens) == expected
 
 
+@pytest.mark.parametrize(("baseline_tokens", "expected"), [(128, 256), (8, 16), (1, 2)])
+def test_max_tokens_is_twice_the_baseline(baseline_tokens: int, expected: int) -> None:
+    assert max_tokens(baseline_tokens) == expected
+
+
 @pytest.mark.parametrize(("speed", "ok"), [
     (Speed(50.0, 64, "stream"), True),
     (Speed(50.0, 128, "engine"), True),
     (Speed(50.0, 63, "stream"), False),  # too short to compare with a 128-token baseline
     (Speed(50.0, 10, "engine"), False),
-    (Speed(50.0, 500, "clock"), False),  # prompt time inside: not a decode rate
+    (Speed(50.0, 256, "stream"), True),
+    (Speed(50.0, 257, "engine"), False),  # a long answer decodes slower per token
+    (Speed(50.0, 2000, "stream"), False),
+    (Speed(50.0, 128, "clock"), False),  # prompt time inside: not a decode rate
 ])
 def test_comparable(speed: Speed, ok: bool) -> None:
     assert comparable(speed, 128) is ok

@@ -15,7 +15,7 @@ from covey.api.openai import OpenAIRoutes
 from covey.health.monitor import HealthMonitor
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
-from covey.metrics.efficiency import efficiency, min_tokens
+from covey.metrics.efficiency import efficiency, max_tokens, min_tokens
 from covey.metrics.export import render
 from covey.metrics.samples import SPEED_SOURCES, median, percentile, series
 from covey.router.table import ModelTable, ServedModel
@@ -86,10 +86,11 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
     native baseline.
 
     Efficiency compares like with like (metrics/efficiency.py): only this node's decode
-    samples at least half as long as the baseline's `baseline_tokens`, with their count in
-    `efficiency_samples`. Until this node has carried traffic for a model, the serving nodes'
-    own gossiped figures stand in (`source: "peers"`), without an efficiency: a gossiped p50
-    mixes answers of every length. Missing numbers stay None, never 0."""
+    samples from half to twice as long as the baseline's `baseline_tokens` (the range in
+    `efficiency_tokens`), with their count in `efficiency_samples`. Until this node has
+    carried traffic for a model, the serving nodes' own gossiped figures stand in (`source:
+    "peers"`), without an efficiency: a gossiped p50 mixes answers of every length.
+    Missing numbers stay None, never 0."""
     names = {r.node_id: r.name for r in peers} | {routes.node_id: routes.node_name}
     rows = []
     for mid, entry in routes.catalog().items():
@@ -125,7 +126,7 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
             "latency_ms_p50": percentile(latencies, 50) if latencies else None,
             "source": source, "window_s": window_s, "baseline_tokens_per_s": native,
             "efficiency": eff.ratio, "efficiency_samples": eff.samples,
-            "efficiency_min_tokens": min_tokens(baseline_tokens),
+            "efficiency_tokens": [min_tokens(baseline_tokens), max_tokens(baseline_tokens)],
             "history": [[round(wall - (now - t), 1), round(v, 2)]
                         for t, v in series(timed, now, HISTORY_BUCKET_S)],
         })

@@ -7,8 +7,11 @@ into the comparison made an idle node read ~75 %. The rule:
 
     a sample is comparable when it measured decode alone (a streamed answer on this node's
     clock, or llama.cpp's own timings of a whole answer; not a whole answer timed on this
-    node's clock, which has prompt processing inside it) over at least half the baseline's
+    node's clock, which has prompt processing inside it) over half to twice the baseline's
     tokens; efficiency is the median comparable rate ÷ the baseline, with its sample count.
+
+The upper bound matters too: every token attends to all before it, so a 2,000-token answer
+decodes slower per token than a 128-token one on the same idle engine.
 
 Pure: the caller hands in the window's samples.
 """
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from covey.metrics.samples import Speed, median
 
 COMPARABLE_SHARE = 0.5  # of the baseline's tokens a sample must cover to be compared with it
+COMPARABLE_MAX = 2.0  # times the baseline's tokens a sample may cover and still be compared
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,13 @@ def min_tokens(baseline_tokens: int) -> int:
     return max(2, math.ceil(COMPARABLE_SHARE * baseline_tokens))
 
 
+def max_tokens(baseline_tokens: int) -> int:
+    return max(min_tokens(baseline_tokens), math.floor(COMPARABLE_MAX * baseline_tokens))
+
+
 def comparable(speed: Speed, baseline_tokens: int) -> bool:
-    return speed.source != "clock" and speed.tokens >= min_tokens(baseline_tokens)
+    return (speed.source != "clock"
+            and min_tokens(baseline_tokens) <= speed.tokens <= max_tokens(baseline_tokens))
 
 
 def efficiency(speeds: Iterable[Speed], native_tokens_per_s: float | None,

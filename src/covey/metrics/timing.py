@@ -71,10 +71,10 @@ def whole_speed(body: Any, elapsed_ms: float, body_bytes: int, from_peer: bool) 
     """Pure: the decode speed of one whole (non-streamed) answer, parsed body in hand.
 
     From llama.cpp's `timings` (`predicted_n` tokens in `predicted_ms`, after `prompt_ms` of
-    prompt processing) when the body has them: kind "engine". Otherwise completion tokens ÷
-    `elapsed_ms` (request received → body read) on this node's clock: kind "clock". None when
-    neither can be read. A token count is capped at the body's size (every token is at least
-    a byte of it), so a body cannot claim more tokens than it carries.
+    prompt processing; at least two tokens) when the body has them: kind "engine". Otherwise
+    completion tokens ÷ `elapsed_ms` (request received → body read) on this node's clock: kind
+    "clock". None when neither can be read. A token count is capped at the body's size (every
+    token is at least a byte of it), so a body cannot claim more tokens than it carries.
 
     `from_peer`: the body came from another node, so its timings are hostile. They must be
     finite and non-negative, and they cannot invent time: decode is taken as everything this
@@ -110,11 +110,13 @@ def _engine_speed(timings: Any, elapsed_ms: float, body_bytes: int,
     tokens = timings.get("predicted_n")
     decode_ms = _number(timings.get("predicted_ms"))
     prompt_ms = _number(timings.get("prompt_ms", 0.0))
-    if (isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= body_bytes
+    if (isinstance(tokens, bool) or not isinstance(tokens, int) or not 2 <= tokens <= body_bytes
             or decode_ms is None or decode_ms <= 0 or prompt_ms is None):
         return None
     if from_peer:
         if not math.isfinite(elapsed_ms) or elapsed_ms <= 0:
             return None
         decode_ms = elapsed_ms - min(prompt_ms, PEER_PROMPT_SHARE * elapsed_ms)
-    return Speed(tokens / (decode_ms / 1000), tokens, "engine")
+    # (n − 1) tokens over the decode time, as llama.cpp's own `predicted_per_second` and as
+    # a stream's first → last token span: the first token's time is the prompt's.
+    return Speed((tokens - 1) / (decode_ms / 1000), tokens, "engine")

@@ -25,7 +25,8 @@
   // Efficiency with the count of answers long enough to compare with the baseline.
   function efficiencyCell(m) {
     const n = isNum(m.efficiency_samples) ? m.efficiency_samples : 0;
-    const min = isNum(m.efficiency_min_tokens) ? ` of ≥ ${m.efficiency_min_tokens} tokens` : "";
+    const range = m.efficiency_tokens;
+    const min = Array.isArray(range) ? ` of ${range[0]}–${range[1]} tokens` : "";
     const note = m.source === "peers" ? "" :
       `<small class="muted eff-samples">${esc(n)} comparable sample${n === 1 ? "" : "s"}${esc(min)}</small>`;
     return `${efficiencyPill(m.efficiency)}${note}`;
