@@ -147,19 +147,22 @@ class Relay:
         await response.prepare(request)
         t_first: float | None = None
         t_last: float | None = None
-        tail = b""
+        # The last three chunks read, kept by reference (no copy per chunk): the final
+        # usage/timings event is in them unless TCP split it into more than three reads, and
+        # then the event count below stands in.
+        older = prev = chunk = b""
         last = b""  # the chunk holding [DONE]: sent with the end of the response
         events = 0
-        clock = time.perf_counter
+        # Bound once: this loop runs once per token per stream.
+        clock, content, write = time.perf_counter, CONTENT.search, response.write
         try:
             async for chunk in upstream.content.iter_any():
                 now = clock()
-                if CONTENT.search(chunk) is not None:
+                if content(chunk) is not None:
                     if t_first is None:
                         t_first = now
                     t_last = now
                 events += chunk.count(b"data: ")
-                tail = tail[-4096:] + chunk if len(chunk) < 8192 else chunk
                 if b"data: [DONE]" in chunk:
                     # The answer is complete. Clients close as soon as they read this, which
                     # cancels this handler, so measure before sending it; it goes out in one
@@ -168,11 +171,12 @@ class Relay:
                     last = chunk
                     break
                 try:
-                    await response.write(chunk)
+                    await write(chunk)
                 # The client hung up. Returning closes the engine connection (see forward),
                 # which frees the slot; this is not the engine's failure.
                 except ConnectionResetError:
                     return response
+                older, prev = prev, chunk
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
@@ -184,12 +188,14 @@ class Relay:
                 await response.write(sse_error_event(err))
                 await response.write_eof()
             return response
+        # After a break `chunk` is the [DONE] one; after the stream ended, `prev` is.
+        tail = older + prev + chunk if last else older + prev
         tokens = completion_tokens_from_tail(tail)
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, events - 2)
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
-                           time.monotonic())
+                     time.monotonic(), latency_ms=(clock() - t_request) * 1000)
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof(last)
         return response
