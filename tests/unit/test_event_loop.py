@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
@@ -42,3 +43,12 @@ def test_goals_leave_an_unmeasured_figure_unjudged() -> None:
     assert judged["cpu_floor_ratio"] == {"goal": 1.2, "met": None}
     assert judged["cpu_us_per_chunk"]["met"] is False
     assert judged["ratio_4_streams"]["met"] is False and judged["ratio_1_stream"]["met"] is True
+
+
+def test_cpu_seconds_counts_this_process_finely() -> None:
+    """No timing assertion: only that work shows up and the clock never runs backwards."""
+    from covey.bench.relay import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(200_000))
+    assert cpu_seconds(os.getpid()) > before > 0
