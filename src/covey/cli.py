@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from covey import __version__, config
+from covey import __version__, config, event_loop
 from covey.engine import embedded
 from covey.errors import ConfigError
 
@@ -164,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                              flush=True))
 
     try:
-        asyncio.run(run())
+        event_loop.run(run())
     except OSError as exc:  # the port is taken, or the address is not ours
         print(f"covey: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
               file=sys.stderr)

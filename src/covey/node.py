@@ -274,7 +274,8 @@ class Node:
                         allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
         routes.add_to(app)
         StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
-                     s.metrics_window_s, routes, routes.mesh).add_to(app)
+                     s.metrics_window_s, routes, routes.mesh,
+                     baseline_tokens=s.baseline_max_tokens).add_to(app)
         if routes.mesh is not None and routes.health is not None:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),

@@ -34,6 +34,25 @@ def _in_flight(node: NodeProcess) -> int:
     return int(node.model(MODEL)["in_flight"])
 
 
+def test_whole_answers_alone_fill_the_catalogs_speed(page: Page, mesh: Mesh) -> None:
+    """Many clients never stream. Whole answers alone (the first traffic this mesh sees) fill
+    the catalog's tokens/s, from llama.cpp's timings relayed by the serving node; the TTFT
+    cell says that only streamed answers have a first token to time."""
+    for _ in range(2):
+        code, _, body = http("POST", mesh.entry.url + "/v1/chat/completions",
+                             {"model": MODEL, "max_tokens": 8,
+                              "messages": [{"role": "user", "content": "Say hello"}]})
+        assert code == 200 and body["usage"]["completion_tokens"] >= 2, body
+    page.goto(mesh.entry.url + "/")
+    row = page.locator(f'#catalog tr[data-model="{MODEL}"]')
+    expect(row.locator(".tps .rate")).to_have_text(RATE, timeout=10_000)
+    expect(row.locator(".tps")).to_contain_text("2 samples")
+    expect(row.locator(".tps .sources")).to_have_text("2 engine timings")
+    expect(row.locator(".ttft")).to_contain_text("streamed only")
+    # The test profile's baseline is 8 tokens long, so 4–16-token answers compare with it.
+    expect(row.locator(".efficiency .eff-samples")).to_contain_text("2 comparable samples")
+
+
 def test_status_page_shows_catalog_and_peers(page: Page, mesh: Mesh) -> None:
     for _ in range(3):  # real traffic through the entry: what the catalog measures
         _chat(mesh.entry)

@@ -27,6 +27,8 @@ def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
                 "mesh_ttft_added_ms_p99"):
         assert isinstance(result[key], float)
     assert result["events_relayed"] >= 5 * 8  # 1 + 4 streams of at least 8 tokens
+    assert result["cpu_floor_ratio"] > 0
+    assert result["event_loop"] in {"uvloop", "asyncio"}
     assert set(result["goals"]) == {"ratio_1_stream", "ratio_4_streams", "ttft_added_ms_p50",
-                                    "cpu_us_per_chunk", "mesh_ratio_1_stream",
+                                    "cpu_us_per_chunk", "cpu_floor_ratio", "mesh_ratio_1_stream",
                                     "mesh_ratio_4_streams", "mesh_ttft_added_ms_p50"}

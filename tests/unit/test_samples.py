@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from covey.metrics.samples import ModelMeter, RollingWindow, median, percentile, series
+from covey.metrics.samples import ModelMeter, RollingWindow, Speed, median, percentile, series
 from covey.types import Percentiles
 
 EMPTY = Percentiles(count=0, p50=None, p95=None)
@@ -123,3 +123,14 @@ def test_series_is_a_median_per_bucket_with_gaps_left_out() -> None:
     # are 0; bucket 1 has no samples and is left out.
     assert series(samples, 180.0, 60.0) == [(0.0, 1.0), (60.0, 4.0), (180.0, 8.0)]
     assert series([], 180.0, 60.0) == []
+
+
+def test_meter_keeps_each_speed_with_its_kind_and_length() -> None:
+    m = ModelMeter(window_s=60)
+    m.record(None, 40.0, 100, now=0.0, source="engine", latency_ms=2500.0)
+    m.record(120.0, 50.0, 8, now=1.0)  # a stream
+    m.record(None, None, 3, now=2.0, latency_ms=300.0)  # nothing to time: counted only
+    assert m.speeds.samples(2.0) == [Speed(40.0, 100, "engine"), Speed(50.0, 8, "stream")]
+    assert m.tokens_per_s.summary(2.0).count == 2
+    assert m.latency_ms.summary(2.0).count == 2
+    assert m.speeds.samples(60.5) == [Speed(50.0, 8, "stream")]  # the window applies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -15,14 +16,23 @@ from covey.health.monitor import HealthMonitor
 from covey.mesh.peer_transport import PeerTransport
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
+from covey.metrics.efficiency import efficiency, max_tokens, min_tokens
 from covey.metrics.export import render
-from covey.metrics.samples import median, percentile, series
+from covey.metrics.samples import SPEED_SOURCES, median, percentile, series
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineReady, ModelId, NodeId, Percentiles
 
 
 def _percentiles(p: Percentiles) -> dict[str, Any]:
     return {"p50": p.p50, "p95": p.p95, "count": p.count}
+
+
+def _sources(kinds: Iterable[str]) -> dict[str, int]:
+    """How many speed samples of each kind (stream, engine timings, node clock)."""
+    counts: dict[str, int] = dict.fromkeys(SPEED_SOURCES, 0)
+    for kind in kinds:
+        counts[kind] += 1
+    return counts
 
 
 def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
@@ -47,6 +57,8 @@ def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
         "window_s": window_s,
         "ttft_ms": _percentiles(m.meter.ttft_ms.summary(now)),
         "tokens_per_s": _percentiles(m.meter.tokens_per_s.summary(now)),
+        "tokens_per_s_sources": _sources(s.source for s in m.meter.speeds.samples(now)),
+        "latency_ms": _percentiles(m.meter.latency_ms.summary(now)),
         "baseline": asdict(m.baseline) if m.baseline else None,
     }
 
@@ -74,18 +86,27 @@ HISTORY_BUCKET_S = 60.0
 
 
 def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord],
-                 window_s: float, now: float, wall: float) -> list[dict[str, Any]]:
+                 window_s: float, now: float, wall: float,
+                 baseline_tokens: int) -> list[dict[str, Any]]:
     """One row per model the mesh can serve: who serves it, what it achieved through the
-    mesh from this node (real traffic), and the serving nodes' native baseline.
+    mesh from this node (real traffic, streamed and whole answers), and the serving nodes'
+    native baseline.
 
-    Until this node has carried traffic for a model, the serving nodes' own gossiped figures
-    stand in (`source: "peers"`); missing numbers stay None, never 0."""
+    Efficiency compares like with like (metrics/efficiency.py): only this node's decode
+    samples from half to twice as long as the baseline's `baseline_tokens` (the range in
+    `efficiency_tokens`), with their count in `efficiency_samples`. Until this node has
+    carried traffic for a model, the serving nodes' own gossiped figures stand in (`source:
+    "peers"`), without an efficiency: a gossiped p50 mixes answers of every length.
+    Missing numbers stay None, never 0."""
     names = {r.node_id: r.name for r in peers} | {routes.node_id: routes.node_name}
     rows = []
     for mid, entry in routes.catalog().items():
         nodes = entry["covey"]["nodes"]
-        timed = sorted(p for m in routes.meters(mid) for p in m.tokens_per_s.timed(now))
-        ttfts = sorted(v for m in routes.meters(mid) for v in m.ttft_ms.values(now))
+        meters = routes.meters(mid)
+        timed = sorted(p for m in meters for p in m.tokens_per_s.timed(now))
+        ttfts = sorted(v for m in meters for v in m.ttft_ms.values(now))
+        latencies = sorted(v for m in meters for v in m.latency_ms.values(now))
+        speeds = [s for m in meters for s in m.speeds.samples(now)]
         rates = sorted(v for _, v in timed)
         ttft = percentile(ttfts, 50) if ttfts else None
         rate = percentile(rates, 50) if rates else None
@@ -101,13 +122,18 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
         if local is not None and local.baseline is not None:
             baselines.append(local.baseline.tokens_per_s)
         native = median(baselines) if baselines else None
+        eff = efficiency(speeds, native, baseline_tokens)
         rows.append({
             "id": mid, "size_bytes": entry["covey"]["size_bytes"],
             "quantization": entry["covey"]["quantization"], "state": entry["covey"]["state"],
             "nodes": [{"id": n, "name": names.get(n, "")} for n in nodes],
-            "ttft_ms_p50": ttft, "tokens_per_s_p50": rate, "samples": samples,
+            "ttft_ms_p50": ttft, "ttft_samples": len(ttfts) if source == "this node" else None,
+            "tokens_per_s_p50": rate, "samples": samples,
+            "tokens_per_s_sources": _sources(s.source for s in speeds),
+            "latency_ms_p50": percentile(latencies, 50) if latencies else None,
             "source": source, "window_s": window_s, "baseline_tokens_per_s": native,
-            "efficiency": rate / native if rate is not None and native else None,
+            "efficiency": eff.ratio, "efficiency_samples": eff.samples,
+            "efficiency_tokens": [min_tokens(baseline_tokens), max_tokens(baseline_tokens)],
             "history": [[round(wall - (now - t), 1), round(v, 2)]
                         for t, v in series(timed, now, HISTORY_BUCKET_S)],
         })
@@ -117,8 +143,10 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
 class StatusRoutes:
     def __init__(self, table: ModelTable, registry: CollectorRegistry, node_id: NodeId,
                  node_name: str, window_s: float, routes: OpenAIRoutes,
-                 mesh: MeshRuntime | None = None) -> None:
+                 mesh: MeshRuntime | None = None, baseline_tokens: int = 128) -> None:
+        """`baseline_tokens`: the native baseline's chat length, for the efficiency rule."""
         self.table = table
+        self.baseline_tokens = baseline_tokens
         self.routes = routes
         self.mesh = mesh
         self.registry = registry
@@ -150,7 +178,7 @@ class StatusRoutes:
             "peers": [peer_status(r, self.routes.health,
                                   self.mesh.transport if self.mesh else None) for r in peers],
             "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
-                                    time.time()),
+                                    time.time(), self.baseline_tokens),
         }
 
     async def status(self, request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 
+from covey import event_loop
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -41,7 +43,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--upstream", required=True, help="host:port of the engine")
     host, port = p.parse_args().upstream.rsplit(":", 1)
-    asyncio.run(_serve(host, int(port)))
+    # The node's loop, so that the floor is what a relay on that loop costs at the least.
+    event_loop.run(_serve(host, int(port)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Native baseline: the engine's own speed with no node in the path.
 
 Three deterministic chats (temperature 0, seed 42) straight to the engine once it is ready and
-has settled; the median is published. Cached in `<data_dir>/baselines.json` keyed by the model
-file's size and mtime, redone after `refresh_s` or when the file changes.
+has settled, after one uncounted warm-up chat; the median is published. Cached in
+`<data_dir>/baselines.json` keyed by the model file's size and mtime, redone after `refresh_s`
+or when the file changes.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
     ttfts: list[float] = []
     rates: list[float] = []
     body = deterministic_chat(model.upstream_name, max_tokens, model.engine.kind == "llama.cpp")
+    # One run first, not counted: a fresh engine's first chats touch its weights for the first
+    # time and decoded at half speed here, which made every later answer look "efficient".
+    await stream_chat(session, state.base_url, body)
     for _ in range(RUNS):
         stats = await stream_chat(session, state.base_url, body)
         if stats.ttft_ms is not None and stats.tokens_per_s is not None:

@@ -8,8 +8,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from covey.types import Percentiles
+
+# Where a decode-speed sample came from:
+#   stream  the node's clock over a streamed answer's first → last token (decode only)
+#   engine  llama.cpp's own `timings` in a whole answer's body (decode only; a peer's clamped)
+#   clock   a whole answer without timings: completion tokens ÷ request → answer time, so
+#           prompt processing is inside it and it reads lower than a decode rate
+SpeedSource = Literal["stream", "engine", "clock"]
+SPEED_SOURCES: tuple[SpeedSource, ...] = ("stream", "engine", "clock")
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    """One decode-speed sample: the rate, over how many completion tokens, and its kind."""
+
+    tokens_per_s: float
+    tokens: int
+    source: SpeedSource
 
 
 @dataclass
@@ -87,12 +105,44 @@ class ModelMeter:
     def __post_init__(self) -> None:
         self.ttft_ms = RollingWindow(self.window_s)
         self.tokens_per_s = RollingWindow(self.window_s)
+        self.latency_ms = RollingWindow(self.window_s)
+        self.speeds = SpeedLog(self.window_s)
 
     def record(self, ttft_ms: float | None, tokens_per_s: float | None, tokens: int,
-               now: float) -> None:
+               now: float, source: SpeedSource = "stream",
+               latency_ms: float | None = None) -> None:
+        """One completed request. `tokens_per_s` of kind `source` over `tokens` completion
+        tokens; `latency_ms` from the request's arrival to the answer's end."""
         self.requests_ok += 1
         self.completion_tokens += tokens
         if ttft_ms is not None:
             self.ttft_ms.add(ttft_ms, now)
         if tokens_per_s is not None:
             self.tokens_per_s.add(tokens_per_s, now)
+            self.speeds.add(Speed(tokens_per_s, tokens, source), now)
+        if latency_ms is not None:
+            self.latency_ms.add(latency_ms, now)
+
+
+@dataclass
+class SpeedLog:
+    """The decode-speed samples of the window with their token counts and kinds, for rules
+    that need more than the rate (which samples compare with the baseline, which kind)."""
+
+    window_s: float
+    max_samples: int = 10_000
+    _samples: deque[tuple[float, Speed]] = field(default_factory=deque)
+
+    def add(self, speed: Speed, now: float) -> None:
+        self._samples.append((now, speed))
+        if len(self._samples) > self.max_samples:
+            self._samples.popleft()
+        horizon = now - self.window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+
+    def samples(self, now: float) -> list[Speed]:
+        horizon = now - self.window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+        return [s for _, s in self._samples]

@@ -6,13 +6,20 @@ Shared by the relay, the native baseline and the benchmark, so all three measure
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from covey.metrics.samples import Speed
+
 # First token: a chat delta or completion text that is not empty. Servers differ in JSON
 # spacing (llama.cpp writes `"content":"x"`, Python's json `"content": "x"`).
 CONTENT = re.compile(rb'"(?:content|text)":\s*"[^"]')
+# The most of a relayed whole answer's time a peer may claim was prompt processing. An honest
+# long prompt with a short answer reads slower than it was; such answers are too short for
+# the efficiency figure anyway (metrics/efficiency.py).
+PEER_PROMPT_SHARE = 0.5
 _USAGE_TOKENS = (("usage", "completion_tokens"), ("timings", "predicted_n"))
 
 
@@ -58,3 +65,58 @@ def tokens_from_body(body: Any) -> int | None:
         if isinstance(part, dict) and isinstance(part.get(key), int):
             return int(part[key])
     return None
+
+
+def whole_speed(body: Any, elapsed_ms: float, body_bytes: int, from_peer: bool) -> Speed | None:
+    """Pure: the decode speed of one whole (non-streamed) answer, parsed body in hand.
+
+    From llama.cpp's `timings` (`predicted_n` tokens in `predicted_ms`, after `prompt_ms` of
+    prompt processing; at least two tokens) when the body has them: kind "engine". Otherwise
+    completion tokens ÷ `elapsed_ms` (request received → body read) on this node's clock: kind
+    "clock". None when neither can be read. A token count is capped at the body's size (every
+    token is at least a byte of it), so a body cannot claim more tokens than it carries.
+
+    `from_peer`: the body came from another node, so its timings are hostile. They must be
+    finite and non-negative, and they cannot invent time: decode is taken as everything this
+    node waited except the peer's prompt time (the mesh hop included, which is the
+    through-mesh figure anyway), and the prompt may claim at most half of that wait. So a
+    lying peer can shift time between prompt and decode, as with Server-Timing, but never
+    claim a decode more than twice as fast as this node's own clock shows (tokens ÷ wait)."""
+    engine = _engine_speed(body.get("timings") if isinstance(body, dict) else None,
+                           elapsed_ms, body_bytes, from_peer)
+    if engine is not None:
+        return engine
+    tokens = tokens_from_body(body)
+    if tokens is None or not math.isfinite(elapsed_ms) or elapsed_ms <= 0:
+        return None
+    tokens = min(tokens, body_bytes)
+    if tokens < 1:
+        return None
+    return Speed(tokens / (elapsed_ms / 1000), tokens, "clock")
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative JSON number, else None (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _engine_speed(timings: Any, elapsed_ms: float, body_bytes: int,
+                  from_peer: bool) -> Speed | None:
+    if not isinstance(timings, dict):
+        return None
+    tokens = timings.get("predicted_n")
+    decode_ms = _number(timings.get("predicted_ms"))
+    prompt_ms = _number(timings.get("prompt_ms", 0.0))
+    if (isinstance(tokens, bool) or not isinstance(tokens, int) or not 2 <= tokens <= body_bytes
+            or decode_ms is None or decode_ms <= 0 or prompt_ms is None):
+        return None
+    if from_peer:
+        if not math.isfinite(elapsed_ms) or elapsed_ms <= 0:
+            return None
+        decode_ms = elapsed_ms - min(prompt_ms, PEER_PROMPT_SHARE * elapsed_ms)
+    # (n − 1) tokens over the decode time, as llama.cpp's own `predicted_per_second` and as
+    # a stream's first → last token span: the first token's time is the prompt's.
+    return Speed((tokens - 1) / (decode_ms / 1000), tokens, "engine")

@@ -32,6 +32,7 @@ from covey.metrics.timing import (
     completion_tokens_from_tail,
     measure,
     tokens_from_body,
+    whole_speed,
 )
 from covey.router.table import ServedModel
 
@@ -117,7 +118,7 @@ class Relay:
                 if stream:
                     return await self._stream(request, model, meter, upstream, t_request,
                                               headers)
-                return await self._whole(model, meter, upstream, headers)
+                return await self._whole(model, meter, upstream, t_request, headers)
             finally:
                 # For an unfinished answer, closing drops the connection: that is how the
                 # engine (or the peer) learns to stop generating and free the slot. A
@@ -127,7 +128,7 @@ class Relay:
             model.release()
 
     async def _whole(self, model: ServedModel, meter: ModelMeter,
-                     upstream: PeerResponse,
+                     upstream: PeerResponse, t_request: float,
                      headers: Mapping[str, str]) -> web.Response:
         try:
             data = await upstream.read()
@@ -135,12 +136,20 @@ class Relay:
             meter.requests_failed += 1
             raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
                                  f"({type(exc).__name__}); retry", retry_after=2) from exc
-        try:
-            tokens = tokens_from_body(json.loads(data)) or 0
-        except ValueError:
-            tokens = 0
-        # A whole response shows no token timing; it counts, but adds no TTFT/speed sample.
-        meter.record(None, None, tokens, time.monotonic())
+        elapsed_ms = (time.perf_counter() - t_request) * 1000
+        try:  # parsed once per request: the body is already whole in memory
+            body = json.loads(data)
+        except ValueError:  # not JSON (an odd backend): it counts, with nothing to measure
+            body = None
+        tokens = tokens_from_body(body) or 0
+        # A whole answer has no first token to time (TTFT stays streamed-only), but its
+        # decode speed is in llama.cpp's timings, or else on this node's clock.
+        speed = whole_speed(body, elapsed_ms, len(data), from_peer=model.peer is not None)
+        if speed is None:
+            meter.record(None, None, tokens, time.monotonic(), latency_ms=elapsed_ms)
+        else:
+            meter.record(None, speed.tokens_per_s, speed.tokens, time.monotonic(),
+                         source=speed.source, latency_ms=elapsed_ms)
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
@@ -153,19 +162,22 @@ class Relay:
         await response.prepare(request)
         t_first: float | None = None
         t_last: float | None = None
-        tail = b""
+        # The last three chunks read, kept by reference (no copy per chunk): the final
+        # usage/timings event is in them unless TCP split it into more than three reads, and
+        # then the event count below stands in.
+        older = prev = chunk = b""
         last = b""  # the chunk holding [DONE]: sent with the end of the response
         events = 0
-        clock = time.perf_counter
+        # Bound once: this loop runs once per token per stream.
+        clock, content, write = time.perf_counter, CONTENT.search, response.write
         try:
             async for chunk in upstream.content.iter_any():
                 now = clock()
-                if CONTENT.search(chunk) is not None:
+                if content(chunk) is not None:
                     if t_first is None:
                         t_first = now
                     t_last = now
                 events += chunk.count(b"data: ")
-                tail = tail[-4096:] + chunk if len(chunk) < 8192 else chunk
                 if b"data: [DONE]" in chunk:
                     # The answer is complete. Clients close as soon as they read this, which
                     # cancels this handler, so measure before sending it; it goes out in one
@@ -174,11 +186,12 @@ class Relay:
                     last = chunk
                     break
                 try:
-                    await response.write(chunk)
+                    await write(chunk)
                 # The client hung up. Returning closes the engine connection (see forward),
                 # which frees the slot; this is not the engine's failure.
                 except ConnectionResetError:
                     return response
+                older, prev = prev, chunk
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
@@ -190,12 +203,14 @@ class Relay:
                 await response.write(sse_error_event(err))
                 await response.write_eof()
             return response
+        # After a break `chunk` is the [DONE] one; after the stream ended, `prev` is.
+        tail = older + prev + chunk if last else older + prev
         tokens = completion_tokens_from_tail(tail)
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, events - 2)
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
-                           time.monotonic())
+                     time.monotonic(), latency_ms=(clock() - t_request) * 1000)
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof(last)
         return response

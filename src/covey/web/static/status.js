@@ -22,6 +22,24 @@
     return `<span class="pill ${level}" title="through the mesh ÷ native">${Math.round(e * 100)} %</span>`;
   }
 
+  // Efficiency with the count of answers long enough to compare with the baseline.
+  function efficiencyCell(m) {
+    const n = isNum(m.efficiency_samples) ? m.efficiency_samples : 0;
+    const range = m.efficiency_tokens;
+    const min = Array.isArray(range) ? ` of ${range[0]}–${range[1]} tokens` : "";
+    const note = m.source === "peers" ? "" :
+      `<small class="muted eff-samples">${esc(n)} comparable sample${n === 1 ? "" : "s"}${esc(min)}</small>`;
+    return `${efficiencyPill(m.efficiency)}${note}`;
+  }
+
+  // Which kinds of measurement stand behind a tokens/s figure.
+  function sourcesNote(src) {
+    if (!src) return "";
+    const parts = [["stream", "streamed"], ["engine", "engine timings"], ["clock", "node clock"]]
+      .filter(([k]) => isNum(src[k]) && src[k] > 0).map(([k, label]) => `${src[k]} ${label}`);
+    return parts.length ? `<small class="muted sources">${esc(parts.join(" · "))}</small>` : "";
+  }
+
   function sparkline(history, now) {
     const points = (history || []).filter((p) => Array.isArray(p) && isNum(p[0]) && isNum(p[1]));
     if (!points.length) return none;
@@ -76,14 +94,17 @@
       const nodes = chips((m.nodes || []).map((n) =>
         `<span class="chip" title="${esc(n.id)}">${esc(n.name || shortId(n.id))}</span>`));
       const r = rate(m.tokens_per_s_p50);
-      const perSamples = r ? `<small class="muted">${esc(m.samples ?? 0)} samples · ${esc(duration(m.window_s))}</small>` : "";
+      const perSamples = r ? `<small class="muted">${esc(m.samples ?? 0)} samples · ${esc(duration(m.window_s))}</small>${sourcesNote(m.tokens_per_s_sources)}` : "";
+      const ttft = m.ttft_ms_p50 == null && r
+        ? `<span class="none" title="only streamed answers have a first token to time">${NONE}</span><small class="muted">streamed only</small>`
+        : or(ms(m.ttft_ms_p50));
       return `<tr data-model="${esc(m.id)}">
         ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc(size)}</small>`)}
         ${td("Served by", nodes)}
-        ${td("TTFT p50", or(ms(m.ttft_ms_p50)), "num ttft")}
+        ${td("TTFT p50 (streamed)", ttft, "num ttft")}
         ${td("Tokens/s p50", `<div class="rate">${or(r)}</div>${perSamples}`, "num tps")}
         ${td("Native", or(rate(m.baseline_tokens_per_s)), "num native")}
-        ${td("Efficiency", efficiencyPill(m.efficiency), "num efficiency")}
+        ${td("Efficiency", efficiencyCell(m), "num efficiency")}
         ${td("Last hour", sparkline(m.history, now), "spark-cell")}
       </tr>`;
     });
