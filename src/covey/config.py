@@ -23,6 +23,15 @@ from typing import Any
 from covey.engine import embedded
 from covey.errors import ConfigError
 from covey.mesh.addresses import MAX_ADDRESSES, check_address
+from covey.router.tiers import (
+    CAPACITY,
+    DAILY,
+    EXPERIMENTAL,
+    PolicyError,
+    Targets,
+    TierPolicy,
+    parse_rule,
+)
 
 MiB = 1024 * 1024
 
@@ -100,6 +109,16 @@ class Settings:
     max_body_bytes: int = _opt(4 * MiB, "largest request body accepted, in bytes")
     shutdown_grace_s: float = _opt(5.0, "seconds in-flight streams get to finish on shutdown")
 
+    # --- tiers and service targets (the creator's gossip to members; a member only tightens) ---
+    tier: tuple[str, ...] = _opt(
+        (), "MODEL_OR_GLOB=TIER (repeatable): daily-driver, capacity or experimental; exact ids "
+        "win over globs, globs in the order given; unmapped models are experimental")
+    daily_driver_ttft_s: float = _opt(3.0, "daily-driver target: TTFT p50 at most, seconds")
+    daily_driver_tokens_per_s: float = _opt(8.0, "daily-driver target: decode p50 at least, "
+                                                 "tokens/s")
+    capacity_ttft_s: float = _opt(15.0, "capacity target: TTFT p50 at most, seconds")
+    capacity_tokens_per_s: float = _opt(0.8, "capacity target: decode p50 at least, tokens/s")
+
     # --- measurements ---
     metrics_window_s: float = _opt(3600.0, "rolling window for TTFT and tokens/s, seconds")
     baseline: bool = _opt(True, "measure each engine's native speed once it has settled")
@@ -151,12 +170,23 @@ class Settings:
                 raise ConfigError(f"setting advertise={address!r}: {exc}") from exc
         if len(self.advertise) > MAX_ADDRESSES:
             raise bad("advertise", f"at most {MAX_ADDRESSES} addresses")
+        try:
+            self.tier_policy()
+        except PolicyError as exc:
+            raise ConfigError(f"setting tier: {exc}") from exc
         if not is_loopback(self.host) and not self.api_key:
             raise ConfigError(
                 f"setting host={self.host!r}: binding a non-loopback address exposes the API "
                 "to the network, so it requires an API key; pass --api-key KEY or set "
                 "COVEY_API_KEY (clients then send `Authorization: Bearer KEY`)"
             )
+
+    def tier_policy(self) -> TierPolicy:
+        """This node's own tier rules and targets (PolicyError naming a bad one)."""
+        return TierPolicy(rules=tuple(parse_rule(r) for r in self.tier), targets={
+            DAILY: Targets(self.daily_driver_ttft_s, self.daily_driver_tokens_per_s),
+            CAPACITY: Targets(self.capacity_ttft_s, self.capacity_tokens_per_s),
+            EXPERIMENTAL: Targets(None, None)})
 
     @property
     def serves_default_model(self) -> bool:

@@ -196,7 +196,8 @@ class Dispatcher:
             model = ServedModel(card=card, engine=_PeerEngine(), upstream_name=model_id,
                                 slots=c.slots, max_queue=1_000_000,
                                 meter=ModelMeter(window_s=3600),
-                                served_by=f"{c.node_id} ({c.name})", peer=c.peer)
+                                served_by=f"{c.node_id} ({c.name})", peer=c.peer,
+                                source="peer")
             self.peer_models[key] = model
         # Updated in place (its addresses or slots may have changed): requests in flight
         # hold this same object and release it when they end.

@@ -7,7 +7,7 @@ which model a request means, and whether it may enter now (ready, under capacity
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from covey.errors import Busy, ModelNotFound, Unavailable
 from covey.mesh.peer_transport import Peer
@@ -50,6 +50,9 @@ class ServedModel:
     # For a peer's copy: who serves it, and the peer to call (through the peer transport).
     served_by: str | None = None
     peer: Peer | None = None
+    # Who answers, for accounting: this node's engine or backend, a peer, or an external
+    # provider (SLA fallback).
+    source: Literal["local", "peer", "provider"] = "local"
 
     @property
     def id(self) -> ModelId:

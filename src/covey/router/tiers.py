@@ -1,0 +1,115 @@
+"""Model tiers and their service targets (pure).
+
+Every model has a tier: `daily-driver` (chat-viable on one peer), `capacity` (big models,
+slower targets) or `experimental` (no targets; anything unmapped). A policy maps model ids
+to tiers by exact id or glob pattern (exact ids win, then patterns in the order given) and
+holds each tier's targets. The mesh's creator's policy gossips as a signed envelope; a
+member's own settings may only tighten it (`tightened`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DAILY, CAPACITY, EXPERIMENTAL = "daily-driver", "capacity", "experimental"
+TIERS = (DAILY, CAPACITY, EXPERIMENTAL)
+MAX_RULES = 256
+MAX_PATTERN = 256
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A tier's service targets; None: no target (experimental)."""
+
+    ttft_s: float | None  # time to first token, p50, at most
+    tokens_per_s: float | None  # decode speed, p50, at least
+
+
+DEFAULT_TARGETS: Mapping[str, Targets] = {
+    DAILY: Targets(3.0, 8.0), CAPACITY: Targets(15.0, 0.8), EXPERIMENTAL: Targets(None, None)}
+
+
+class PolicyError(ValueError):
+    """A tier rule or target that cannot be used; the message names it."""
+
+
+def parse_rule(text: str) -> tuple[str, str]:
+    """`PATTERN=TIER` (an exact model id or a glob such as `qwen2.5-72b*`)."""
+    pattern, sep, tier = text.partition("=")
+    pattern, tier = pattern.strip(), tier.strip()
+    if not sep or not pattern:
+        raise PolicyError(f"tier rule {text!r}: write MODEL_OR_GLOB=TIER")
+    if len(pattern) > MAX_PATTERN:
+        raise PolicyError(f"tier rule {text[:40]!r}…: the pattern is over {MAX_PATTERN} "
+                          "characters")
+    if tier not in TIERS:
+        raise PolicyError(f"tier rule {text!r}: tier must be one of {', '.join(TIERS)}")
+    return pattern, tier
+
+
+def check_targets(tier: str, targets: Targets) -> None:
+    for name, value in (("ttft_s", targets.ttft_s), ("tokens_per_s", targets.tokens_per_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise PolicyError(f"{tier} {name}={value!r}: must be a positive number")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _lookup(rules: tuple[tuple[str, str], ...], model_id: str) -> str:
+    for pattern, tier in rules:
+        if not _is_glob(pattern) and pattern == model_id:
+            return tier
+    for pattern, tier in rules:
+        if _is_glob(pattern) and fnmatch.fnmatchcase(model_id, pattern):
+            return tier
+    return EXPERIMENTAL
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    rules: tuple[tuple[str, str], ...] = ()  # (pattern, tier), in the order given
+    targets: Mapping[str, Targets] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
+    # A member's own rules over the mesh's: they may only move a model to a stricter tier.
+    local_rules: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.rules) + len(self.local_rules) > MAX_RULES:
+            raise PolicyError(f"at most {MAX_RULES} tier rules")
+        for tier, targets in self.targets.items():
+            if tier not in TIERS:
+                raise PolicyError(f"unknown tier {tier!r}")
+            check_targets(tier, targets)
+
+    def tier(self, model_id: str) -> str:
+        mesh, mine = _lookup(self.rules, model_id), _lookup(self.local_rules, model_id)
+        return min(mesh, mine, key=TIERS.index)  # TIERS is strictest first
+
+    def targets_for(self, model_id: str) -> Targets:
+        tier = self.tier(model_id)
+        return self.targets.get(tier, DEFAULT_TARGETS[tier])
+
+    def tightened(self, local: TierPolicy) -> TierPolicy:
+        """This (the mesh's) policy, tightened by a member's own: a model takes the stricter
+        of the two tiers, and each target is the stricter of the two (lower TTFT, higher
+        speed). A member cannot loosen the mesh's policy."""
+        targets = {}
+        for tier in TIERS:
+            mesh = self.targets.get(tier, DEFAULT_TARGETS[tier])
+            mine = local.targets.get(tier, mesh)
+            targets[tier] = Targets(_lower(mesh.ttft_s, mine.ttft_s),
+                                    _higher(mesh.tokens_per_s, mine.tokens_per_s))
+        return TierPolicy(rules=self.rules, targets=targets,
+                          local_rules=local.rules + local.local_rules)
+
+
+def _lower(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _higher(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
