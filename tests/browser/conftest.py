@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's /usr/bin/chromium, never a downloaded build) for the page tests,
-and a real two-node mesh: a server node with the embedded model and an entry node that serves
-nothing itself and answers through the server."""
+and a real two-node mesh: a server node with the default embedded chat model (SmolLM2) and an
+entry node that serves nothing itself and answers through the server."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tests.conftest import FAST, NodeProcess, mesh_invite, wait_for
 
 CHROMIUM = Path(os.environ.get("COVEY_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
-MODEL = "gemma-3-270m-q4_k_m"
+MODEL = "smollm2-135m-instruct-q4_1"
+# A base model keeps writing until told to stop: the Stop test needs an answer still running.
+BASE_MODEL = "gemma-3-270m-q4_k_m"
 
 
 @dataclass
@@ -50,9 +52,11 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 @pytest.fixture(scope="module")
-def mesh(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(chat_model_path: Path, model_path: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("browser-mesh")
     server = NodeProcess(root / "server", [*FAST, "--node-name", "server",
+                                           "--model", str(chat_model_path),
                                            "--model", str(model_path)])
     nodes = [server]
     try:
@@ -63,6 +67,7 @@ def mesh(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         nodes.append(entry)
         entry.wait_listening()
         server.wait_ready(MODEL)
+        server.wait_ready(BASE_MODEL)
         server_id = server.status()["node"]["id"]
 
         def settled() -> bool:

@@ -60,3 +60,15 @@ def test_a_slowed_node_reads_lower() -> None:
 def test_missing_stays_missing(speeds: list[Speed], native: float | None,
                                expected: Efficiency) -> None:
     assert efficiency(speeds, native, 128) == expected
+
+
+@pytest.mark.parametrize(("rates", "suspect"), [
+    ([20.0, 20.0, 20.0], True),  # 2× native over 3 comparable samples: the baseline is off
+    ([20.0, 20.0], False),  # too few samples to call it
+    ([12.0, 12.0, 12.0], False),  # 1.2×: within what a noisy baseline can be
+    ([9.0, 10.0, 11.0], False),
+])
+def test_a_ratio_far_above_native_flags_the_baseline(rates: list[float], suspect: bool) -> None:
+    """Was a hole: a baseline taken on a busy machine made the page read 597 %."""
+    eff = efficiency([Speed(r, 128, "stream") for r in rates], 10.0, 128)
+    assert eff.baseline_suspect is suspect

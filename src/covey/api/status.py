@@ -133,6 +133,7 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
             "latency_ms_p50": percentile(latencies, 50) if latencies else None,
             "source": source, "window_s": window_s, "baseline_tokens_per_s": native,
             "efficiency": eff.ratio, "efficiency_samples": eff.samples,
+            "baseline_suspect": eff.baseline_suspect,
             "efficiency_tokens": [min_tokens(baseline_tokens), max_tokens(baseline_tokens)],
             "history": [[round(wall - (now - t), 1), round(v, 2)]
                         for t, v in series(timed, now, HISTORY_BUCKET_S)],

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from covey.metrics.efficiency import efficiency
 from covey.metrics.probe import deterministic_chat, stream_chat
 from covey.metrics.samples import median
 from covey.router.table import ServedModel
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 
 RUNS = 3
 CACHE_FILE = "baselines.json"
+REMEASURE_AFTER_S = 600.0  # a baseline called too low is measured again at most this often
+
+
+def too_low(model: ServedModel, baseline_tokens: int, now: float, wall: float) -> bool:
+    """Pure: should a baseline be measured again because this node's own comparable answers
+    run clearly faster than it (it was taken under load), now that the engine is idle?"""
+    baseline = model.baseline
+    if baseline is None or model.in_flight or wall - baseline.measured_at < REMEASURE_AFTER_S:
+        return False
+    eff = efficiency(model.meter.speeds.samples(now), baseline.tokens_per_s, baseline_tokens)
+    return eff.baseline_suspect
 
 
 def cache_key(model: ServedModel) -> str | None:
@@ -64,6 +76,19 @@ def store(data_dir: Path, key: str, baseline: Baseline) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries, indent=1))
     tmp.replace(path)
+
+
+def forget(data_dir: Path, key: str) -> None:
+    """Drop a cached baseline, so the keeper measures it again."""
+    path = data_dir / CACHE_FILE
+    try:
+        entries: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if entries.pop(key, None) is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        tmp.replace(path)
 
 
 async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
@@ -151,4 +176,12 @@ class BaselineKeeper:
             if key is not None and cache_key(self.model) != key:
                 log.info("model %s: file changed; baseline will be measured again",
                          self.model.id)
+                return
+            if too_low(self.model, self.max_tokens, time.monotonic(), time.time()):
+                log.info("model %s: answers here run faster than the native baseline "
+                         "(%.1f tok/s, taken under load?); measuring it again",
+                         self.model.id, self.model.baseline.tokens_per_s
+                         if self.model.baseline else 0.0)
+                if key is not None:
+                    forget(self.data_dir, key)
                 return

@@ -13,6 +13,11 @@ into the comparison made an idle node read ~75 %. The rule:
 The upper bound matters too: every token attends to all before it, so a 2,000-token answer
 decodes slower per token than a 128-token one on the same idle engine.
 
+Through the mesh cannot be much faster than native: a ratio above `SUSPECT_ABOVE` over a few
+comparable samples says the baseline is wrong (taken while the machine was busy, say), not
+that the mesh is fast. Such a ratio is flagged, never shown as a triumph, and the baseline
+keeper measures again when the engine is idle.
+
 Pure: the caller hands in the window's samples.
 """
 
@@ -26,12 +31,20 @@ from covey.metrics.samples import Speed, median
 
 COMPARABLE_SHARE = 0.5  # of the baseline's tokens a sample must cover to be compared with it
 COMPARABLE_MAX = 2.0  # times the baseline's tokens a sample may cover and still be compared
+SUSPECT_ABOVE = 1.25  # through-mesh ÷ native above this: the baseline is too low
+SUSPECT_SAMPLES = 3  # comparable samples needed before calling a baseline too low
 
 
 @dataclass(frozen=True)
 class Efficiency:
     ratio: float | None  # None when there is no baseline or no comparable sample
     samples: int  # comparable samples behind `ratio`
+
+    @property
+    def baseline_suspect(self) -> bool:
+        """The native baseline reads too low to be believed (see the module docstring)."""
+        return (self.ratio is not None and self.ratio > SUSPECT_ABOVE
+                and self.samples >= SUSPECT_SAMPLES)
 
 
 def min_tokens(baseline_tokens: int) -> int:

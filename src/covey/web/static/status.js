@@ -29,6 +29,11 @@
     const min = Array.isArray(range) ? ` of ${range[0]}–${range[1]} tokens` : "";
     const note = m.source === "peers" ? "" :
       `<small class="muted eff-samples">${esc(n)} comparable sample${n === 1 ? "" : "s"}${esc(min)}</small>`;
+    if (m.baseline_suspect === true) {
+      // Faster than native cannot be: the baseline was taken on a busy machine.
+      return `<span class="pill warn" title="through the mesh ÷ native">native too low?</span>` +
+        `<small class="muted eff-suspect">the native baseline reads below what the mesh measures; it is measured again when the engine is idle</small>${note}`;
+    }
     return `${efficiencyPill(m.efficiency)}${note}`;
   }
 
