@@ -43,25 +43,34 @@ def _one(url: str) -> Outcome:
     return Outcome(started, status, first, served, complete)
 
 
-def test_sigkill_under_load_loses_nothing(start_node: Callable[..., NodeProcess],
-                                          fake_backend: Callable[..., FakeBackend]) -> None:
+def _servers_behind_an_entry(start_node: Callable[..., NodeProcess],
+                             fake_backend: Callable[..., FakeBackend], n: int, tokens: int,
+                             token_delay: float, *args: str
+                             ) -> tuple[NodeProcess, list[NodeProcess], list[str]]:
+    """(entry, servers, their ids): `n` servers on fake backends joined to an entry that
+    serves nothing, once the entry has proven every one of them."""
     entry = start_node("--no-default-model", name="entry")
     entry.wait_listening()
     servers = []
-    for i in range(3):
-        backend = fake_backend(models=MODEL, tokens=12, token_delay=0.02)
+    for i in range(n):
+        backend = fake_backend(models=MODEL, tokens=tokens, token_delay=token_delay)
         node = start_node("--no-default-model", "--no-baseline", "--backend", backend.url,
-                          "--join", mesh_invite(entry), name=f"server{i}")
+                          *args, "--join", mesh_invite(entry), name=f"server{i}")
         node.wait_listening()
         servers.append(node)
-    ids = [s.status()["node"]["id"] for s in servers]
 
     def all_usable() -> bool:
         peers = entry.status()["peers"]
-        return len(peers) == 3 and all(p["health"]["ok"] and p["models"]
+        return len(peers) == n and all(p["health"]["ok"] and p["models"]
                                        and p["models"][0]["state"] == "ready" for p in peers)
 
-    wait_for(all_usable, 30, "the entry to prove all three servers")
+    wait_for(all_usable, 30, f"the entry to prove all {n} servers")
+    return entry, servers, [s.status()["node"]["id"] for s in servers]
+
+
+def test_sigkill_under_load_loses_nothing(start_node: Callable[..., NodeProcess],
+                                          fake_backend: Callable[..., FakeBackend]) -> None:
+    entry, servers, ids = _servers_behind_an_entry(start_node, fake_backend, 3, 12, 0.02)
 
     outcomes: list[Outcome] = []
     stop = threading.Event()
@@ -108,25 +117,8 @@ def test_a_full_node_is_skipped_for_one_with_room(start_node: Callable[..., Node
     """Was a hole: a peer's 429 (its queue full) went back to the client while another node
     had room. Now a 429, 503, 404 or refusal before the first byte moves on to the next
     candidate; only errors about the request itself (400, 413, 422) reach the client."""
-    entry = start_node("--no-default-model", name="entry")
-    entry.wait_listening()
-    servers = []
-    for i in range(2):
-        backend = fake_backend(models=MODEL, tokens=400, token_delay=0.05)
-        node = start_node("--no-default-model", "--no-baseline", "--backend", backend.url,
-                          "--parallel", "1", "--max-queue", "0", "--join", mesh_invite(entry),
-                          name=f"server{i}")
-        node.wait_listening()
-        servers.append(node)
-    full = servers[0]
-    roomy_id = servers[1].status()["node"]["id"]
-
-    def both_usable() -> bool:
-        peers = entry.status()["peers"]
-        return len(peers) == 2 and all(p["health"]["ok"] and p["models"]
-                                       and p["models"][0]["state"] == "ready" for p in peers)
-
-    wait_for(both_usable, 30, "the entry to prove both servers")
+    entry, (full, _), (_, roomy_id) = _servers_behind_an_entry(
+        start_node, fake_backend, 2, 400, 0.05, "--parallel", "1", "--max-queue", "0")
 
     # One long answer on `full` itself takes its only slot (and it queues nothing).
     hold = threading.Thread(target=http, args=("POST", full.url + "/v1/chat/completions", {
