@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from covey.metrics.export import registry_for, render
 from covey.metrics.share import (
     FILE_NAME,
     HOUR_S,
@@ -20,6 +21,7 @@ from covey.metrics.share import (
     kept,
     mesh_share,
 )
+from covey.router.table import ModelTable
 
 NOW = 1_700_000_000.0 + 1800  # half past some hour
 H = int(NOW // HOUR_S)  # the current hour's bucket
@@ -156,3 +158,18 @@ def test_rows_it_did_not_write_are_ignored(tmp_path: Path) -> None:
     day = store.snapshot()["24h"]
     store.close()
     assert day["requests"]["total"] == 1 and day["completion_tokens"]["local"] == 3
+
+
+def test_metrics_export_the_windows_and_leave_out_missing_shares(tmp_path: Path) -> None:
+    store = ShareStore.open(tmp_path, clock=Clock())
+    registry = registry_for(ModelTable(), store)
+    text = render(registry).decode()
+    assert "covey_mesh_share_ratio{" not in text  # no traffic: no share, never 0
+    assert 'covey_mesh_share_requests{source="local",window="24h"} 0.0' in text
+    store.record("local", 2, 3)
+    store.record("provider", 1, 1)
+    text = render(registry).decode()
+    assert 'covey_mesh_share_ratio{by="requests",window="24h"} 0.5' in text
+    assert 'covey_mesh_share_ratio{by="tokens",window="7d"} 0.7142857142857143' in text
+    assert 'covey_mesh_share_tokens{kind="prompt",source="local",window="7d"} 2.0' in text
+    store.close()
