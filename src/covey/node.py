@@ -42,6 +42,7 @@ from covey.mesh.transport import TlsIdentity, tls_identity
 from covey.metrics.baseline import BaselineKeeper
 from covey.metrics.export import registry_for
 from covey.metrics.samples import ModelMeter
+from covey.metrics.share import ShareStore
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineState, ModelCard, ModelId
@@ -80,6 +81,7 @@ class Node:
         self._tasks: asyncio.TaskGroup | None = None
         self._prepared = False
         self._invites: InviteRoutes | None = None
+        self._share: ShareStore | None = None
 
     # --- building -------------------------------------------------------------------
 
@@ -194,6 +196,7 @@ class Node:
         s = self.settings
         self.prepare()
         await asyncio.to_thread(catalog.gpu_memory_bytes)  # asked once, off the event loop
+        self._share = share = await asyncio.to_thread(ShareStore.open, s.data_dir)
         mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join,
                                                 s.cert_validity_s)
         tls = tls_identity(self.identity.key, s.data_dir)
@@ -205,7 +208,7 @@ class Node:
                                          auto_decompress=False) as session, \
                 HttpPeerTransport(mesh.sign) as transport:
             mesh.transport = transport
-            relay = Relay(session, transport, s.peer_timeout_s)
+            relay = Relay(session, transport, s.peer_timeout_s, on_answer=share.record)
             link = AuthorityLink(mesh_state, transport)
             mesh.authority = link
             self._invites = InviteRoutes(mesh, link)
@@ -251,6 +254,7 @@ class Node:
                     self._start_keepers()
                     tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
                     tasks.create_task(keep_running(health.run, "health"), name="health")
+                    tasks.create_task(keep_running(share.run, "mesh-share"), name="mesh-share")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
                     await stop.wait()
@@ -263,6 +267,7 @@ class Node:
             finally:
                 self._tasks = None
                 await runner.cleanup()
+                share.close()  # after the last client request: its count is written too
                 await peer_runner.cleanup()
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
@@ -273,9 +278,9 @@ class Node:
         app = build_app(bind_host=s.host, api_key=s.api_key,
                         allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
         routes.add_to(app)
-        StatusRoutes(self.table, registry_for(self.table), self.identity.node_id, self.name,
-                     s.metrics_window_s, routes, routes.mesh,
-                     baseline_tokens=s.baseline_max_tokens).add_to(app)
+        StatusRoutes(self.table, registry_for(self.table, self._share), self.identity.node_id,
+                     self.name, s.metrics_window_s, routes, routes.mesh,
+                     baseline_tokens=s.baseline_max_tokens, share=self._share).add_to(app)
         if routes.mesh is not None and routes.health is not None:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),

@@ -9,7 +9,9 @@ from covey.metrics.timing import (
     CONTENT,
     completion_tokens_from_tail,
     measure,
+    prompt_tokens_from_body,
     tokens_from_body,
+    usage_event,
     whole_speed,
 )
 
@@ -186,3 +188,25 @@ def test_the_rate_agrees_with_llama_cpps_own() -> None:
     body = {"usage": {"completion_tokens": 8}, "timings": timings}
     speed = whole_speed(body, 1100.0, 900, from_peer=False)
     assert speed == Speed(pytest.approx(timings["predicted_per_second"]), 8, "engine")
+
+
+@pytest.mark.parametrize(("body", "tokens"), [
+    ({"usage": {"prompt_tokens": 12, "completion_tokens": 3}}, 12),
+    ({"timings": {"prompt_n": 9}}, 9),  # llama.cpp without usage
+    ({"usage": {"prompt_tokens": 5}, "timings": {"prompt_n": 2}}, 5),  # usage first
+    ({"usage": {"prompt_tokens": True}}, None),  # a bool is not a count
+    ({"usage": {"prompt_tokens": -4}}, None),
+    ({"usage": {"prompt_tokens": 1.5}}, None),
+    ({"usage": "lots"}, None),
+    ([], None),
+    (None, None),
+])
+def test_prompt_tokens_from_body(body: object, tokens: int | None) -> None:
+    assert prompt_tokens_from_body(body) == tokens
+
+
+def test_usage_event_from_tail() -> None:
+    tail = (b'data: {"choices":[]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":4,'
+            b'"completion_tokens":2}}\n\ndata: [DONE]\n\n')
+    assert prompt_tokens_from_body(usage_event(tail)) == 4
+    assert usage_event(b'data: {"choices":[]}\n\n') is None

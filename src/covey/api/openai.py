@@ -21,7 +21,7 @@ from covey.health.probe import PROBE_HEADER
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router.dispatch import Dispatcher
-from covey.router.proxy import Relay
+from covey.router.proxy import ACCOUNT, Relay
 from covey.router.table import ModelTable
 from covey.types import ModelId, NodeId
 
@@ -114,6 +114,7 @@ class OpenAIRoutes:
 
     async def _generate(self, request: web.Request, path: str) -> web.StreamResponse:
         req, data, raw = await self._read(request, path)
+        request[ACCOUNT] = True  # a client's request: its answer counts for the mesh share
         if self.dispatcher is None:
             return await self._serve_local(request, path, req, data, raw)
         max_tokens = getattr(req, "max_tokens", None) or getattr(

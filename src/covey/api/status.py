@@ -19,6 +19,7 @@ from covey.mesh.runtime import MeshRuntime
 from covey.metrics.efficiency import efficiency, max_tokens, min_tokens
 from covey.metrics.export import render
 from covey.metrics.samples import SPEED_SOURCES, median, percentile, series
+from covey.metrics.share import ShareStore
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineReady, ModelId, NodeId, Percentiles
 
@@ -144,9 +145,12 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
 class StatusRoutes:
     def __init__(self, table: ModelTable, registry: CollectorRegistry, node_id: NodeId,
                  node_name: str, window_s: float, routes: OpenAIRoutes,
-                 mesh: MeshRuntime | None = None, baseline_tokens: int = 128) -> None:
-        """`baseline_tokens`: the native baseline's chat length, for the efficiency rule."""
+                 mesh: MeshRuntime | None = None, baseline_tokens: int = 128,
+                 share: ShareStore | None = None) -> None:
+        """`baseline_tokens`: the native baseline's chat length, for the efficiency rule.
+        `share`: the mesh share's counts (metrics/share.py), None where not kept."""
         self.table = table
+        self.share = share
         self.baseline_tokens = baseline_tokens
         self.routes = routes
         self.mesh = mesh
@@ -180,6 +184,7 @@ class StatusRoutes:
                                   self.mesh.transport if self.mesh else None) for r in peers],
             "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
                                     time.time(), self.baseline_tokens),
+            "mesh_share": self.share.snapshot() if self.share is not None else None,
         }
 
     async def status(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from covey.metrics.share import SOURCES, ShareStore
 from covey.router.table import ModelTable
 from covey.types import EngineReady
 
@@ -63,9 +64,40 @@ class ModelCollector(Collector):
         yield from (ready, in_flight, queued, ok, failed, tokens, ttft, tps, native)
 
 
-def registry_for(table: ModelTable) -> CollectorRegistry:
+class ShareCollector(Collector):
+    """The mesh share's windows, as `/api/status` shows them. Gauges, not counters: a
+    window's counts fall as hours leave it."""
+
+    def __init__(self, share: ShareStore) -> None:
+        self.share = share
+
+    def collect(self) -> Iterator[Metric]:
+        ratio = GaugeMetricFamily("covey_mesh_share_ratio", "answers the mesh (this node or "
+                                  "a peer) gave ÷ all answers to this node's clients",
+                                  labels=["window", "by"])
+        requests = GaugeMetricFamily("covey_mesh_share_requests", "answered client requests "
+                                     "in the window, by who answered", labels=["window", "source"])
+        tokens = GaugeMetricFamily("covey_mesh_share_tokens", "their tokens (kind: prompt or "
+                                   "completion; an unreported prompt count is 0)",
+                                   labels=["window", "source", "kind"])
+        for name, window in self.share.snapshot().items():
+            # No traffic: no share to export (never 0 or 1 for "nothing").
+            for by in ("requests", "tokens"):
+                value = window[f"share_by_{by}"]
+                if value is not None:
+                    ratio.add_metric([name, by], value)
+            for source in SOURCES:
+                requests.add_metric([name, source], window["requests"][source])
+                for kind in ("prompt", "completion"):
+                    tokens.add_metric([name, source, kind], window[f"{kind}_tokens"][source])
+        yield from (ratio, requests, tokens)
+
+
+def registry_for(table: ModelTable, share: ShareStore | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelCollector(table))
+    if share is not None:
+        registry.register(ShareCollector(share))
     return registry
 
 

@@ -44,16 +44,21 @@ def measure(t_request: float, t_first: float | None, t_last: float | None,
 
 def completion_tokens_from_tail(tail: bytes) -> int | None:
     """Completion tokens from the last SSE event that reports usage or llama.cpp timings."""
+    return tokens_from_body(usage_event(tail))
+
+
+def usage_event(tail: bytes) -> Any:
+    """The last SSE event in `tail` that reports usage or llama.cpp timings, parsed; None
+    when there is none (or it was cut off)."""
     for line in reversed(tail.split(b"\n")):
         if not line.startswith(b"data: {"):
             continue
         if b'"usage"' not in line and b'"timings"' not in line:
             continue
         try:
-            event = json.loads(line[6:])
+            return json.loads(line[6:])
         except ValueError:
             continue  # the tail may start mid-event; an earlier line cannot be complete either
-        return tokens_from_body(event)
     return None
 
 
@@ -64,6 +69,20 @@ def tokens_from_body(body: Any) -> int | None:
         part = body.get(section)
         if isinstance(part, dict) and isinstance(part.get(key), int):
             return int(part[key])
+    return None
+
+
+def prompt_tokens_from_body(body: Any) -> int | None:
+    """Prompt tokens from an answer's (or its final event's) `usage`, else llama.cpp's
+    `timings.prompt_n`; None when neither says. Hostile when relayed: a non-negative int
+    only (a JSON bool is not a count); the caller caps it."""
+    if not isinstance(body, dict):
+        return None
+    for section, key in (("usage", "prompt_tokens"), ("timings", "prompt_n")):
+        part = body.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
     return None
 
 

@@ -11,7 +11,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
@@ -29,9 +30,10 @@ from covey.metrics import server_timing
 from covey.metrics.samples import ModelMeter
 from covey.metrics.timing import (
     CONTENT,
-    completion_tokens_from_tail,
     measure,
+    prompt_tokens_from_body,
     tokens_from_body,
+    usage_event,
     whole_speed,
 )
 from covey.router.table import ServedModel
@@ -41,6 +43,12 @@ log = logging.getLogger(__name__)
 MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
 # perf_counter() when a request arrived; set by every listener's first middleware.
 T_RECEIVED = web.RequestKey("t_received", float)
+# Set on a request this node received from a client (it is the entry): its answer counts
+# toward the mesh share. Requests peers relay here and health probes never carry it.
+ACCOUNT = web.RequestKey("account", bool)
+# Called once per answered client request: who answered (ServedModel.source), prompt tokens
+# (None when the answer did not say), completion tokens.
+OnAnswer = Callable[[Literal["local", "peer", "provider"], int | None, int], None]
 
 
 class UpstreamRejected(CoveyError):
@@ -66,10 +74,13 @@ class Relay:
 
     def __init__(self, session: aiohttp.ClientSession,
                  transport: PeerTransport | None = None,
-                 peer_deadline_s: float | None = None) -> None:
+                 peer_deadline_s: float | None = None,
+                 on_answer: OnAnswer | None = None) -> None:
+        """`on_answer`: see `_answered` (the mesh share's counter)."""
         self.session = session
         self.transport = transport
         self.peer_deadline_s = peer_deadline_s
+        self.on_answer = on_answer
 
     async def _send(self, model: ServedModel, base_url: str, path: str, body: bytes,
                     stream: bool) -> PeerResponse:
@@ -89,6 +100,14 @@ class Relay:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
                                  f"{type(exc).__name__}", retry_after=2) from exc
+
+    def _answered(self, request: web.Request, model: ServedModel, measured: bool,
+                  usage: object, completion_tokens: int) -> None:
+        """Count one complete answer for the mesh share: only a client's request (ACCOUNT,
+        set by the entry's API), once, by who answered; never a probe (`measure=False`).
+        `usage`: the answer's body or final usage event, read for the prompt count."""
+        if self.on_answer is not None and measured and request.get(ACCOUNT, False):
+            self.on_answer(model.source, prompt_tokens_from_body(usage), completion_tokens)
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
                       body: bytes, stream: bool, headers: Mapping[str, str],
@@ -117,8 +136,9 @@ class Relay:
                     await _raise_for_upstream(upstream, model, meter, path)
                 if stream:
                     return await self._stream(request, model, meter, upstream, t_request,
-                                              headers)
-                return await self._whole(model, meter, upstream, t_request, headers)
+                                              headers, measure)
+                return await self._whole(request, model, meter, upstream, t_request,
+                                         headers, measure)
             finally:
                 # For an unfinished answer, closing drops the connection: that is how the
                 # engine (or the peer) learns to stop generating and free the slot. A
@@ -127,9 +147,9 @@ class Relay:
         finally:
             model.release()
 
-    async def _whole(self, model: ServedModel, meter: ModelMeter,
+    async def _whole(self, request: web.Request, model: ServedModel, meter: ModelMeter,
                      upstream: PeerResponse, t_request: float,
-                     headers: Mapping[str, str]) -> web.Response:
+                     headers: Mapping[str, str], measured: bool) -> web.Response:
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, PeerError) as exc:
@@ -150,12 +170,14 @@ class Relay:
         else:
             meter.record(None, speed.tokens_per_s, speed.tokens, time.monotonic(),
                          source=speed.source, latency_ms=elapsed_ms)
+        # Counted capped at the body's size, as whole_speed does: every token is a byte of it.
+        self._answered(request, model, measured, body, min(tokens, len(data)))
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
     async def _stream(self, request: web.Request, model: ServedModel, meter: ModelMeter,
                       upstream: PeerResponse, t_request: float,
-                      headers: Mapping[str, str]) -> web.StreamResponse:
+                      headers: Mapping[str, str], measured: bool) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -205,12 +227,16 @@ class Relay:
             return response
         # After a break `chunk` is the [DONE] one; after the stream ended, `prev` is.
         tail = older + prev + chunk if last else older + prev
-        tokens = completion_tokens_from_tail(tail)
+        usage = usage_event(tail)
+        tokens = tokens_from_body(usage)
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, events - 2)
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(clock() - t_request) * 1000)
+        # Counted when the answer is complete, before [DONE] goes out (see above); a
+        # stream the client left or the engine broke was answered by nobody.
+        self._answered(request, model, measured, usage, tokens)
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof(last)
         return response

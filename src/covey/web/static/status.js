@@ -93,6 +93,51 @@
     banner.textContent = mesh && mesh.problem ? mesh.problem : "";
   }
 
+  // A share as a percentage that never rounds to 100 % or 0 % unless it is exactly that.
+  function percent(r) {
+    if (!isNum(r)) return null;
+    if (r >= 1) return "100 %";
+    if (r <= 0) return "0 %";
+    return `${Math.min(99.9, Math.max(0.1, Math.round(r * 1000) / 10)).toFixed(1)} %`;
+  }
+
+  const count = (n) => (isNum(n) ? n.toLocaleString("en") : "0");
+
+  // One window of /api/status mesh_share: the share by requests (large), by tokens, and
+  // the counts behind them, by who answered. No traffic is said in words, never as a %.
+  function shareCard(id, w) {
+    const body = $(id).querySelector(".share-body");
+    body.classList.remove("muted");
+    if (!w) {
+      body.innerHTML = `<p class="share-none">not counted on this node</p>`;
+      return;
+    }
+    const req = w.requests || {}, pt = w.prompt_tokens || {}, ct = w.completion_tokens || {};
+    if (!isNum(req.total) || req.total <= 0) {
+      body.innerHTML = `<p class="share-none">no traffic yet</p>`;
+      return;
+    }
+    const byTokens = percent(w.share_by_tokens);
+    const tokens = (k) => (pt[k] ?? 0) + (ct[k] ?? 0);
+    const split = (get) => [["local", "this node"], ["peer", "peers"], ["provider", "provider"]]
+      .map(([k, label]) => `${count(get(k))} ${label}`).join(" · ");
+    body.innerHTML = `
+      <div class="share-figures">
+        <div><div class="share-value">${esc(percent(w.share_by_requests) ?? NONE)}</div><small class="muted">by requests</small></div>
+        <div><div class="share-tokens">${byTokens ? esc(byTokens) : none}</div><small class="muted">by tokens</small></div>
+      </div>
+      <dl class="share-counts">
+        <div><dt>Requests</dt><dd class="share-requests">${esc(count(req.total))}: ${esc(split((k) => req[k]))}</dd></div>
+        <div><dt>Tokens</dt><dd class="share-token-counts">${esc(count(tokens("total")))}: ${esc(split(tokens))}</dd></div>
+      </dl>`;
+  }
+
+  function renderShare(s) {
+    const share = s.mesh_share;
+    shareCard("share-24h", share ? share["24h"] : null);
+    shareCard("share-7d", share ? share["7d"] : null);
+  }
+
   function renderCatalog(s, now) {
     const body = (s.catalog || []).map((m) => {
       const size = [bytes(m.size_bytes), m.quantization].filter(Boolean).join(" · ");
@@ -207,6 +252,7 @@
       // The node's clock, not the browser's: "last seen" and the sparkline use node times.
       const now = (s.node?.started_at ?? 0) + (s.node?.uptime_s ?? 0) || Date.now() / 1000;
       renderNode(s);
+      renderShare(s);
       renderCatalog(s, now);
       renderPeers(s, now);
       renderLocal(s);
