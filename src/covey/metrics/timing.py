@@ -57,6 +57,47 @@ def completion_tokens_from_tail(tail: bytes) -> int | None:
     return None
 
 
+def prompt_tokens_from_tail(tail: bytes) -> int | None:
+    """Prompt tokens from the last SSE event that reports usage (or llama.cpp's timings:
+    tokens processed plus those reused from its cache)."""
+    for line in reversed(tail.split(b"\n")):
+        if not line.startswith(b"data: {") or (b'"usage"' not in line
+                                                and b'"timings"' not in line):
+            continue
+        try:
+            event = json.loads(line[6:])
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            return None
+        usage, timings = event.get("usage"), event.get("timings")
+        if isinstance(usage, dict) and _count(usage.get("prompt_tokens")) is not None:
+            return _count(usage.get("prompt_tokens"))
+        if isinstance(timings, dict) and _count(timings.get("prompt_n")) is not None:
+            return (_count(timings.get("prompt_n")) or 0) + (_count(timings.get("cache_n")) or 0)
+        return None
+    return None
+
+
+# A prompt this long is not believed (a hostile peer's usage): llama.cpp contexts stop far
+# below. A lie within it only moves the gate's TTFT estimate, never below the trailing p50.
+MAX_PROMPT_TOKENS = 4_000_000
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROMPT_TOKENS:
+        return None
+    return value
+
+
+def prefill_rate(prompt_tokens: int | None, ttft_ms: float | None) -> float | None:
+    """Pure: prompt tokens per second of time to first token (None without both, or for an
+    empty prompt): how fast this node got from a prompt to its first answer token."""
+    if not prompt_tokens or ttft_ms is None or not math.isfinite(ttft_ms) or ttft_ms <= 0:
+        return None
+    return prompt_tokens / (ttft_ms / 1000)
+
+
 def tokens_from_body(body: Any) -> int | None:
     if not isinstance(body, dict):
         return None
