@@ -7,6 +7,7 @@ tail, where the final usage/timings event lives. Everything else is parsed once 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -31,6 +32,8 @@ from covey.metrics.timing import (
     CONTENT,
     completion_tokens_from_tail,
     measure,
+    prefill_rate,
+    prompt_tokens_from_tail,
     tokens_from_body,
     whole_speed,
 )
@@ -84,8 +87,11 @@ class Relay:
                 raise UpstreamFailed(f"{model.peer.label} did not answer: {exc}",
                                      retry_after=2) from exc
         try:
-            return await engine_post(self.session, base_url + path, body,
-                                     {"Content-Type": "application/json"}, cap)
+            # A provider's key and deadline (SLA fallback); engines have neither.
+            async with asyncio.timeout(model.first_byte_timeout_s):
+                return await engine_post(self.session, base_url + path, body,
+                                         {"Content-Type": "application/json",
+                                          **model.upstream_headers}, cap)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
                                  f"{type(exc).__name__}", retry_after=2) from exc
@@ -211,6 +217,9 @@ class Relay:
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(clock() - t_request) * 1000)
+        prefill = prefill_rate(prompt_tokens_from_tail(tail), result.ttft_ms)
+        if prefill is not None:  # for the SLA gate's TTFT prediction
+            meter.prefill_tokens_per_s.add(prefill, time.monotonic())
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof(last)
         return response
