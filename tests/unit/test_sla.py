@@ -67,7 +67,8 @@ def test_headers_carry_the_best_figures_and_the_prediction() -> None:
     assert d.headers() == {
         "x-covey-sla-status": "ttft-too-high", "x-covey-sla-tier": "daily-driver",
         "x-covey-sla-candidates": "2", "x-covey-sla-best-ttft-ms": "4000",
-        "x-covey-sla-best-tps": "12.5", "x-covey-sla-predicted-ttft-ms": "4000"}
+        "x-covey-sla-best-tps": "12.5", "x-covey-sla-predicted-ttft-ms": "4000",
+        "x-covey-sla-trailing-ttft-ms": "2000"}
     # a misses both (its long prompt predicts 4 s); b only TTFT. a's p50 is kept beside
     # its prediction.
     assert d.trailing_ttft_s == 2.0 and d.predicted_ttft_s == 4.0
