@@ -88,6 +88,8 @@ class Decision:
             out["x-covey-sla-best-tps"] = f"{self.best_tokens_per_s:.1f}"
         if self.predicted_ttft_s is not None:
             out["x-covey-sla-predicted-ttft-ms"] = str(round(self.predicted_ttft_s * 1000))
+        if self.trailing_ttft_s is not None:
+            out["x-covey-sla-trailing-ttft-ms"] = str(round(self.trailing_ttft_s * 1000))
         return out
 
 
