@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -54,11 +54,24 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         status, got_headers = r.status, {k.lower(): v for k, v in r.getheaders()}
     finally:
         conn.close()
+    if method == "POST":
+        check_sla_headers(parts.path, got_headers)
     try:
         decoded: Any = json.loads(text)
     except ValueError:
         decoded = text
     return status, got_headers, decoded
+
+
+GATED = ("/v1/chat/completions", "/v1/completions")
+
+
+def check_sla_headers(path: str, headers: Mapping[str, str]) -> None:
+    """Every answer on a gated endpoint carries the SLA gate's verdict (issue 13), whether
+    a node served it, a provider did, or it was refused."""
+    if path.endswith(GATED):
+        assert "x-covey-sla-status" in {k.lower() for k in headers}, \
+            f"{path}: no x-covey-sla-status header in {dict(headers)}"
 
 
 def mesh_invite(node: NodeProcess, ttl: float = 600) -> str:
@@ -151,9 +164,14 @@ def openai_client() -> Iterator[Callable[[str], openai.OpenAI]]:
     """Official openai clients for node URLs, closed after the test (no leaked sockets)."""
     clients: list[openai.OpenAI] = []
 
+    def check(response: Any) -> None:  # the openai package's httpx Response
+        check_sla_headers(response.request.url.path, response.headers)
+
     def make(node_url: str) -> openai.OpenAI:
+        # The hook sees every answer's headers (a stream's before its first event).
         clients.append(openai.OpenAI(base_url=node_url + "/v1", api_key="unused",
-                                     max_retries=0))
+                                     max_retries=0, http_client=openai.DefaultHttpxClient(
+                                         event_hooks={"response": [check]})))
         return clients[-1]
 
     yield make
@@ -236,11 +254,11 @@ class FakeBackend:
     """A running tests/fake_backend.py process."""
 
     def __init__(self, models: str, tokens: int, token_delay: float,
-                 fail_first: int = 0) -> None:
+                 fail_first: int = 0, record: Path | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_backend", "--models", models,
              "--tokens", str(tokens), "--token-delay", str(token_delay),
-             "--fail-first", str(fail_first)],
+             "--fail-first", str(fail_first), *(["--record", str(record)] if record else [])],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -261,8 +279,9 @@ def fake_backend() -> Iterator[Callable[..., FakeBackend]]:
     backends: list[FakeBackend] = []
 
     def start(models: str = "fake-model", tokens: int = 20,
-              token_delay: float = 0.05, fail_first: int = 0) -> FakeBackend:
-        backends.append(FakeBackend(models, tokens, token_delay, fail_first))
+              token_delay: float = 0.05, fail_first: int = 0,
+              record: Path | None = None) -> FakeBackend:
+        backends.append(FakeBackend(models, tokens, token_delay, fail_first, record))
         return backends[-1]
 
     yield start

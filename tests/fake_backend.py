@@ -5,7 +5,9 @@ the needed numbers (holding every slot busy on demand, say).
 
 Prints `FAKE-LISTENING <url>` once serving on 127.0.0.1. Streams `tokens` chat chunks,
 one every `token-delay` seconds, then a usage event and [DONE]. The first `fail-first` chat
-requests get HTTP 500 instead (an engine that fails, then recovers).
+requests get HTTP 500 instead (an engine that fails, then recovers). `--record FILE` appends
+each chat request's body and Authorization header to FILE as a JSON line (what a provider
+was sent: a real engine cannot show it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import time
 from aiohttp import web
 
 
-def _app(model_ids: list[str], tokens: int, delay: float, fail_first: int = 0
-         ) -> web.Application:
+def _app(model_ids: list[str], tokens: int, delay: float, fail_first: int = 0,
+         record: str | None = None) -> web.Application:
     failures_left = fail_first
 
     async def models(request: web.Request) -> web.Response:
@@ -29,6 +31,9 @@ def _app(model_ids: list[str], tokens: int, delay: float, fail_first: int = 0
     async def chat(request: web.Request) -> web.StreamResponse:
         nonlocal failures_left
         body = await request.json()
+        if record:
+            await asyncio.to_thread(_append, record, json.dumps({
+                "authorization": request.headers.get("Authorization"), "body": body}))
         if failures_left > 0:
             failures_left -= 1
             return web.json_response({"error": {"message": "injected failure",
@@ -68,9 +73,14 @@ def _app(model_ids: list[str], tokens: int, delay: float, fail_first: int = 0
     return app
 
 
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
 async def _main(args: argparse.Namespace) -> None:
     runner = web.AppRunner(_app(args.models.split(","), args.tokens, args.token_delay,
-                                args.fail_first))
+                                args.fail_first, args.record))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -85,4 +95,5 @@ if __name__ == "__main__":
     p.add_argument("--tokens", type=int, default=20)
     p.add_argument("--token-delay", type=float, default=0.05)
     p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--record", default=None)
     asyncio.run(_main(p.parse_args()))

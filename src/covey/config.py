@@ -23,6 +23,7 @@ from typing import Any
 from covey.engine import embedded
 from covey.errors import ConfigError
 from covey.mesh.addresses import MAX_ADDRESSES, check_address
+from covey.router.providers import ProviderConfig, parse_providers
 from covey.router.tiers import (
     CAPACITY,
     DAILY,
@@ -119,6 +120,14 @@ class Settings:
     capacity_ttft_s: float = _opt(15.0, "capacity target: TTFT p50 at most, seconds")
     capacity_tokens_per_s: float = _opt(0.8, "capacity target: decode p50 at least, tokens/s")
 
+    # --- external fallback (the SLA gate's providers: [[provider]] tables in config.toml) ---
+    fallback_per_client: int = _opt(20, "provider requests each client (its API key, or its "
+                                    "address on a node without keys) may use per window")
+    fallback_window_s: float = _opt(3600.0, "the fallback budgets' window, seconds")
+    providers: tuple[ProviderConfig, ...] = field(default=(), metadata={
+        "help": "external OpenAI-compatible providers ([[provider]] tables in config.toml; "
+                "see router/providers.py)", "file_only": True})
+
     # --- measurements ---
     metrics_window_s: float = _opt(3600.0, "rolling window for TTFT and tokens/s, seconds")
     baseline: bool = _opt(True, "measure each engine's native speed once it has settled")
@@ -156,6 +165,10 @@ class Settings:
             raise bad("cert_validity_s", "must be 1 second .. 100 years")
         if self.max_queue < 0:
             raise bad("max_queue", "must not be negative")
+        if self.fallback_per_client < 0:
+            raise bad("fallback_per_client", "must not be negative")
+        if not 0 < self.fallback_window_s <= 30 * 24 * 3600:
+            raise bad("fallback_window_s", "must be above 0 and at most 30 days")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", "must be at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -258,13 +271,16 @@ def from_layers(
     file_values: Mapping[str, Any], env: Mapping[str, str], flag_values: Mapping[str, Any]
 ) -> Settings:
     """Merge the layers, later ones winning. Unknown config-file keys are an error."""
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in _layered()}
     merged: dict[str, Any] = {}
     for key, raw in file_values.items():
+        if key == "provider":  # [[provider]] tables: their own schema
+            merged["providers"] = parse_providers(raw, env)
+            continue
         if key not in names:
             raise ConfigError(f"config file: unknown setting {key!r}")
         merged[key] = _convert(key, raw)
-    for f in fields(Settings):
+    for f in _layered():
         var = f.metadata.get("env") or f"COVEY_{f.name.upper()}"
         if var in env:
             merged[f.name] = _convert(f.name, env[var])
@@ -274,9 +290,14 @@ def from_layers(
     return Settings(**merged)
 
 
+def _layered() -> list[dataclasses.Field[Any]]:
+    """The fields that have a flag and a variable (not the config file's own tables)."""
+    return [f for f in fields(Settings) if not f.metadata.get("file_only")]
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; defaults stay None so unset flags do not override."""
-    for f in fields(Settings):
+    for f in _layered():
         flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
         tp, _ = _base_type(_hints()[f.name])
         help_text = f.metadata["help"]
@@ -315,7 +336,7 @@ def load(flag_values: Mapping[str, Any], env: Mapping[str, str] | None = None) -
 
 
 def flag_values(ns: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in _layered()}
     return {k: v for k, v in vars(ns).items() if k in names}
 
 

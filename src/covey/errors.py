@@ -41,14 +41,16 @@ class CoveyError(Exception):
         self.retry_after = retry_after
         if code is not None:
             self.code = code
+        # Headers decided before the error (the SLA gate's verdict): they go out with it.
+        self.extra_headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.code, self.param)
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+            return dict(self.extra_headers)
+        return {**self.extra_headers, "Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class BadRequest(CoveyError):

@@ -43,6 +43,8 @@ from covey.metrics.baseline import BaselineKeeper
 from covey.metrics.export import registry_for
 from covey.metrics.samples import ModelMeter
 from covey.metrics.share import ShareStore
+from covey.router.budget import Budget
+from covey.router.fallback import Fallback
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineState, ModelCard, ModelId
@@ -213,8 +215,10 @@ class Node:
             mesh.authority = link
             self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
+            policy = s.tier_policy()  # the mesh's signed policy will stand behind this
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
-                                  health=health)
+                                  health=health, tiers=lambda: policy,
+                                  fallback=self._fallback())
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
                                engines=self._engine_states, authority=link),
@@ -289,6 +293,18 @@ class Node:
             self._invites.add_to(app)
         web_routes.add_to(app)
         return app
+
+    def _fallback(self) -> Fallback | None:
+        s = self.settings
+        if not s.providers:
+            return None
+        for p in s.providers:
+            log.info("provider %s: %s, key %s, models %s", p.name, p.base_url,
+                     "set" if p.enabled else f"NOT set (${p.key_env}): disabled",
+                     ", ".join(p.models))
+        budget = Budget(s.fallback_per_client, s.fallback_window_s,
+                        {p.name: p.hourly_cap for p in s.providers})
+        return Fallback(s.providers, budget, keyed=bool(s.api_key), window_s=s.fallback_window_s)
 
     def _engine_states(self) -> dict[str, dict[str, Any]]:
         """Each local model's engine state, for peers' data-plane probes."""

@@ -34,6 +34,7 @@ from covey.errors import (
     error_body,
 )
 from covey.router.proxy import T_RECEIVED
+from covey.router.sla import NOT_EVALUATED
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,18 @@ def _hostname(host: str) -> str | None:
         return None
 
 
+# Endpoints whose every answer carries the SLA gate's verdict (router/sla.py).
+GATED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def _gated(request: web.Request, response: web.Response) -> web.Response:
+    """An error answered before the gate ran (the guard or the body's parser refused it):
+    it still says so, so that every answer on a gated endpoint carries the status."""
+    if request.path in GATED_PATHS and "x-covey-sla-status" not in response.headers:
+        response.headers["x-covey-sla-status"] = NOT_EVALUATED
+    return response
+
+
 def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[str],
               max_body_bytes: int) -> web.Application:
     extra = frozenset(h.lower() for h in allowed_hosts)
@@ -139,24 +152,26 @@ def build_app(*, bind_host: str, api_key: str | None, allowed_hosts: frozenset[s
                 raise _too_large(max_body_bytes)
             return await handler(request)
         except CoveyError as exc:
-            return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+            return _gated(request, web.json_response(exc.body(), status=exc.status,
+                                                     headers=exc.headers()))
         except web.HTTPRequestEntityTooLarge:
             big = _too_large(max_body_bytes)
-            return web.json_response(big.body(), status=big.status)
+            return _gated(request, web.json_response(big.body(), status=big.status))
         except web.HTTPNotFound:
             nf = NotFound(f"no such endpoint: {request.method} {request.path}")
             return web.json_response(nf.body(), status=nf.status)
         except web.HTTPMethodNotAllowed:
             na = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-            return web.json_response(na.body(), status=na.status)
+            return _gated(request, web.json_response(na.body(), status=na.status))
         except web.HTTPException as exc:
-            return web.json_response(
-                error_body(exc.reason, "invalid_request_error", None), status=exc.status)
+            return _gated(request, web.json_response(
+                error_body(exc.reason, "invalid_request_error", None), status=exc.status))
         # Last resort: a bug must not become a stack trace for the client or a dead node.
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            return web.json_response(error_body("internal error; see the node's log",
-                                                "server_error", "internal_error"), status=500)
+            return _gated(request, web.json_response(
+                error_body("internal error; see the node's log", "server_error",
+                           "internal_error"), status=500))
 
     return web.Application(middlewares=[guard], client_max_size=max_body_bytes)
 

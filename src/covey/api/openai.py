@@ -9,21 +9,25 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from covey.api.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, parse
-from covey.errors import ModelNotFound
+from covey.errors import CoveyError, ModelNotFound
 from covey.health.monitor import HealthMonitor
 from covey.health.probe import PROBE_HEADER
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
-from covey.router.dispatch import Dispatcher
+from covey.router import fallback, sla
+from covey.router.dispatch import Dispatcher, local_figures
+from covey.router.fallback import Fallback
 from covey.router.proxy import ACCOUNT, Relay
-from covey.router.table import ModelTable
-from covey.types import ModelId, NodeId
+from covey.router.table import ModelTable, ServedModel
+from covey.router.tiers import TierPolicy
+from covey.types import EngineReady, ModelId, NodeId
 
 PATHS: dict[str, type[BaseModel]] = {
     "chat/completions": ChatRequest, "completions": CompletionRequest,
@@ -33,8 +37,12 @@ PATHS: dict[str, type[BaseModel]] = {
 class OpenAIRoutes:
     def __init__(self, table: ModelTable, relay: Relay, node_id: NodeId, node_name: str,
                  mesh: MeshRuntime | None = None, rng: random.Random | None = None,
-                 health: HealthMonitor | None = None) -> None:
+                 health: HealthMonitor | None = None, *,
+                 tiers: Callable[[], TierPolicy] = TierPolicy,
+                 fallback: Fallback | None = None) -> None:
         self.table = table
+        self.tiers = tiers
+        self.fallback = fallback
         self.relay = relay
         self.mesh = mesh
         self.health = health
@@ -42,7 +50,8 @@ class OpenAIRoutes:
         self.node_name = node_name
         self.served_by = f"{node_id} ({node_name})"
         self.created = int(time.time())
-        self.dispatcher = (Dispatcher(table, relay, mesh, health, node_id, node_name, rng)
+        self.dispatcher = (Dispatcher(table, relay, mesh, health, node_id, node_name, rng,
+                                      tiers=tiers, fallback=fallback)
                            if mesh is not None else None)
 
     def add_to(self, app: web.Application) -> None:
@@ -116,7 +125,7 @@ class OpenAIRoutes:
         req, data, raw = await self._read(request, path)
         request[ACCOUNT] = True  # a client's request: its answer counts for the mesh share
         if self.dispatcher is None:
-            return await self._serve_local(request, path, req, data, raw)
+            return await self._serve_gated(request, path, req, data, raw)
         max_tokens = getattr(req, "max_tokens", None) or getattr(
             req, "max_completion_tokens", None)
         return await self.dispatcher.dispatch(
@@ -124,18 +133,40 @@ class OpenAIRoutes:
             bool(getattr(req, "stream", False)), max_tokens, list(self._catalog()))
 
     async def _serve_local(self, request: web.Request, path: str, req: BaseModel,
-                           data: dict[str, Any], raw: bytes,
-                           measure: bool = True) -> web.StreamResponse:
+                           data: dict[str, Any], raw: bytes, measure: bool = True,
+                           gate: dict[str, str] | None = None) -> web.StreamResponse:
         model = self.table.resolve(getattr(req, "model", None))
         if data.get("model") != model.upstream_name:
             # Defaulted or aliased: the engine must see the name it knows. Once per request.
             data["model"] = model.upstream_name
             raw = json.dumps(data).encode()
-        headers = {"x-covey-served-by": self.served_by, "x-covey-route": "local",
+        headers = {**(gate or {}), "x-covey-served-by": self.served_by, "x-covey-route": "local",
                    "x-covey-candidates": self.node_id}
         return await self.relay.forward(request, model, f"/{path}", raw,
                                         bool(getattr(req, "stream", False)), headers,
                                         measure=measure)
+
+    async def _serve_gated(self, request: web.Request, path: str, req: BaseModel,
+                           data: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        """A node without a mesh: the gate judges its own copy, the only candidate."""
+        name = getattr(req, "model", None)
+        policy = self.tiers()
+        try:
+            model: ServedModel | None = self.table.resolve(name)
+        except CoveyError:
+            model = None
+        model_id = model.id if model is not None else name or ""
+        ready = model is not None and isinstance(model.engine.state, EngineReady)
+        decision = sla.evaluate(
+            policy.tier(model_id), policy.targets_for(model_id),
+            [local_figures(self.node_id, model)] if ready and model is not None else [],
+            sla.estimate_prompt_tokens(data))
+        gate = {**decision.headers(), "x-covey-fallback-status": fallback.DISABLED}
+        try:
+            return await self._serve_local(request, path, req, data, raw, gate=gate)
+        except CoveyError as exc:
+            exc.extra_headers = {**gate, **exc.extra_headers}
+            raise
 
     async def serve_for_peer(self, request: web.Request) -> web.StreamResponse:
         """A peer's relayed request: this node's own engines only, never forwarded again."""

@@ -185,6 +185,10 @@ class StatusRoutes:
             "catalog": catalog_rows(self.routes, self.table, peers, self.window_s, now,
                                     time.time(), self.baseline_tokens),
             "mesh_share": self.share.snapshot() if self.share is not None else None,
+            # SLA fallback providers: never their keys, only whether each is set.
+            "fallback": ({"providers": fb.status(now), "per_client": fb.budget.per_client,
+                          "window_s": fb.budget.window_s}
+                         if (fb := self.routes.fallback) is not None else None),
         }
 
     async def status(self, request: web.Request) -> web.Response:

@@ -106,6 +106,8 @@ class ModelMeter:
         self.ttft_ms = RollingWindow(self.window_s)
         self.tokens_per_s = RollingWindow(self.window_s)
         self.latency_ms = RollingWindow(self.window_s)
+        # Prompt tokens ÷ TTFT of streamed answers: what the SLA gate predicts TTFT from.
+        self.prefill_tokens_per_s = RollingWindow(self.window_s)
         self.speeds = SpeedLog(self.window_s)
 
     def record(self, ttft_ms: float | None, tokens_per_s: float | None, tokens: int,

@@ -62,6 +62,30 @@ def usage_event(tail: bytes) -> Any:
     return None
 
 
+def prompt_tokens_from_tail(tail: bytes) -> int | None:
+    """Prompt tokens from the last SSE event in `tail` that reports usage or timings."""
+    return prompt_tokens_from_body(usage_event(tail))
+
+
+# A prompt this long is not believed (a hostile peer's usage): llama.cpp contexts stop far
+# below. A lie within it only moves the gate's TTFT estimate, never below the trailing p50.
+MAX_PROMPT_TOKENS = 4_000_000
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROMPT_TOKENS:
+        return None
+    return value
+
+
+def prefill_rate(prompt_tokens: int | None, ttft_ms: float | None) -> float | None:
+    """Pure: prompt tokens per second of time to first token (None without both, or for an
+    empty prompt): how fast this node got from a prompt to its first answer token."""
+    if not prompt_tokens or ttft_ms is None or not math.isfinite(ttft_ms) or ttft_ms <= 0:
+        return None
+    return prompt_tokens / (ttft_ms / 1000)
+
+
 def tokens_from_body(body: Any) -> int | None:
     if not isinstance(body, dict):
         return None
@@ -74,15 +98,16 @@ def tokens_from_body(body: Any) -> int | None:
 
 def prompt_tokens_from_body(body: Any) -> int | None:
     """Prompt tokens from an answer's (or its final event's) `usage`, else llama.cpp's
-    `timings.prompt_n`; None when neither says. Hostile when relayed: a non-negative int
-    only (a JSON bool is not a count); the caller caps it."""
+    `timings` (tokens processed plus those reused from its cache); None when neither says.
+    Hostile when relayed: a non-negative int below MAX_PROMPT_TOKENS only (a JSON bool is
+    not a count)."""
     if not isinstance(body, dict):
         return None
-    for section, key in (("usage", "prompt_tokens"), ("timings", "prompt_n")):
-        part = body.get(section)
-        value = part.get(key) if isinstance(part, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
+    usage, timings = body.get("usage"), body.get("timings")
+    if isinstance(usage, dict) and (n := _count(usage.get("prompt_tokens"))) is not None:
+        return n
+    if isinstance(timings, dict) and (n := _count(timings.get("prompt_n"))) is not None:
+        return n + (_count(timings.get("cache_n")) or 0)
     return None
 
 

@@ -6,15 +6,20 @@ busy, model gone, engine failed, nothing in time) moves on to the next candidate
 the failures that say the path or the engine is broken count against the peer's health.
 After the first byte nothing is retried: the relay ends the stream with an error event.
 
-`Dispatcher` asks `plan()` for candidates, relays through them in order and records the
-outcome; the API module only parses and answers.
+`Dispatcher` asks `plan()` for candidates, asks the SLA gate (`sla.py`) whether they meet
+the model's tier targets for this request, relays through them in order (or through an
+external provider, `fallback.py`, when the gate missed or no node could take it) and records
+the outcome; the API module only parses and answers. Every answer and every error carries
+the gate's headers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +30,16 @@ from covey.health.monitor import HealthMonitor
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
-from covey.router.plan import plan
+from covey.router import fallback, sla
+from covey.router.fallback import Fallback
+from covey.router.plan import Plan, plan
 from covey.router.proxy import Relay, UpstreamRejected
 from covey.router.select import Candidate, LocalView
 from covey.router.table import ModelTable, ServedModel, unavailable_reason
+from covey.router.tiers import TierPolicy
 from covey.types import EngineReady, EngineState, ModelCard, ModelId, NodeId
+
+log = logging.getLogger(__name__)
 
 # A node's answer that is about the request itself: another node would say the same.
 CLIENT_FAULTS = frozenset({400, 413, 422})
@@ -75,8 +85,13 @@ class Dispatcher:
 
     def __init__(self, table: ModelTable, relay: Relay, mesh: MeshRuntime,
                  health: HealthMonitor | None, node_id: NodeId, node_name: str,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, *,
+                 tiers: Callable[[], TierPolicy] = TierPolicy,
+                 fallback: Fallback | None = None) -> None:
         self.table = table
+        # The tier policy in force now (the mesh's, tightened by this node's settings).
+        self.tiers = tiers
+        self.fallback = fallback
         self.relay = relay
         self.mesh = mesh
         self.health = health
@@ -92,13 +107,120 @@ class Dispatcher:
         local = self.table.models.get(ModelId(model_name)) if model_name \
             else self.table.default()
         model_id = model_name or (local.id if local else None) or next(iter(catalog), None)
+        policy = self.tiers()
         if model_id is None:
-            raise Unavailable("no node in the mesh serves any model yet", code="no_models")
+            exc = Unavailable("no node in the mesh serves any model yet", code="no_models")
+            exc.extra_headers = sla.evaluate(policy.tier(""), policy.targets_for(""), [],
+                                             0).headers()
+            raise exc
         now = time.time()
         chosen = plan(model_id, self._local_view(local), self.mesh.peers(now),
                       self._usable, now, self.rng,
                       in_flight={nid: m.in_flight for (nid, _), m in self.peer_models.items()},
                       observed=self._observed(model_id), tokens=max_tokens or 256)
+        # The gate decides before routing, so even a stream carries its verdict as headers.
+        tier = policy.tier(model_id)
+        decision = sla.evaluate(tier, policy.targets_for(model_id),
+                                self._figures(chosen, model_id, local),
+                                sla.estimate_prompt_tokens(data))
+        choice = self._fallback_choice(request, model_id, tier)
+        gate = decision.headers()
+        try:
+            return await self._route(request, path, model_id, local, chosen, data, raw,
+                                     stream, catalog, decision, choice, gate)
+        except CoveyError as exc:
+            exc.extra_headers = {**gate, **exc.extra_headers}
+            raise
+
+    async def _route(self, request: web.Request, path: str, model_id: str,
+                     local: ServedModel | None, chosen: Plan, data: dict[str, Any],
+                     raw: bytes, stream: bool, catalog: list[str], decision: sla.Decision,
+                     choice: fallback.Choice, gate: dict[str, str]) -> web.StreamResponse:
+        """The provider first when the gate missed and one may take it; else the mesh, and
+        a provider when no node of the mesh could take the request at all."""
+        provider_error: CoveyError | None = None
+        if decision.missed and choice.provider is not None:
+            try:
+                return await self._provider(request, path, model_id, data, stream, choice,
+                                            decision.status, gate)
+            except CoveyError as exc:
+                if not judge(exc).try_next:
+                    raise  # about the client's own request: the mesh would say the same
+                provider_error = exc
+        status = (fallback.PROVIDER_FAILED if provider_error is not None
+                  else fallback.DISABLED if choice.status == fallback.DISABLED
+                  else choice.status if decision.missed else fallback.NOT_NEEDED)
+        try:
+            return await self._mesh(request, path, model_id, local, chosen, data, raw,
+                                    stream, catalog,
+                                    {**gate, "x-covey-fallback-status": status})
+        except (Busy, Unavailable, ModelNotFound) as exc:
+            # No node of the mesh could take it (none serves it, all busy or down): a
+            # provider may, before the first byte only (these are raised before it).
+            if provider_error is not None:
+                failed = Unavailable(f"{exc.message}; and {provider_error.message}",
+                                     retry_after=2, code="mesh_and_provider_failed")
+                failed.extra_headers["x-covey-fallback-status"] = fallback.PROVIDER_FAILED
+                raise failed from exc
+            if choice.provider is not None:
+                try:
+                    return await self._provider(request, path, model_id, data, stream, choice,
+                                                decision.status, gate)
+                except CoveyError as failed:
+                    if not judge(failed).try_next:
+                        raise
+                    both = Unavailable(f"{exc.message}; and {failed.message}", retry_after=2,
+                                       code="mesh_and_provider_failed")
+                    both.extra_headers["x-covey-fallback-status"] = fallback.PROVIDER_FAILED
+                    raise both from failed
+            exc.extra_headers["x-covey-fallback-status"] = choice.status
+            if choice.status == fallback.OVER_BUDGET:
+                spent = Busy(f"{exc.message}; the fallback provider budget is spent, retry "
+                             "when it refills", retry_after=choice.retry_after_s,
+                             code="fallback_budget_exhausted")
+                spent.extra_headers["x-covey-fallback-status"] = choice.status
+                raise spent from exc
+            raise
+
+    async def _provider(self, request: web.Request, path: str, model_id: str,
+                        data: dict[str, Any], stream: bool, choice: fallback.Choice,
+                        why: str, gate: dict[str, str]) -> web.StreamResponse:
+        """Send the client's own request (only the model renamed) to the chosen provider."""
+        assert self.fallback is not None and choice.provider is not None
+        provider, now = choice.provider, time.monotonic()
+        target = self.fallback.model(provider, model_id)
+        body = json.dumps({**data, "model": target.upstream_name}).encode()
+        client = self._client(request)
+        self.fallback.budget.spend(client, provider.name, now)
+        headers = {**gate, "x-covey-fallback-status": fallback.USED,
+                   "x-covey-served-by": f"provider:{provider.name}",
+                   "x-covey-route": f"provider {provider.name}; gate: {why}"}
+        try:
+            return await self.relay.forward(request, target, f"/{path}", body, stream, headers)
+        except CoveyError as exc:
+            self.fallback.budget.refund(client, provider.name, now)
+            log.warning("provider %s failed before its first byte: %s", provider.name,
+                        type(exc).__name__)
+            exc.extra_headers = {"x-covey-fallback-status": fallback.PROVIDER_FAILED}
+            exc.message = f"provider {provider.name}: {exc.message}"
+            raise
+
+    def _client(self, request: web.Request) -> str:
+        assert self.fallback is not None
+        return fallback.client_key(request.headers.get("Authorization"), request.remote,
+                                   self.fallback.keyed)
+
+    def _fallback_choice(self, request: web.Request, model_id: str,
+                         tier: str) -> fallback.Choice:
+        if self.fallback is None:
+            return fallback.Choice(fallback.DISABLED)
+        return self.fallback.choose(model_id, tier, self._client(request), time.monotonic())
+
+    async def _mesh(self, request: web.Request, path: str, model_id: str,
+                    local: ServedModel | None, chosen: Plan, data: dict[str, Any],
+                    raw: bytes, stream: bool, catalog: list[str],
+                    gate: dict[str, str]) -> web.StreamResponse:
+        """Walk the candidates in order (the failover table decides what moves on)."""
         if not chosen.candidates:
             if local is not None and not chosen.serving:
                 local.admit()  # raises the local reason (loading, failed, busy)
@@ -119,7 +241,7 @@ class Dispatcher:
             if data.get("model") != target.upstream_name:
                 data["model"] = target.upstream_name
                 body = json.dumps(data).encode()
-            headers = {"x-covey-served-by": target.served_by or self.served_by,
+            headers = {**gate, "x-covey-served-by": target.served_by or self.served_by,
                        "x-covey-candidates": header_ids,
                        "x-covey-route": _route_reason(c, i, failures)}
             try:
@@ -142,6 +264,33 @@ class Dispatcher:
                        retry_after=2)
         raise Unavailable(f"every node serving {model_id!r} failed: " + "; ".join(failures),
                           retry_after=2, code="all_candidates_failed")
+
+    def _figures(self, chosen: Plan, model_id: str,
+                 local: ServedModel | None) -> list[sla.Figures]:
+        """The gate's inputs per candidate, in the router's order: this entry's through-mesh
+        measurements first, the peer's gossiped figures otherwise."""
+        now = time.monotonic()
+        records = {r.node_id: r for r in chosen.serving}
+        out = []
+        for c in chosen.candidates:
+            if c.local and local is not None:
+                out.append(local_figures(c.node_id, local))
+                continue
+            handle = self.peer_models.get((c.node_id, model_id))
+            record = records.get(c.node_id)
+            ad = next((m for m in record.models if m.id == model_id), None) if record else None
+            gossip = record.metrics.get(model_id) if record else None
+            mine = _meter_figures(handle.meter, now) if handle else (None, None, None, None)
+            ttft, rate, prefill, latency = mine
+            if ttft is None and gossip is not None and gossip.ttft_ms_p50:
+                ttft = gossip.ttft_ms_p50 / 1000
+            if rate is None and gossip is not None:
+                rate = gossip.tokens_per_s_p50
+            ours = handle.in_flight if handle else 0
+            theirs = (ad.queue_depth + ad.slots) if ad and ad.queue_depth else 0
+            out.append(sla.Figures(c.node_id, ttft, rate, prefill, latency,
+                                   max(ours, theirs), c.slots))
+        return out
 
     def meters(self, model_id: str) -> list[ModelMeter]:
         """This entry's measurements of `model_id` relayed to peers."""
@@ -203,6 +352,22 @@ class Dispatcher:
         # hold this same object and release it when they end.
         model.peer, model.slots = c.peer, c.slots
         return model
+
+
+def _meter_figures(meter: ModelMeter, now: float
+                   ) -> tuple[float | None, float | None, float | None, float | None]:
+    """(TTFT s, decode tokens/s, prefill tokens/s, request latency s) p50s of a meter."""
+    ttft = meter.ttft_ms.summary(now).p50
+    latency = meter.latency_ms.summary(now).p50
+    return (ttft / 1000 if ttft is not None else None, meter.tokens_per_s.summary(now).p50,
+            meter.prefill_tokens_per_s.summary(now).p50,
+            latency / 1000 if latency is not None else None)
+
+
+def local_figures(node_id: str, model: ServedModel) -> sla.Figures:
+    """The gate's inputs for this node's own copy of a model."""
+    ttft, rate, prefill, latency = _meter_figures(model.meter, time.monotonic())
+    return sla.Figures(node_id, ttft, rate, prefill, latency, model.in_flight, model.slots)
 
 
 def _route_reason(c: Candidate, index: int, failures: list[str]) -> str:

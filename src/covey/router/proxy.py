@@ -7,6 +7,7 @@ tail, where the final usage/timings event lives. Everything else is parsed once 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ from covey.metrics.samples import ModelMeter
 from covey.metrics.timing import (
     CONTENT,
     measure,
+    prefill_rate,
     prompt_tokens_from_body,
     tokens_from_body,
     usage_event,
@@ -95,8 +97,11 @@ class Relay:
                 raise UpstreamFailed(f"{model.peer.label} did not answer: {exc}",
                                      retry_after=2) from exc
         try:
-            return await engine_post(self.session, base_url + path, body,
-                                     {"Content-Type": "application/json"}, cap)
+            # A provider's key and deadline (SLA fallback); engines have neither.
+            async with asyncio.timeout(model.first_byte_timeout_s):
+                return await engine_post(self.session, base_url + path, body,
+                                         {"Content-Type": "application/json",
+                                          **model.upstream_headers}, cap)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
                                  f"{type(exc).__name__}", retry_after=2) from exc
@@ -234,6 +239,9 @@ class Relay:
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(clock() - t_request) * 1000)
+        prefill = prefill_rate(prompt_tokens_from_body(usage), result.ttft_ms)
+        if prefill is not None:  # for the SLA gate's TTFT prediction
+            meter.prefill_tokens_per_s.add(prefill, time.monotonic())
         # Counted when the answer is complete, before [DONE] goes out (see above); a
         # stream the client left or the engine broke was answered by nobody.
         self._answered(request, model, measured, usage, tokens)

@@ -6,6 +6,7 @@ which model a request means, and whether it may enter now (ready, under capacity
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -53,6 +54,10 @@ class ServedModel:
     # Who answers, for accounting: this node's engine or backend, a peer, or an external
     # provider (SLA fallback).
     source: Literal["local", "peer", "provider"] = "local"
+    # For a provider: its Authorization header (never shown: repr=False) and how long it may
+    # take to start answering.
+    upstream_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    first_byte_timeout_s: float | None = None
 
     @property
     def id(self) -> ModelId:
