@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DAILY, CAPACITY, EXPERIMENTAL = "daily-driver", "capacity", "experimental"
@@ -78,7 +78,9 @@ class TierPolicy:
     local_rules: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.rules) + len(self.local_rules) > MAX_RULES:
+        # Each list on its own: a member's own rules (bounded by its settings) on top of a
+        # full mesh policy must not make the tightened policy impossible to build.
+        if len(self.rules) > MAX_RULES or len(self.local_rules) > MAX_RULES:
             raise PolicyError(f"at most {MAX_RULES} tier rules")
         for tier, targets in self.targets.items():
             if tier not in TIERS:
@@ -113,3 +115,30 @@ def _lower(a: float | None, b: float | None) -> float | None:
 
 def _higher(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A model the mesh offers, as the default-model choice sees it."""
+
+    id: str
+    ready: bool  # some node (this one or a live peer) can serve it now
+    measured_tokens_per_s: float | None = None  # through the mesh from this node, p50
+    gossiped_tokens_per_s: float | None = None  # the serving nodes' own p50, best of them
+
+
+def default_model(offers: Sequence[Offer], policy: TierPolicy) -> str | None:
+    """The model a request that names none gets: the best-served daily-driver model.
+
+    Among ready daily-driver models: the highest tokens/s measured through the mesh from
+    this node; failing any measurement, the highest gossiped by the serving nodes; failing
+    that, the first in `offers`' order. None when no daily-driver model is ready: the caller
+    keeps its old choice (this node's default, else the first in the catalog). Ties go to
+    the earlier offer."""
+    daily = [o for o in offers if o.ready and policy.tier(o.id) == DAILY]
+    for speed in (lambda o: o.measured_tokens_per_s, lambda o: o.gossiped_tokens_per_s):
+        rated = [(rate, -i, o.id) for i, o in enumerate(daily)
+                 if (rate := speed(o)) is not None and math.isfinite(rate)]
+        if rated:
+            return max(rated)[2]
+    return daily[0].id if daily else None
