@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,8 +22,10 @@ from covey.health.probe import PROBE_HEADER
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router.dispatch import Dispatcher
+from covey.router.plan import offers
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable
+from covey.router.tiers import TierPolicy, default_model
 from covey.types import ModelId, NodeId
 
 PATHS: dict[str, type[BaseModel]] = {
@@ -33,8 +36,11 @@ PATHS: dict[str, type[BaseModel]] = {
 class OpenAIRoutes:
     def __init__(self, table: ModelTable, relay: Relay, node_id: NodeId, node_name: str,
                  mesh: MeshRuntime | None = None, rng: random.Random | None = None,
-                 health: HealthMonitor | None = None) -> None:
+                 health: HealthMonitor | None = None,
+                 tiers: Callable[[], TierPolicy] = TierPolicy) -> None:
+        """`tiers`: the mesh's tier policy as this node applies it now (mesh/policy.py)."""
         self.table = table
+        self.tiers = tiers
         self.relay = relay
         self.mesh = mesh
         self.health = health
@@ -42,8 +48,8 @@ class OpenAIRoutes:
         self.node_name = node_name
         self.served_by = f"{node_id} ({node_name})"
         self.created = int(time.time())
-        self.dispatcher = (Dispatcher(table, relay, mesh, health, node_id, node_name, rng)
-                           if mesh is not None else None)
+        self.dispatcher = (Dispatcher(table, relay, mesh, health, node_id, node_name, rng,
+                                      tiers=tiers) if mesh is not None else None)
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self.models)
@@ -78,10 +84,30 @@ class OpenAIRoutes:
                                                    "quantization": ad.quantization}})
                 entry["covey"]["nodes"].append(record.node_id)
                 entry["covey"]["state"] = "ready"
+        policy = self.tiers()
+        for mid, entry in out.items():
+            targets = policy.targets_for(mid)
+            entry["covey"]["tier"] = policy.tier(mid)
+            entry["covey"]["targets"] = {"ttft_s": targets.ttft_s,
+                                         "tokens_per_s": targets.tokens_per_s}
         return out
 
     def catalog(self) -> dict[str, dict[str, Any]]:
         return self._catalog()
+
+    def default_model(self) -> str | None:
+        """The model a request naming none gets now (see `Dispatcher.default_model`)."""
+        if self.dispatcher is not None:
+            return self.dispatcher.default_model(list(self._catalog()))
+        return self._local_default()
+
+    def _local_default(self) -> str | None:
+        """Among this node's own models: the best-served daily-driver one, else the table's
+        default."""
+        chosen = default_model(offers(self.table.models, self.table, [], self.meters,
+                                      time.monotonic()), self.tiers())
+        local = self.table.default()
+        return chosen or (local.id if local else None)
 
     def meters(self, model_id: str) -> list[ModelMeter]:
         """This node's through-mesh measurements of `model_id`: served here or relayed."""
@@ -125,7 +151,7 @@ class OpenAIRoutes:
     async def _serve_local(self, request: web.Request, path: str, req: BaseModel,
                            data: dict[str, Any], raw: bytes,
                            measure: bool = True) -> web.StreamResponse:
-        model = self.table.resolve(getattr(req, "model", None))
+        model = self.table.resolve(getattr(req, "model", None) or self._local_default())
         if data.get("model") != model.upstream_name:
             # Defaulted or aliased: the engine must see the name it knows. Once per request.
             data["model"] = model.upstream_name

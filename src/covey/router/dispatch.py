@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,11 @@ from covey.health.monitor import HealthMonitor
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
-from covey.router.plan import plan
+from covey.router.plan import offers, plan
 from covey.router.proxy import Relay, UpstreamRejected
 from covey.router.select import Candidate, LocalView
 from covey.router.table import ModelTable, ServedModel, unavailable_reason
+from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, EngineState, ModelCard, ModelId, NodeId
 
 # A node's answer that is about the request itself: another node would say the same.
@@ -75,8 +77,11 @@ class Dispatcher:
 
     def __init__(self, table: ModelTable, relay: Relay, mesh: MeshRuntime,
                  health: HealthMonitor | None, node_id: NodeId, node_name: str,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, *,
+                 tiers: Callable[[], TierPolicy] = TierPolicy) -> None:
+        """`tiers`: the mesh's tier policy as this node applies it now."""
         self.table = table
+        self.tiers = tiers
         self.relay = relay
         self.mesh = mesh
         self.health = health
@@ -89,9 +94,8 @@ class Dispatcher:
     async def dispatch(self, request: web.Request, path: str, model_name: str | None,
                        data: dict[str, Any], raw: bytes, stream: bool,
                        max_tokens: int | None, catalog: list[str]) -> web.StreamResponse:
-        local = self.table.models.get(ModelId(model_name)) if model_name \
-            else self.table.default()
-        model_id = model_name or (local.id if local else None) or next(iter(catalog), None)
+        model_id = model_name or self.default_model(catalog)
+        local = self.table.models.get(ModelId(model_id)) if model_id else None
         if model_id is None:
             raise Unavailable("no node in the mesh serves any model yet", code="no_models")
         now = time.time()
@@ -146,6 +150,17 @@ class Dispatcher:
     def meters(self, model_id: str) -> list[ModelMeter]:
         """This entry's measurements of `model_id` relayed to peers."""
         return [m.meter for (_, mid), m in self.peer_models.items() if mid == model_id]
+
+    def default_model(self, catalog: list[str]) -> str | None:
+        """What a request naming no model gets: the best-served daily-driver model in
+        `catalog`; without one, this node's default, else the first in the catalog."""
+        def all_meters(mid: str) -> list[ModelMeter]:
+            local = self.table.models.get(ModelId(mid))
+            return ([local.meter] if local else []) + self.meters(mid)
+        chosen = default_model(offers(catalog, self.table, self.mesh.peers(time.time()),
+                                      all_meters, time.monotonic()), self.tiers())
+        local = self.table.default()
+        return chosen or (local.id if local else None) or next(iter(catalog), None)
 
     def _usable(self, node_id: str, model_id: str) -> bool:
         # Only peers whose data plane was proven recently may get a prompt.

@@ -136,9 +136,10 @@ def default_model(offers: Sequence[Offer], policy: TierPolicy) -> str | None:
     keeps its old choice (this node's default, else the first in the catalog). Ties go to
     the earlier offer."""
     daily = [o for o in offers if o.ready and policy.tier(o.id) == DAILY]
-    for speed in (lambda o: o.measured_tokens_per_s, lambda o: o.gossiped_tokens_per_s):
+    for measured in (True, False):
         rated = [(rate, -i, o.id) for i, o in enumerate(daily)
-                 if (rate := speed(o)) is not None and math.isfinite(rate)]
+                 if (rate := o.measured_tokens_per_s if measured else o.gossiped_tokens_per_s)
+                 is not None and math.isfinite(rate)]
         if rated:
             return max(rated)[2]
     return daily[0].id if daily else None
