@@ -8,6 +8,9 @@ the choice, not the tokens.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +53,13 @@ def test_the_creators_policy_reaches_members_who_only_tighten(
     local = {m["id"]: m for m in status["models"]}
     assert local["big-72b"]["tier"] == "capacity"
     assert {r["id"]: r["tier"] for r in status["catalog"]}["chat-small"] == "daily-driver"
+    shown = subprocess.run([sys.executable, "-m", "covey", "status", "--url", member.url],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any("big-72b" in line and "capacity" in line for line in lines), shown.stdout
+    assert any("chat-small" in line and "≤ 5 s TTFT, ≥ 20 tok/s" in line for line in lines)
 
     def creator_lists_all() -> bool:
         return len(_models(creator)) == 3
