@@ -16,7 +16,8 @@
   /** Models best-served first: daily-driver models before experimental ones before
    *  capacity ones, then most serving nodes, then the highest measured tokens/s. */
   function ranked(catalog) {
-    const tier = (m) => ({ "daily-driver": 0, experimental: 1, capacity: 2 }[m.tier] ?? 1);
+    const order = new Map([["daily-driver", 0], ["experimental", 1], ["capacity", 2]]);
+    const tier = (m) => order.get(m.tier) ?? 1;
     const tps = (m) => (isNum(m.tokens_per_s_p50) ? m.tokens_per_s_p50 : -1);
     return [...catalog].sort((a, b) => tier(a) - tier(b) ||
       (b.nodes || []).length - (a.nodes || []).length || tps(b) - tps(a));

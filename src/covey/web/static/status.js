@@ -91,7 +91,7 @@
   // ---- tiers ------------------------------------------------------------------------------
 
   const CAPACITY = "capacity";
-  const TIER_ORDER = { "daily-driver": 0, experimental: 1 };
+  const TIER_ORDER = new Map([["daily-driver", 0], ["experimental", 1]]); // a Map: a hostile tier name cannot reach Object's prototype
   let showCapacity = false; // the capacity group's toggle, kept across redraws
 
   // A tier's targets in words: "≤ 3 s TTFT · ≥ 8 tok/s"; none for experimental.
@@ -121,7 +121,7 @@
 
   function renderCatalog(s, now) {
     const catalog = (s.catalog || []).filter((m) => m && typeof m === "object");
-    const rank = (m) => TIER_ORDER[m.tier] ?? 1;
+    const rank = (m) => TIER_ORDER.get(m.tier) ?? 1;
     const main = catalog.filter((m) => m.tier !== CAPACITY).sort((a, b) => rank(a) - rank(b));
     const capacity = catalog.filter((m) => m.tier === CAPACITY);
     const row = (m) => {
