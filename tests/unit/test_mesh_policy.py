@@ -12,8 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from covey.mesh import identity
 from covey.mesh.membership import Authority, create_authority, issue_cert
+from covey.mesh.peer_api import MAX_BODY as MAX_PEER_BODY
 from covey.mesh.policy import (
     MAX_ENVELOPE,
+    MAX_WIRE,
     POLICY_DOMAIN,
     MeshPolicy,
     PolicyRefused,
@@ -30,6 +32,8 @@ from covey.router.tiers import (
     EXPERIMENTAL,
     MAX_PATTERN,
     MAX_RULES,
+    MAX_RULES_TEXT,
+    PolicyError,
     Targets,
     TierPolicy,
 )
@@ -97,13 +101,24 @@ def test_refusals(authority: Authority) -> None:
         verify_policy(revocation_like, **kw)  # type: ignore[arg-type]
 
 
-def test_the_largest_policy_fits_a_record(authority: Authority) -> None:
-    rules = tuple((f"{i:03d}" + "x" * (MAX_PATTERN - 4) + "*", CAPACITY)
-                  for i in range(MAX_RULES))
-    envelope = seal_policy(authority, _policy(rules), 1, NOW)
+def test_the_largest_policy_fits_a_gossip_exchange(tmp_path: Path) -> None:
+    """Rules up to MAX_RULES_TEXT characters, the most a policy may hold: the envelope fits
+    its cap and the record field, and 32 records carrying it (one gossip exchange) stay
+    under the peer body cap."""
+    each = MAX_PATTERN - 1 + len("=capacity")
+    rules = tuple((f"{i:03d}" + "x" * (MAX_PATTERN - 5) + "*", CAPACITY)
+                  for i in range(MAX_RULES_TEXT // each))
+    a = MeshState.load_or_create(tmp_path, identity.load_or_create(tmp_path), time.time())
+    assert a.authority is not None
+    a.policy = MeshPolicy.issue(_policy(rules), a.authority, tmp_path, time.time())
+    envelope = b64d(a.policy.wire())
     assert len(envelope) <= MAX_ENVELOPE
-    assert len(b64e(envelope)) <= NodeRecord.model_fields["tier_policy"].metadata[0].max_length
-    assert 3 * len(b64e(envelope)) < MAX_RECORD  # with room for the rest of a record
+    assert len(a.policy.wire()) <= MAX_WIRE
+    assert NodeRecord.model_fields["tier_policy"].metadata[0].max_length == MAX_WIRE
+    record = a.publish(time.time())
+    assert len(record) < MAX_RECORD and 32 * len(record) < MAX_PEER_BODY // 2
+    with pytest.raises(PolicyError):  # one rule more is over the total
+        _policy((*rules, ("y" * (MAX_PATTERN - 1) + "*", DAILY)))
 
 
 def test_newest_wins_and_a_bad_one_is_logged_once(

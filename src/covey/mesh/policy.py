@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 POLICY_DOMAIN = b"covey-tier-policy-v1"
 SEQ_FILE = "policy_seq"  # the creator's last policy sequence number
-# 256 rules of 256 characters fit with room (about 93 KB); the record field holds it base64.
-MAX_ENVELOPE = 128 * 1024
+# The largest policy (MAX_RULES_TEXT of rules) fits with room; the record field holds it
+# base64, and 32 records of it stay under a gossip exchange's 4 MiB.
+MAX_ENVELOPE = 40 * 1024
 MAX_WIRE = (MAX_ENVELOPE * 4 + 2) // 3  # the envelope, base64url in a record
 MAX_TTFT_S = 24 * 3600.0
 

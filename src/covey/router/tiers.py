@@ -18,6 +18,9 @@ DAILY, CAPACITY, EXPERIMENTAL = "daily-driver", "capacity", "experimental"
 TIERS = (DAILY, CAPACITY, EXPERIMENTAL)
 MAX_RULES = 256
 MAX_PATTERN = 256
+# All of a policy's rules together, in characters: the mesh's policy rides in every gossiped
+# record, and a gossip exchange of 32 records must stay well under the peer body cap.
+MAX_RULES_TEXT = 24 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,11 @@ class TierPolicy:
     def __post_init__(self) -> None:
         # Each list on its own: a member's own rules (bounded by its settings) on top of a
         # full mesh policy must not make the tightened policy impossible to build.
-        if len(self.rules) > MAX_RULES or len(self.local_rules) > MAX_RULES:
-            raise PolicyError(f"at most {MAX_RULES} tier rules")
+        for rules in (self.rules, self.local_rules):
+            if len(rules) > MAX_RULES:
+                raise PolicyError(f"at most {MAX_RULES} tier rules")
+            if sum(len(p) + len(t) + 1 for p, t in rules) > MAX_RULES_TEXT:
+                raise PolicyError(f"the tier rules come to over {MAX_RULES_TEXT} characters")
         for tier, targets in self.targets.items():
             if tier not in TIERS:
                 raise PolicyError(f"unknown tier {tier!r}")
