@@ -21,12 +21,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from covey.mesh.membership import Authority
-from covey.mesh.records import MAX_TOKENS_PER_S, next_seq
+from covey.mesh.records import next_seq
 from covey.mesh.sealed import SealError, b64e, check, seal, unseal
 from covey.router.tiers import (
     DEFAULT_TARGETS,
     MAX_PATTERN,
     MAX_RULES,
+    MAX_TOKENS_PER_S,
+    MAX_TTFT_S,
     TIERS,
     PolicyError,
     Targets,
@@ -42,7 +44,6 @@ SEQ_FILE = "policy_seq"  # the creator's last policy sequence number
 # base64, and 32 records of it stay under a gossip exchange's 4 MiB.
 MAX_ENVELOPE = 40 * 1024
 MAX_WIRE = (MAX_ENVELOPE * 4 + 2) // 3  # the envelope, base64url in a record
-MAX_TTFT_S = 24 * 3600.0
 
 
 class PolicyRefused(Exception):

@@ -53,10 +53,18 @@ def parse_rule(text: str) -> tuple[str, str]:
     return pattern, tier
 
 
+# The most a target may say (the same caps as gossiped measurements): a policy travels the
+# mesh, and every number on the wire is bounded.
+MAX_TTFT_S = 24 * 3600.0
+MAX_TOKENS_PER_S = 1e6
+
+
 def check_targets(tier: str, targets: Targets) -> None:
-    for name, value in (("ttft_s", targets.ttft_s), ("tokens_per_s", targets.tokens_per_s)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise PolicyError(f"{tier} {name}={value!r}: must be a positive number")
+    for name, value, cap in (("ttft_s", targets.ttft_s, MAX_TTFT_S),
+                             ("tokens_per_s", targets.tokens_per_s, MAX_TOKENS_PER_S)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= cap):
+            raise PolicyError(f"{tier} {name}={value!r}: must be a positive number, at most "
+                              f"{cap:g}")
 
 
 def _is_glob(pattern: str) -> bool:
@@ -79,6 +87,9 @@ class TierPolicy:
     targets: Mapping[str, Targets] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     # A member's own rules over the mesh's: they may only move a model to a stricter tier.
     local_rules: tuple[tuple[str, str], ...] = ()
+    # Tiers looked up so far: every request lists the catalog's tiers, and up to 512 globs
+    # per model would cost on the hot path. Cleared when full (ids come from peers).
+    _seen: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Each list on its own: a member's own rules (bounded by its settings) on top of a
@@ -94,8 +105,15 @@ class TierPolicy:
             check_targets(tier, targets)
 
     def tier(self, model_id: str) -> str:
+        held = self._seen.get(model_id)
+        if held is not None:
+            return held
         mesh, mine = _lookup(self.rules, model_id), _lookup(self.local_rules, model_id)
-        return min(mesh, mine, key=TIERS.index)  # TIERS is strictest first
+        tier = min(mesh, mine, key=TIERS.index)  # TIERS is strictest first
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[model_id] = tier
+        return tier
 
     def targets_for(self, model_id: str) -> Targets:
         tier = self.tier(model_id)
