@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -28,6 +29,8 @@ from covey.router.tiers import (
     CAPACITY,
     DAILY,
     EXPERIMENTAL,
+    MAX_TOKENS_PER_S,
+    MAX_TTFT_S,
     PolicyError,
     Targets,
     TierPolicy,
@@ -183,6 +186,11 @@ class Settings:
                 raise ConfigError(f"setting advertise={address!r}: {exc}") from exc
         if len(self.advertise) > MAX_ADDRESSES:
             raise bad("advertise", f"at most {MAX_ADDRESSES} addresses")
+        for key, cap in (("daily_driver_ttft_s", MAX_TTFT_S), ("capacity_ttft_s", MAX_TTFT_S),
+                         ("daily_driver_tokens_per_s", MAX_TOKENS_PER_S),
+                         ("capacity_tokens_per_s", MAX_TOKENS_PER_S)):
+            if not (math.isfinite(getattr(self, key)) and 0 < getattr(self, key) <= cap):
+                raise bad(key, f"must be a positive number, at most {cap:g}")
         try:
             self.tier_policy()
         except PolicyError as exc:

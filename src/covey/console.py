@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -138,17 +139,21 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
               f"up {node['uptime_s']:.0f}s  {url}")
     table = Table(show_lines=False)
     table.add_column("model", no_wrap=True)
-    for col in ("state", "slots", "queue", "TTFT p50", "tok/s p50", "native tok/s", "samples"):
+    for col in ("tier", "state", "slots", "queue", "TTFT p50", "tok/s p50", "native tok/s",
+                "samples"):
         table.add_column(col)
     for m in snap["models"]:
         state = m["state"] if not m.get("reason") else f"{m['state']}: {m['reason']}"
         base = m["baseline"]
-        table.add_row(m["id"], state, f"{m['in_flight'] - m['queue_depth']}/{m['slots']}",
+        table.add_row(m["id"], m.get("tier", "-"), state,
+                      f"{m['in_flight'] - m['queue_depth']}/{m['slots']}",
                       str(m["queue_depth"]), _fmt(m["ttft_ms"]["p50"], "ms", 0),
                       _fmt(m["tokens_per_s"]["p50"], "tok/s"),
                       _fmt(base["tokens_per_s"] if base else None, "tok/s"),
                       str(m["tokens_per_s"]["count"]))
     out.print(table)
+    if snap.get("catalog"):
+        out.print(_catalog_table(snap["catalog"], snap.get("default_model")))
     mesh = snap.get("mesh") or {}
     if mesh.get("addresses"):
         out.print(f"mesh {mesh.get('id')}: peers reach this node at "
@@ -158,6 +163,30 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
     if snap.get("peers"):
         out.print(_peers_table(snap["peers"]))
     return 0
+
+
+def _targets(targets: dict[str, Any] | None) -> str:
+    """A tier's targets in one cell: `≤ 3 s TTFT, ≥ 8 tok/s`, or `-` (experimental)."""
+    t = targets or {}
+    parts = ([f"≤ {t['ttft_s']:g} s TTFT"] if t.get("ttft_s") is not None else []) + (
+        [f"≥ {t['tokens_per_s']:g} tok/s"] if t.get("tokens_per_s") is not None else [])
+    return ", ".join(parts) or "-"
+
+
+def _catalog_table(catalog: list[dict[str, Any]], default: str | None) -> Table:
+    """Every model the mesh serves, with its tier and targets; `*` marks the default."""
+    table = Table(title="mesh catalog (* the default for requests naming no model)",
+                  title_justify="left")
+    for col in ("model", "tier", "targets", "tok/s p50", "nodes"):
+        table.add_column(col, overflow="fold")
+    for row in catalog:
+        # Ids and names are peers' own words: shown as text, never as markup.
+        table.add_row(escape(row["id"]) + (" *" if row["id"] == default else ""),
+                      escape(row.get("tier", "-")), _targets(row.get("targets")),
+                      _fmt(row.get("tokens_per_s_p50"), "tok/s"),
+                      escape(", ".join(n.get("name") or n["id"][:12]
+                                       for n in row.get("nodes", []))))
+    return table
 
 
 def _peers_table(peers: list[dict[str, Any]]) -> Table:

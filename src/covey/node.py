@@ -35,9 +35,11 @@ from covey.mesh.authority import AuthorityLink
 from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport
+from covey.mesh.policy import MeshPolicy
 from covey.mesh.records import MAX_BYTES, MAX_SAMPLES, MAX_TOKENS_PER_S, MAX_TTFT_MS, plausible
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
+from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 from covey.metrics.baseline import BaselineKeeper
 from covey.metrics.export import registry_for
@@ -215,9 +217,8 @@ class Node:
             mesh.authority = link
             self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
-            policy = s.tier_policy()  # the mesh's signed policy will stand behind this
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
-                                  health=health, tiers=lambda: policy,
+                                  health=health, tiers=self._tier_policy(mesh_state).current,
                                   fallback=self._fallback())
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
@@ -276,6 +277,16 @@ class Node:
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
         log.info("stopped")
+
+    def _tier_policy(self, state: MeshState) -> MeshPolicy:
+        """The mesh's tier policy: issued here on the mesh's creator, else learned from
+        records (this node's own until then). The mesh state carries it in our records."""
+        own = self.settings.tier_policy()
+        state.policy = (MeshPolicy.issue(own, state.authority, state.data_dir, time.time())
+                        if state.authority is not None else
+                        MeshPolicy(own, mesh_id=state.info.mesh_id,
+                                   authority_public_key=state.info.authority_public_key))
+        return state.policy
 
     def _app(self, routes: OpenAIRoutes) -> web.Application:
         s = self.settings

@@ -131,6 +131,13 @@ def test_wrong_toml_types_are_refused(file: dict[str, object], message: str) -> 
     ({"host": "::"}, "--api-key"),
     ({"host": "192.0.2.10"}, "requires an API key"),
     ({"host": "192.0.2.10", "api_key": ""}, "--api-key"),  # an empty key is no key
+    ({"tier": ("gemma=fast",)}, "tier: tier rule 'gemma=fast': tier must be one of"),
+    ({"tier": ("=capacity",)}, "write MODEL_OR_GLOB=TIER"),
+    ({"daily_driver_ttft_s": 0.0}, "daily_driver_ttft_s=0.0: must be a positive number"),
+    ({"capacity_tokens_per_s": float("nan")}, "capacity_tokens_per_s=nan"),
+    # A target the mesh's policy could not carry is refused here, not at the creator's start.
+    ({"capacity_ttft_s": 1e9}, "capacity_ttft_s=1000000000.0: must be a positive number, at "
+                               "most 86400"),
 ])
 def test_resolved_refuses_bad_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

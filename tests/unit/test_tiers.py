@@ -8,9 +8,11 @@ from covey.router.tiers import (
     CAPACITY,
     DAILY,
     EXPERIMENTAL,
+    Offer,
     PolicyError,
     Targets,
     TierPolicy,
+    default_model,
     parse_rule,
 )
 
@@ -55,3 +57,48 @@ def test_a_member_may_only_tighten() -> None:
     assert both.targets_for("gemma-3") == Targets(3.0, 20.0)  # stricter of each
     assert both.targets[CAPACITY] == Targets(5.0, 0.8)
     assert both.targets_for("other") == Targets(None, None)
+
+
+DD = TierPolicy(rules=(("chat-*", DAILY), ("big-*", CAPACITY)))
+
+
+@pytest.mark.parametrize(("offers", "expected"), [
+    # The best measured through the mesh wins, whatever peers gossip.
+    ([Offer("chat-a", True, 12.0, 90.0), Offer("chat-b", True, 30.0, 5.0)], "chat-b"),
+    # A measured model beats one only gossiped, even a faster one.
+    ([Offer("chat-a", True, None, 90.0), Offer("chat-b", True, 3.0, None)], "chat-b"),
+    # No measurement anywhere: the best gossiped.
+    ([Offer("chat-a", True, None, 20.0), Offer("chat-b", True, None, 40.0)], "chat-b"),
+    # Nothing measured or gossiped: the first ready daily-driver model.
+    ([Offer("other", True), Offer("chat-a", False, 50.0), Offer("chat-b", True),
+      Offer("chat-c", True)], "chat-b"),
+    # Capacity and experimental models never become the default, however fast.
+    ([Offer("big-1", True, 100.0), Offer("other", True, 90.0), Offer("chat-a", True, 1.0)],
+     "chat-a"),
+    # No ready daily-driver model: None, the caller keeps its old choice.
+    ([Offer("big-1", True, 100.0), Offer("chat-a", False, 9.0)], None),
+    ([], None),
+    # A tie goes to the earlier offer.
+    ([Offer("chat-a", True, 10.0), Offer("chat-b", True, 10.0)], "chat-a"),
+])
+def test_default_model(offers: list[Offer], expected: str | None) -> None:
+    assert default_model(offers, DD) == expected
+
+
+def test_the_default_follows_the_policy() -> None:
+    offers = [Offer("chat-a", True, 10.0), Offer("big-1", True, 20.0)]
+    member = DD.tightened(TierPolicy(rules=(("big-1", DAILY), ("chat-a", CAPACITY))))
+    assert default_model(offers, DD) == "chat-a"
+    # The member holds big-1 to daily-driver targets (stricter); moving chat-a to capacity
+    # would loosen it and is ignored.
+    assert default_model(offers, member) == "big-1"
+    assert default_model(offers, TierPolicy()) is None  # nothing is a daily driver
+
+
+def test_each_rule_list_is_bounded_on_its_own() -> None:
+    """A full mesh policy tightened by a member's full one is still a policy."""
+    full = tuple((f"m{i}", CAPACITY) for i in range(256))
+    both = TierPolicy(rules=full).tightened(TierPolicy(rules=full))
+    assert both.tier("m3") == CAPACITY
+    with pytest.raises(PolicyError):
+        TierPolicy(rules=(*full, ("x", DAILY)))

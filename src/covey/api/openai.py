@@ -24,9 +24,10 @@ from covey.metrics.samples import ModelMeter
 from covey.router import fallback, sla
 from covey.router.dispatch import Dispatcher, local_figures
 from covey.router.fallback import Fallback
+from covey.router.plan import offers
 from covey.router.proxy import ACCOUNT, Relay
 from covey.router.table import ModelTable, ServedModel
-from covey.router.tiers import TierPolicy
+from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, ModelId, NodeId
 
 PATHS: dict[str, type[BaseModel]] = {
@@ -87,10 +88,30 @@ class OpenAIRoutes:
                                                    "quantization": ad.quantization}})
                 entry["covey"]["nodes"].append(record.node_id)
                 entry["covey"]["state"] = "ready"
+        policy = self.tiers()
+        for mid, entry in out.items():
+            targets = policy.targets_for(mid)
+            entry["covey"]["tier"] = policy.tier(mid)
+            entry["covey"]["targets"] = {"ttft_s": targets.ttft_s,
+                                         "tokens_per_s": targets.tokens_per_s}
         return out
 
     def catalog(self) -> dict[str, dict[str, Any]]:
         return self._catalog()
+
+    def default_model(self) -> str | None:
+        """The model a request naming none gets now (see `Dispatcher.default_model`)."""
+        if self.dispatcher is not None:
+            return self.dispatcher.default_model(list(self._catalog()))
+        return self._local_default()
+
+    def _local_default(self) -> str | None:
+        """Among this node's own models: the best-served daily-driver one, else the table's
+        default."""
+        chosen = default_model(offers(self.table.models, self.table, [], self.meters,
+                                      time.monotonic()), self.tiers())
+        local = self.table.default()
+        return chosen or (local.id if local else None)
 
     def meters(self, model_id: str) -> list[ModelMeter]:
         """This node's through-mesh measurements of `model_id`: served here or relayed."""
@@ -135,7 +156,7 @@ class OpenAIRoutes:
     async def _serve_local(self, request: web.Request, path: str, req: BaseModel,
                            data: dict[str, Any], raw: bytes, measure: bool = True,
                            gate: dict[str, str] | None = None) -> web.StreamResponse:
-        model = self.table.resolve(getattr(req, "model", None))
+        model = self.table.resolve(getattr(req, "model", None) or self._local_default())
         if data.get("model") != model.upstream_name:
             # Defaulted or aliased: the engine must see the name it knows. Once per request.
             data["model"] = model.upstream_name

@@ -21,6 +21,7 @@ from covey.metrics.export import render
 from covey.metrics.samples import SPEED_SOURCES, median, percentile, series
 from covey.metrics.share import ShareStore
 from covey.router.table import ModelTable, ServedModel
+from covey.router.tiers import TierPolicy
 from covey.types import EngineFailed, EngineReady, ModelId, NodeId, Percentiles
 
 
@@ -36,10 +37,19 @@ def _sources(kinds: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def model_status(m: ServedModel, now: float, window_s: float) -> dict[str, Any]:
+def tier_fields(policy: TierPolicy, model_id: str) -> dict[str, Any]:
+    """A model's tier and that tier's targets (None: no target)."""
+    targets = policy.targets_for(model_id)
+    return {"tier": policy.tier(model_id),
+            "targets": {"ttft_s": targets.ttft_s, "tokens_per_s": targets.tokens_per_s}}
+
+
+def model_status(m: ServedModel, now: float, window_s: float,
+                 policy: TierPolicy | None = None) -> dict[str, Any]:
     state = m.engine.state
     return {
         "id": m.id,
+        **tier_fields(policy or TierPolicy(), m.id),
         "state": state.kind,
         "reason": state.reason if isinstance(state, EngineFailed) else None,
         "engine": m.engine.kind,
@@ -125,7 +135,8 @@ def catalog_rows(routes: OpenAIRoutes, table: ModelTable, peers: list[NodeRecord
         native = median(baselines) if baselines else None
         eff = efficiency(speeds, native, baseline_tokens)
         rows.append({
-            "id": mid, "size_bytes": entry["covey"]["size_bytes"],
+            "id": mid, "tier": entry["covey"]["tier"], "targets": entry["covey"]["targets"],
+            "size_bytes": entry["covey"]["size_bytes"],
             "quantization": entry["covey"]["quantization"], "state": entry["covey"]["state"],
             "nodes": [{"id": n, "name": names.get(n, "")} for n in nodes],
             "ttft_ms_p50": ttft, "ttft_samples": len(ttfts) if source == "this node" else None,
@@ -175,7 +186,8 @@ class StatusRoutes:
             "node": {"id": self.node_id, "name": self.node_name, "version": __version__,
                      "started_at": self.started_at,
                      "uptime_s": round(time.time() - self.started_at, 1)},
-            "models": [model_status(m, now, self.window_s) for m in self.table.models.values()],
+            "models": [model_status(m, now, self.window_s, self.routes.tiers())
+                       for m in self.table.models.values()],
             "mesh": ({"id": self.mesh.state.info.mesh_id,
                       "address": self.mesh.addresses[0] if self.mesh.addresses else None,
                       "addresses": self.mesh.addresses,
@@ -189,6 +201,8 @@ class StatusRoutes:
             "fallback": ({"providers": fb.status(now), "per_client": fb.budget.per_client,
                           "window_s": fb.budget.window_s}
                          if (fb := self.routes.fallback) is not None else None),
+            # What a request naming no model gets (the chat page's first pick).
+            "default_model": self.routes.default_model(),
         }
 
     async def status(self, request: web.Request) -> web.Response:

@@ -95,6 +95,9 @@ class NodeRecord(_Wire):
     # The newest authority-signed revocation list this node knows (base64url envelope):
     # every record carries it, so a revocation reaches every member with the gossip.
     revocations: str = Field(default="", max_length=512 * 1024)
+    # The mesh's newest authority-signed tier policy this node knows (base64url envelope of
+    # at most 40 KiB, mesh/policy.py), carried the same way.
+    tier_policy: str = Field(default="", max_length=54_614)
 
 
 def plausible(value: float | None, cap: float, *, positive: bool = False) -> float | None:

@@ -32,6 +32,7 @@ from covey.mesh.membership import (
     verify_cert,
     verify_revocations,
 )
+from covey.mesh.policy import MeshPolicy
 from covey.mesh.records import (
     NodeRecord,
     RecordRejected,
@@ -69,6 +70,8 @@ class MeshState:
         self.members = Members()
         self.table = RecordTable()
         self.revocations_envelope: bytes | None = None
+        # The mesh's tier policy (set by the node): learned from records, carried in ours.
+        self.policy: MeshPolicy | None = None
         self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
         self._revocations_mtime = 0.0
         self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
@@ -219,6 +222,10 @@ class MeshState:
         if not self.is_member(record.node_id, b64d(record.public_key), now):
             raise RecordRejected("not_member", f"node {record.node_id} was revoked")
         self.table.apply(record, envelope)
+        if record.tier_policy and self.policy is not None:
+            # Authority-signed: any member may carry it; a bad one is the policy's to log.
+            with contextlib.suppress(SealError):
+                self.policy.learn(b64d(record.tier_policy))
         return record
 
     def publish(self, now: float, ttl_s: float = RECORD_TTL_S, **fields: object) -> bytes:
@@ -229,6 +236,7 @@ class MeshState:
                             member_cert=b64e(self.cert),
                             revocations=b64e(self.revocations_envelope)
                             if self.revocations_envelope else "",
+                            tier_policy=self.policy.wire() if self.policy else "",
                             authority_proof=prove_authority(self.authority,
                                                             self.identity.node_id)
                             if self.authority else "", **fields)

@@ -32,11 +32,11 @@ from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router import fallback, sla
 from covey.router.fallback import Fallback
-from covey.router.plan import Plan, plan
+from covey.router.plan import Plan, offers, plan
 from covey.router.proxy import Relay, UpstreamRejected
 from covey.router.select import Candidate, LocalView
 from covey.router.table import ModelTable, ServedModel, unavailable_reason
-from covey.router.tiers import TierPolicy
+from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, EngineState, ModelCard, ModelId, NodeId
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class Dispatcher:
                  rng: random.Random | None = None, *,
                  tiers: Callable[[], TierPolicy] = TierPolicy,
                  fallback: Fallback | None = None) -> None:
+        """`tiers`: the mesh's tier policy as this node applies it now (mesh/policy.py)."""
         self.table = table
-        # The tier policy in force now (the mesh's, tightened by this node's settings).
         self.tiers = tiers
         self.fallback = fallback
         self.relay = relay
@@ -104,9 +104,8 @@ class Dispatcher:
     async def dispatch(self, request: web.Request, path: str, model_name: str | None,
                        data: dict[str, Any], raw: bytes, stream: bool,
                        max_tokens: int | None, catalog: list[str]) -> web.StreamResponse:
-        local = self.table.models.get(ModelId(model_name)) if model_name \
-            else self.table.default()
-        model_id = model_name or (local.id if local else None) or next(iter(catalog), None)
+        model_id = model_name or self.default_model(catalog)
+        local = self.table.models.get(ModelId(model_id)) if model_id else None
         policy = self.tiers()
         if model_id is None:
             exc = Unavailable("no node in the mesh serves any model yet", code="no_models")
@@ -295,6 +294,17 @@ class Dispatcher:
     def meters(self, model_id: str) -> list[ModelMeter]:
         """This entry's measurements of `model_id` relayed to peers."""
         return [m.meter for (_, mid), m in self.peer_models.items() if mid == model_id]
+
+    def default_model(self, catalog: list[str]) -> str | None:
+        """What a request naming no model gets: the best-served daily-driver model in
+        `catalog`; without one, this node's default, else the first in the catalog."""
+        def all_meters(mid: str) -> list[ModelMeter]:
+            local = self.table.models.get(ModelId(mid))
+            return ([local.meter] if local else []) + self.meters(mid)
+        chosen = default_model(offers(catalog, self.table, self.mesh.peers(time.time()),
+                                      all_meters, time.monotonic()), self.tiers())
+        local = self.table.default()
+        return chosen or (local.id if local else None) or next(iter(catalog), None)
 
     def _usable(self, node_id: str, model_id: str) -> bool:
         # Only peers whose data plane was proven recently may get a prompt.

@@ -8,11 +8,15 @@ and returns the ranked candidates with what it left out. Scoring lives in `selec
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from covey.mesh.records import NodeRecord
+from covey.metrics.samples import ModelMeter, percentile
 from covey.router.select import DEFAULT_TOKENS, Candidate, LocalView, rank
+from covey.router.table import ModelTable
+from covey.router.tiers import Offer
+from covey.types import EngineReady, ModelId
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,24 @@ def plan(model_id: str, local: LocalView | None, records: Sequence[NodeRecord],
                       observed=observed)
     return Plan(model_id, candidates, serving,
                 [r for r in serving if r not in peers])
+
+
+def offers(model_ids: Iterable[str], table: ModelTable, peers: Sequence[NodeRecord],
+           meters: Callable[[str], list[ModelMeter]], now: float) -> list[Offer]:
+    """How well each model is served, for the default-model choice: ready (here or at a live
+    peer), this node's through-mesh tokens/s p50 (`meters`, read at monotonic `now`), and
+    the best p50 the serving peers gossip."""
+    out = []
+    for mid in model_ids:
+        local = table.models.get(ModelId(mid))
+        serving = [r for r in peers
+                   if any(ad.id == mid and ad.state == "ready" for ad in r.models)]
+        rates = sorted(v for m in meters(mid) for v in m.tokens_per_s.values(now))
+        gossiped = [rate for r in serving if mid in r.metrics
+                    and (rate := r.metrics[mid].tokens_per_s_p50) is not None]
+        out.append(Offer(
+            mid, ready=bool(serving) or (local is not None
+                                         and isinstance(local.engine.state, EngineReady)),
+            measured_tokens_per_s=percentile(rates, 50) if rates else None,
+            gossiped_tokens_per_s=max(gossiped) if gossiped else None))
+    return out

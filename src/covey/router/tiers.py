@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 DAILY, CAPACITY, EXPERIMENTAL = "daily-driver", "capacity", "experimental"
 TIERS = (DAILY, CAPACITY, EXPERIMENTAL)
 MAX_RULES = 256
 MAX_PATTERN = 256
+# All of a policy's rules together, in characters: the mesh's policy rides in every gossiped
+# record, and a gossip exchange of 32 records must stay well under the peer body cap.
+MAX_RULES_TEXT = 24 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,18 @@ def parse_rule(text: str) -> tuple[str, str]:
     return pattern, tier
 
 
+# The most a target may say (the same caps as gossiped measurements): a policy travels the
+# mesh, and every number on the wire is bounded.
+MAX_TTFT_S = 24 * 3600.0
+MAX_TOKENS_PER_S = 1e6
+
+
 def check_targets(tier: str, targets: Targets) -> None:
-    for name, value in (("ttft_s", targets.ttft_s), ("tokens_per_s", targets.tokens_per_s)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise PolicyError(f"{tier} {name}={value!r}: must be a positive number")
+    for name, value, cap in (("ttft_s", targets.ttft_s, MAX_TTFT_S),
+                             ("tokens_per_s", targets.tokens_per_s, MAX_TOKENS_PER_S)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= cap):
+            raise PolicyError(f"{tier} {name}={value!r}: must be a positive number, at most "
+                              f"{cap:g}")
 
 
 def _is_glob(pattern: str) -> bool:
@@ -76,18 +87,33 @@ class TierPolicy:
     targets: Mapping[str, Targets] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     # A member's own rules over the mesh's: they may only move a model to a stricter tier.
     local_rules: tuple[tuple[str, str], ...] = ()
+    # Tiers looked up so far: every request lists the catalog's tiers, and up to 512 globs
+    # per model would cost on the hot path. Cleared when full (ids come from peers).
+    _seen: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.rules) + len(self.local_rules) > MAX_RULES:
-            raise PolicyError(f"at most {MAX_RULES} tier rules")
+        # Each list on its own: a member's own rules (bounded by its settings) on top of a
+        # full mesh policy must not make the tightened policy impossible to build.
+        for rules in (self.rules, self.local_rules):
+            if len(rules) > MAX_RULES:
+                raise PolicyError(f"at most {MAX_RULES} tier rules")
+            if sum(len(p) + len(t) + 1 for p, t in rules) > MAX_RULES_TEXT:
+                raise PolicyError(f"the tier rules come to over {MAX_RULES_TEXT} characters")
         for tier, targets in self.targets.items():
             if tier not in TIERS:
                 raise PolicyError(f"unknown tier {tier!r}")
             check_targets(tier, targets)
 
     def tier(self, model_id: str) -> str:
+        held = self._seen.get(model_id)
+        if held is not None:
+            return held
         mesh, mine = _lookup(self.rules, model_id), _lookup(self.local_rules, model_id)
-        return min(mesh, mine, key=TIERS.index)  # TIERS is strictest first
+        tier = min(mesh, mine, key=TIERS.index)  # TIERS is strictest first
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[model_id] = tier
+        return tier
 
     def targets_for(self, model_id: str) -> Targets:
         tier = self.tier(model_id)
@@ -113,3 +139,31 @@ def _lower(a: float | None, b: float | None) -> float | None:
 
 def _higher(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A model the mesh offers, as the default-model choice sees it."""
+
+    id: str
+    ready: bool  # some node (this one or a live peer) can serve it now
+    measured_tokens_per_s: float | None = None  # through the mesh from this node, p50
+    gossiped_tokens_per_s: float | None = None  # the serving nodes' own p50, best of them
+
+
+def default_model(offers: Sequence[Offer], policy: TierPolicy) -> str | None:
+    """The model a request that names none gets: the best-served daily-driver model.
+
+    Among ready daily-driver models: the highest tokens/s measured through the mesh from
+    this node; failing any measurement, the highest gossiped by the serving nodes; failing
+    that, the first in `offers`' order. None when no daily-driver model is ready: the caller
+    keeps its old choice (this node's default, else the first in the catalog). Ties go to
+    the earlier offer."""
+    daily = [o for o in offers if o.ready and policy.tier(o.id) == DAILY]
+    for measured in (True, False):
+        rated = [(rate, -i, o.id) for i, o in enumerate(daily)
+                 if (rate := o.measured_tokens_per_s if measured else o.gossiped_tokens_per_s)
+                 is not None and math.isfinite(rate)]
+        if rated:
+            return max(rated)[2]
+    return daily[0].id if daily else None

@@ -13,10 +13,13 @@
 
   // ---- models ----------------------------------------------------------------------------
 
-  /** Models best-served first: most serving nodes, then the highest measured tokens/s. */
+  /** Models best-served first: daily-driver models before experimental ones before
+   *  capacity ones, then most serving nodes, then the highest measured tokens/s. */
   function ranked(catalog) {
+    const order = new Map([["daily-driver", 0], ["experimental", 1], ["capacity", 2]]);
+    const tier = (m) => order.get(m.tier) ?? 1;
     const tps = (m) => (isNum(m.tokens_per_s_p50) ? m.tokens_per_s_p50 : -1);
-    return [...catalog].sort((a, b) =>
+    return [...catalog].sort((a, b) => tier(a) - tier(b) ||
       (b.nodes || []).length - (a.nodes || []).length || tps(b) - tps(a));
   }
 
@@ -26,12 +29,15 @@
     const options = ranked(s.catalog || []).map((m) => {
       const n = (m.nodes || []).length;
       const speed = rate(m.tokens_per_s_p50);
-      return { id: m.id, label: `${m.id} — ${n} node${n === 1 ? "" : "s"}${speed ? ` · ${speed}` : ""}` };
+      const tier = typeof m.tier === "string" ? `${m.tier} · ` : "";
+      return { id: m.id, label: `${m.id} — ${tier}${n} node${n === 1 ? "" : "s"}${speed ? ` · ${speed}` : ""}` };
     });
     $("node-label").textContent = s.node?.name ? `via ${s.node.name}` : "";
     const select = $("model");
     if (document.activeElement === select) return; // never rebuild a list the user has open
-    const current = select.value || localStorage.getItem(MODEL_KEY);
+    // The user's pick (this session's, else the one remembered), else what the node gives a
+    // request naming no model: its best-served daily-driver model.
+    const current = select.value || localStorage.getItem(MODEL_KEY) || s.default_model;
     select.innerHTML = options.length
       ? options.map((o) => `<option value="${esc(o.id)}">${esc(o.label)}</option>`).join("")
       : `<option value="">no model in the mesh yet</option>`;

@@ -138,8 +138,43 @@
     shareCard("share-7d", share ? share["7d"] : null);
   }
 
+  // ---- tiers ------------------------------------------------------------------------------
+
+  const CAPACITY = "capacity";
+  const TIER_ORDER = new Map([["daily-driver", 0], ["experimental", 1]]); // a Map: a hostile tier name cannot reach Object's prototype
+  let showCapacity = false; // the capacity group's toggle, kept across redraws
+
+  // A tier's targets in words: "≤ 3 s TTFT · ≥ 8 tok/s"; none for experimental.
+  function targetsText(t) {
+    if (!t) return "";
+    return [isNum(t.ttft_s) && `≤ ${t.ttft_s} s TTFT`, isNum(t.tokens_per_s) && `≥ ${t.tokens_per_s} tok/s`]
+      .filter(Boolean).join(" · ");
+  }
+
+  // What a capacity model is expected to do: its measured (or gossiped) speed.
+  const expected = (m) => rate(m.tokens_per_s_p50) || NONE;
+
+  function tierCell(m, isDefault) {
+    const tier = typeof m.tier === "string" ? m.tier : "experimental";
+    const targets = targetsText(m.targets);
+    const speed = tier === CAPACITY ? `<small class="expected">expected ${esc(expected(m))}</small>` : "";
+    return `<span class="tier tier-${esc(tier)}">${esc(tier)}</span>${isDefault ? `<small class="default-mark">default</small>` : ""}${targets ? `<small class="muted targets">${esc(targets)}</small>` : ""}${speed}`;
+  }
+
+  function capacityToggle(models, cols) {
+    const n = models.length;
+    const speeds = models.map((m) => `${m.id} ${expected(m)}`).join(" · ");
+    return `<tr class="capacity-toggle"><td colspan="${cols}"><div class="cell">
+      <button type="button" class="ghost small" id="capacity-toggle" aria-expanded="${showCapacity}">${showCapacity ? "hide" : "show"} ${n} capacity model${n === 1 ? "" : "s"}</button>
+      <small class="muted capacity-speeds">big models, slower targets: ${esc(speeds)}</small></div></td></tr>`;
+  }
+
   function renderCatalog(s, now) {
-    const body = (s.catalog || []).map((m) => {
+    const catalog = (s.catalog || []).filter((m) => m && typeof m === "object");
+    const rank = (m) => TIER_ORDER.get(m.tier) ?? 1;
+    const main = catalog.filter((m) => m.tier !== CAPACITY).sort((a, b) => rank(a) - rank(b));
+    const capacity = catalog.filter((m) => m.tier === CAPACITY);
+    const row = (m) => {
       const size = [bytes(m.size_bytes), m.quantization].filter(Boolean).join(" · ");
       const nodes = chips((m.nodes || []).map((n) =>
         `<span class="chip" title="${esc(n.id)}">${esc(n.name || shortId(n.id))}</span>`));
@@ -148,8 +183,10 @@
       const ttft = m.ttft_ms_p50 == null && r
         ? `<span class="none" title="only streamed answers have a first token to time">${NONE}</span><small class="muted">streamed only</small>`
         : or(ms(m.ttft_ms_p50));
-      return `<tr data-model="${esc(m.id)}">
+      const hidden = m.tier === CAPACITY && !showCapacity;
+      return `<tr data-model="${esc(m.id)}" data-tier="${esc(m.tier || "")}"${hidden ? " hidden" : ""}>
         ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc(size)}</small>`)}
+        ${td("Tier", tierCell(m, m.id === s.default_model), "tier-cell")}
         ${td("Served by", nodes)}
         ${td("TTFT p50 (streamed)", ttft, "num ttft")}
         ${td("Tokens/s p50", `<div class="rate">${or(r)}</div>${perSamples}`, "num tps")}
@@ -157,9 +194,23 @@
         ${td("Efficiency", efficiencyCell(m), "num efficiency")}
         ${td("Last hour", sparkline(m.history, now), "spark-cell")}
       </tr>`;
-    });
+    };
+    const cols = $("catalog").tHead.rows[0].cells.length;
+    const body = [...main.map(row), ...(capacity.length ? [capacityToggle(capacity, cols)] : []),
+                  ...capacity.map(row)];
     fill("catalog", body, "The mesh serves no models yet: start a node with --model, or join one that does.");
   }
+
+  // One listener for the redrawn table (no inline handlers under the CSP).
+  $("catalog").addEventListener("click", (event) => {
+    if (!event.target.closest("#capacity-toggle")) return;
+    showCapacity = !showCapacity;
+    const toggle = $("capacity-toggle");
+    const n = $("catalog").querySelectorAll(`tr[data-tier="${CAPACITY}"]`).length;
+    toggle.textContent = `${showCapacity ? "hide" : "show"} ${n} capacity model${n === 1 ? "" : "s"}`;
+    toggle.setAttribute("aria-expanded", String(showCapacity));
+    $("catalog").querySelectorAll(`tr[data-tier="${CAPACITY}"]`).forEach((tr) => { tr.hidden = !showCapacity; });
+  });
 
   function health(p) {
     if (p.gone) {
@@ -217,7 +268,7 @@
     const body = (s.models || []).map((m) => {
       const pair = (p, f) => (p && isNum(p.p50) ? `${f(p.p50)} / ${f(p.p95)}` : null);
       return `<tr data-local="${esc(m.id)}">
-        ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc(m.engine || "")}</small>`)}
+        ${td("Model", `<div class="strong mono">${esc(m.id)}</div><small class="muted">${esc([m.engine, m.tier].filter(Boolean).join(" · "))}</small>`)}
         ${td("State", `<span class="state state-${esc(m.state)}">${esc(m.state)}</span>${m.reason ? `<small class="detail">${esc(m.reason)}</small>` : ""}`)}
         ${td("In flight", esc(`${m.in_flight ?? 0} / ${m.slots ?? "?"}`), "num in-flight")}
         ${td("Queue", esc(m.queue_depth ?? 0), "num")}
