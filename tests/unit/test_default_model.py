@@ -101,11 +101,14 @@ async def test_a_node_without_a_mesh_defaults_to_its_daily_driver() -> None:
     assert routes.default_model() == "big-72b"
 
 
-class BodyOnly:
-    """All the API reads of a request before it relays: its body."""
+class BodyOnly(dict[object, object]):
+    """All the API reads of a request before it relays: its body (and the keys it sets on
+    it, as on an aiohttp request)."""
 
     def __init__(self, raw: bytes) -> None:
+        super().__init__()
         self.raw = raw
+        self.headers: dict[str, str] = {}
 
     async def read(self) -> bytes:
         return self.raw
