@@ -7,14 +7,11 @@ care what a node serves, and an engine would only slow the test down.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -185,59 +182,24 @@ def test_doctor_probes_only_members(start_node: Callable[..., NodeProcess]) -> N
 
 
 class StallingProxy:
-    """Forwards TCP both ways, but stops forwarding a connection's uploads after `limit`
-    bytes: a path that drops large packets (an MTU black hole), while small ones pass.
-    Runs its own event loop in a thread; `stop()` closes every connection it made."""
+    """tests/stalling_proxy.py in a process of its own: forwards TCP both ways, but stops
+    forwarding a connection's uploads after `limit` bytes (an MTU black hole)."""
 
     def __init__(self, target_port: int, limit: int) -> None:
-        self.target_port, self.limit = target_port, limit
-        self.loop = asyncio.new_event_loop()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.writers: list[asyncio.StreamWriter] = []
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.tasks.add(task := asyncio.current_task())  # type: ignore[arg-type]
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers += [writer, up_w]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                       limit: int | None) -> None:
-            sent = 0
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    sent += len(data)
-                    if limit is not None and sent > limit:
-                        await asyncio.Event().wait()  # swallowed: the packets never arrive
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        try:
-            await asyncio.gather(pipe(reader, up_w, self.limit), pipe(up_r, writer, None))
-        finally:
-            self.tasks.discard(task)  # type: ignore[arg-type]
-
-    async def _close(self) -> None:
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for w in self.writers:
-            w.close()
-            with contextlib.suppress(Exception):
-                await w.wait_closed()
-        await self.server.wait_closed()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.stalling_proxy", "--target", str(target_port),
+             "--limit", str(limit)], stdout=subprocess.PIPE, text=True,
+            cwd=Path(__file__).parents[2])
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("PROXY-LISTENING "), line
+        self.port = int(line.split()[1])
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def test_large_probe_black_hole_is_named_mtu(start_node: Callable[..., NodeProcess]) -> None:
