@@ -1,0 +1,157 @@
+"""The audit statistic, the verdict state machine and the prompt generator (pure)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from covey.verify import verdicts as v
+from covey.verify.compare import Answer, Step, Thresholds, compare, parse_answer
+from covey.verify.prompts import audit_prompt
+
+
+def steps(*toks: tuple[str, float, dict[str, float]]) -> tuple[Step, ...]:
+    return tuple(Step(t, lp, top) for t, lp, top in toks)
+
+
+HONEST = steps(("The", -0.5, {"The": -0.5, "A": -1.5}),
+               (" sky", -0.2, {" sky": -0.2, " sun": -2.0}),
+               (" is", -0.1, {" is": -0.1, " was": -3.0}), (" blue", -0.3, {" blue": -0.3}))
+NOISY = steps(("The", -0.51, {"The": -0.51, "A": -1.49}), (" sky", -0.21, {" sky": -0.21}),
+              (" is", -0.11, {" is": -0.11}), (" blue", -0.29, {" blue": -0.29}))
+SHIFTED = steps(("The", -1.2, {"The": -1.2, "A": -1.4}), (" sky", -0.9, {" sky": -0.9}),
+                (" is", -0.6, {" is": -0.6}), (" blue", -1.0, {" blue": -1.0}))
+OTHER = steps(("I", -0.4, {"I": -0.4}), (" am", -0.2, {" am": -0.2}))
+TIE_LOCAL = steps(("The", -0.5, {"The": -0.5, "A": -1.5}), (" sky", -0.2, {" sky": -0.2}),
+                  (" is", -0.1, {" is": -0.1}), (" blue", -0.7, {" blue": -0.7, " grey": -0.8}))
+TIE_PEER = steps(("The", -0.5, {"The": -0.5}), (" sky", -0.2, {" sky": -0.2}),
+                 (" is", -0.1, {" is": -0.1}), (" grey", -0.69, {" grey": -0.69}))
+
+
+def ans(text: str, st: tuple[Step, ...] = ()) -> Answer:
+    return Answer(text, st)
+
+
+@pytest.mark.parametrize(("local", "peer", "outcome"), [
+    (ans("The sky is blue", HONEST), ans("The sky is blue", HONEST), "pass"),
+    (ans("The sky is blue", HONEST), ans("The sky is blue", NOISY), "pass"),  # tail noise
+    (ans("The sky is blue", HONEST), ans("The sky is blue", SHIFTED), "fail"),  # perturbed
+    (ans("The sky is blue", HONEST), ans("I am", OTHER), "fail"),  # another model
+    (ans("The sky is blue", TIE_LOCAL), ans("The sky is grey", TIE_PEER), "pass"),  # a tie
+    (ans("The sky is blue", HONEST[:2]), ans("The sky", HONEST[:2]), "inconclusive"),
+    (ans("The sky is blue", ()), ans("The sky is blue", HONEST), "inconclusive"),
+    # A backend without logprobs: text alone.
+    (ans("The sky is blue", HONEST), ans("The sky is blue"), "pass"),
+    (ans("The sky is blue", HONEST), ans("Hello from a canned backend"), "fail"),
+    (ans("The sky is blue", HONEST), ans("The"), "inconclusive"),
+    (ans("The sky is blue", TIE_LOCAL), ans("The sky is grey"), "inconclusive"),
+])
+def test_compare_table(local: Answer, peer: Answer, outcome: str) -> None:
+    assert compare(local, peer).outcome == outcome
+
+
+def test_mean_distance_is_reported_and_thresholded() -> None:
+    c = compare(ans("x", HONEST), ans("x", NOISY))
+    assert c.mean_nats is not None and 0 < c.mean_nats < 0.02
+    strict = compare(ans("x", HONEST), ans("x", NOISY), Thresholds(max_mean_nats=0.001))
+    assert strict.outcome == "fail"
+    assert "top-1 4/4" in c.evidence()
+
+
+def _choice(content: Any) -> dict[str, Any]:
+    return {"choices": [{"message": {"content": "hi"}, "logprobs": {"content": content}}]}
+
+
+def test_parse_answer_hostile_input() -> None:
+    assert parse_answer({}) is None
+    assert parse_answer({"choices": "x"}) is None
+    a = parse_answer(_choice([{"token": "a", "logprob": float("-inf"),
+                               "top_logprobs": [{"token": "a", "logprob": 1e300},
+                                                {"token": 5, "logprob": 0}]},
+                              {"token": "b", "logprob": "nan"}]))
+    assert a is not None and len(a.steps) == 1  # the bad step ends the list
+    assert a.steps[0].logprob == -100.0 and a.steps[0].top == {"a": 0.0}
+    long = parse_answer(_choice([{"token": "t" * 1000, "logprob": -1}] * 1000))
+    assert long is not None and len(long.steps) == 64 and len(long.steps[0].token) == 64
+    nolp = parse_answer({"choices": [{"message": {"content": "hi"}}]})
+    assert nolp == Answer("hi", ())
+
+
+OBS = v.Policy(mode="observe", fails_to_suspect=3, demote_s=100)
+ENF = v.Policy(mode="enforce", fails_to_suspect=3, demote_s=100)
+
+
+def run(policy: v.Policy, outcomes: str, start: float = 0.0) -> list[tuple[str, bool]]:
+    """Apply outcomes (p/f/i), one per second; (status, demoted) after each."""
+    book = v.VerdictBook(policy)
+    names = {"p": "pass", "f": "fail", "i": "inconclusive"}
+    out = []
+    for i, o in enumerate(outcomes):
+        now = start + i
+        book.record("n", "m", names[o], "", now)  # type: ignore[arg-type]
+        out.append((book.status("n", "m", now), not book.routable("n", "m", now)))
+    return out
+
+
+@pytest.mark.parametrize(("policy", "outcomes", "last"), [
+    (OBS, "", None),
+    (OBS, "p", ("verified", False)),
+    (OBS, "i", ("inconclusive", False)),
+    (OBS, "pi", ("verified", False)),
+    (OBS, "pf", ("unverified", False)),  # one fail never convicts
+    (OBS, "ff", ("unverified", False)),
+    (OBS, "fff", ("suspect", False)),  # observe: suspect, still routable
+    (OBS, "ffip", ("verified", False)),
+    (OBS, "fffif", ("suspect", False)),  # inconclusive neither clears nor adds
+    (ENF, "ff", ("unverified", False)),
+    (ENF, "fff", ("suspect", True)),
+    (ENF, "fffp", ("verified", True)),  # a pass clears the suspicion, not the demotion
+])
+def test_verdict_table(policy: v.Policy, outcomes: str,
+                       last: tuple[str, bool] | None) -> None:
+    got = run(policy, outcomes)
+    assert (got[-1] if got else None) == last
+    if not outcomes:
+        assert v.VerdictBook(policy).status("n", "m", 0) == "unverified"
+
+
+def test_demotion_expires_and_doubles() -> None:
+    book = v.VerdictBook(ENF)
+    for t in range(3):
+        book.record("n", "m", "fail", "x", float(t))
+    rec = book.get("n", "m", 2)
+    assert rec is not None and rec.demoted_until == 102 and rec.demotions == 1
+    assert not book.routable("n", "m", 101.9)
+    assert book.routable("n", "m", 102)  # expired on its own
+    assert book.status("n", "m", 102) == "unverified"  # failures in a row start again
+    for t in range(200, 202):
+        book.record("n", "m", "fail", "x", float(t))
+    assert book.routable("n", "m", 202)  # two fails: not yet
+    book.record("n", "m", "fail", "x", 202)
+    rec = book.get("n", "m", 202)
+    assert rec is not None and rec.demoted_until == 402  # doubled
+    assert book.header("n", "m", 202) == "suspect"
+    assert book.routable("other", "m", 202) and book.routable("n", "other", 202)
+
+
+def test_policy_refuses_single_fail_conviction() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        v.Policy(fails_to_suspect=1)
+
+
+def test_snapshot_lists_evidence() -> None:
+    book = v.VerdictBook(OBS)
+    book.record("n", "m", "fail", "top-1 differs at step 1", 5.0)
+    (entry,) = book.snapshot(6.0)
+    assert entry["status"] == "unverified" and entry["evidence"] == "top-1 differs at step 1"
+    assert book.header("n", "m", 6.0) == "unverified"
+
+
+def test_prompts_are_fresh_and_bounded() -> None:
+    rng = random.Random(7)
+    prompts = [audit_prompt(rng) for _ in range(500)]
+    assert all(0 < len(p) < 200 for p in prompts)
+    assert len(set(prompts)) > 450  # not a fixed list
+    assert audit_prompt(random.Random(1)) == audit_prompt(random.Random(1))
