@@ -71,15 +71,18 @@ def mesh(chat_model_path: Path, model_path: Path,
         server_id = server.status()["node"]["id"]
 
         def settled() -> bool:
-            """The entry lists the model with the server's native baseline (measured once
-            the engine is ready) and has checked the server: the pages show real numbers."""
+            """The entry lists both models with the server's native baselines (measured once
+            each engine is ready; a baseline still running would slow the tests' answers)
+            and has checked the server: the pages show real numbers."""
             status = entry.status()
-            row = next((m for m in status.get("catalog", []) if m["id"] == MODEL), None)
+            rows = {m["id"]: m for m in status.get("catalog", [])}
             peer = next((p for p in status["peers"] if p["id"] == server_id), None)
-            return (row is not None and row["baseline_tokens_per_s"] is not None
+            return (all(m in rows and rows[m]["baseline_tokens_per_s"] is not None
+                        for m in (MODEL, BASE_MODEL))
                     and peer is not None and (peer.get("health") or {}).get("ok") is True)
 
-        wait_for(settled, 60, "the entry to list the model, its baseline and a healthy server")
+        wait_for(settled, 90, "the entry to list the models, their baselines and a healthy "
+                 "server")
         yield Mesh(server, entry, server_id)
     finally:
         for node in nodes:
