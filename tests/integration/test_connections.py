@@ -13,6 +13,7 @@ side (its remote port is the other node's mesh port), so each is counted once.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -21,7 +22,8 @@ import psutil
 from tests.conftest import NodeProcess, mesh_invite, wait_for
 
 NODES = 5
-WINDOW_S = 8.0  # 16 gossip and health rounds at the test pace (0.5 s)
+# 16 gossip and health rounds at the test pace (0.5 s); COVEY_IDLE_WINDOW_S=600 for a soak.
+WINDOW_S = float(os.environ.get("COVEY_IDLE_WINDOW_S", "8"))
 
 
 def _mesh_port(node: NodeProcess) -> int:
