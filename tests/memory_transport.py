@@ -97,3 +97,7 @@ class MemoryTransport:
 
     def control(self, fingerprint: str) -> asyncio.Lock:
         return self._locks.setdefault(fingerprint, asyncio.Lock())
+
+    async def forget(self, keep: set[str]) -> None:
+        for fingerprint in set(self._locks) - keep:
+            del self._locks[fingerprint]

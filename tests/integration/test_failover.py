@@ -117,15 +117,33 @@ def test_a_full_node_is_skipped_for_one_with_room(start_node: Callable[..., Node
     """Was a hole: a peer's 429 (its queue full) went back to the client while another node
     had room. Now a 429, 503, 404 or refusal before the first byte moves on to the next
     candidate; only errors about the request itself (400, 413, 422) reach the client."""
-    entry, (full, _), (_, roomy_id) = _servers_behind_an_entry(
-        start_node, fake_backend, 2, 400, 0.05, "--parallel", "1", "--max-queue", "0")
-
-    # One long answer on `full` itself takes its only slot (and it queues nothing).
-    hold = threading.Thread(target=http, args=("POST", full.url + "/v1/chat/completions", {
+    entry = start_node("--no-default-model", name="entry")
+    entry.wait_listening()
+    one_slot = ["--no-default-model", "--no-baseline", "--parallel", "1", "--max-queue", "0"]
+    full = start_node(*one_slot, "--backend", fake_backend(models=MODEL, tokens=400,
+                                                            token_delay=0.05).url,
+                      "--join", mesh_invite(entry), name="full")
+    full.wait_listening()
+    full.wait_ready(MODEL)
+    # One long answer on `full` itself takes its only slot (it queues nothing). Sent before
+    # the second server joins, so `full` is the only node that can take it.
+    threading.Thread(target=http, args=("POST", full.url + "/v1/chat/completions", {
         "model": MODEL, "max_tokens": 400, "stream": True,
-        "messages": [{"role": "user", "content": "hold the slot"}]}), daemon=True)
-    hold.start()
+        "messages": [{"role": "user", "content": "hold the slot"}]}), daemon=True).start()
     wait_for(lambda: full.model(MODEL)["in_flight"] == 1, 10, "the full node's slot to be busy")
+    roomy = start_node(*one_slot, "--backend", fake_backend(models=MODEL, tokens=400,
+                                                             token_delay=0.05).url,
+                       "--join", mesh_invite(entry), name="roomy")
+    roomy.wait_listening()
+    roomy_id = roomy.status()["node"]["id"]
+
+    def both_usable() -> bool:
+        peers = entry.status()["peers"]
+        return len(peers) == 2 and all(p["health"]["ok"] and p["models"]
+                                       and p["models"][0]["state"] == "ready" for p in peers)
+
+    wait_for(both_usable, 30, "the entry to prove both servers")
+    assert full.model(MODEL)["in_flight"] == 1  # still held: its answer takes 20 s
     statuses, served = [], []
     for _ in range(10):
         status, headers, _ = http("POST", entry.url + "/v1/chat/completions", {

@@ -14,7 +14,7 @@ import pytest
 from covey.health.probe import Target, mesh_probe
 from covey.mesh import identity
 from covey.mesh.client import exchange, signer_for
-from covey.mesh.peer_transport import Peer, PeerError, call_json
+from covey.mesh.peer_transport import HttpPeerTransport, Peer, PeerError, call_json
 from covey.mesh.state import MeshState
 from covey.mesh.transport import H_NODE, H_SIG
 from tests.memory_transport import Handler, MemoryTransport
@@ -106,3 +106,13 @@ async def test_a_probe_reports_an_unreadable_answer_at_its_layer() -> None:
     transport = MemoryTransport(_unsigned, {FP: garbage})
     result, answer = await mesh_probe(transport, Target(Peer(FP, ("h:1",), "p")), 0, 1.0)
     assert (result.layer, result.ok, answer) == (8, False, {})
+
+
+async def test_a_forgotten_peer_loses_its_pool() -> None:
+    """Peers that left the roster keep no pool (sessions would pile up as peers churn)."""
+    other = "cd" * 32
+    async with HttpPeerTransport(_unsigned) as transport:
+        kept, dropped = transport.control(FP), transport.control(other)
+        await transport.forget({FP})
+        assert transport.control(FP) is kept
+        assert transport.control(other) is not dropped

@@ -134,6 +134,10 @@ class PeerTransport(Protocol):
         idle mesh keeps one kept connection per direction instead of one per overlap."""
         ...
 
+    async def forget(self, keep: set[str]) -> None:
+        """Close the pools of peers no longer known (fingerprints not in `keep`)."""
+        ...
+
 
 async def call_json(transport: PeerTransport, peer: Peer, path: str,
                     payload: Mapping[str, Any], timeout_s: float, *, signed: bool = True,

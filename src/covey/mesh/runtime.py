@@ -93,7 +93,11 @@ class MeshRuntime:
         while True:
             self.publish()
             self.state.table.expire(time.time())
-            await asyncio.gather(*(self._exchange(transport, t) for t in self._targets()))
+            targets = self._targets()
+            # A node gone from the roster (and not remembered) keeps no pool of connections.
+            await transport.forget({r.tls_fingerprint for r in self.peers(time.time())}
+                                   | {t.fingerprint for t in targets})
+            await asyncio.gather(*(self._exchange(transport, t) for t in targets))
             self._remember()
             if self._renewing is None or self._renewing.done():
                 self._renewing = asyncio.create_task(self.renew(transport))
