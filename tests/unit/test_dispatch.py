@@ -55,12 +55,13 @@ def test_failover_table(error: CoveyError, verdict: Verdict) -> None:
     assert judge(error) == verdict
 
 
-def _peer(name: str, tps: float) -> NodeRecord:
+def peer_record(name: str, tps: float, ttft_ms: float = 10.0) -> NodeRecord:
+    """A live record of a peer serving MODEL at `tps` tokens/s."""
     return new_record(Ed25519PrivateKey.generate(), mesh_id="m", seq=1, now=time.time(),
                       ttl_s=60, name=name, addresses=[f"{name}:7070"],
                       tls_fingerprint="ab" * 32,
                       models=[{"id": MODEL, "slots": 2, "state": "ready"}],
-                      metrics={MODEL: {"tokens_per_s_p50": tps, "ttft_ms_p50": 10.0,
+                      metrics={MODEL: {"tokens_per_s_p50": tps, "ttft_ms_p50": ttft_ms,
                                        "samples": 5}})
 
 
@@ -107,7 +108,7 @@ async def _dispatch(script: dict[str, CoveyError | None]
                     ) -> tuple[web.StreamResponse | CoveyError, list[str], FakeHealth]:
     # Speeds make the order deterministic: fast, then mid, then slow.
     speeds = {"fast": 90.0, "mid": 50.0, "slow": 10.0}
-    records = [_peer(name, speeds[name]) for name in script]
+    records = [peer_record(name, speeds[name]) for name in script]
     relay, health = ScriptedRelay(script), FakeHealth()
     # The seeded rng makes the order fixed (its draws skip the 5 % exploration).
     dispatcher = Dispatcher(ModelTable(), cast(Relay, relay), cast(Any, FakeMesh(records)),

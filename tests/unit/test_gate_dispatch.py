@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from covey.errors import Busy, CoveyError, ModelNotFound, Unavailable, UpstreamFailed
-from covey.mesh.records import NodeRecord, new_record
 from covey.router.budget import Budget
 from covey.router.dispatch import Dispatcher
 from covey.router.fallback import Fallback
@@ -26,25 +23,10 @@ from covey.router.proxy import Relay, UpstreamRejected
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import CAPACITY, DAILY, Targets, TierPolicy
 from covey.types import NodeId
+from tests.unit.test_dispatch import FakeMesh, peer_record
 
 MODEL = "m-q4_k_m"
 KEY = "sk-provider-secret"
-
-
-def _peer(name: str, tps: float) -> NodeRecord:
-    return new_record(Ed25519PrivateKey.generate(), mesh_id="m", seq=1, now=time.time(),
-                      ttl_s=60, name=name, addresses=[f"{name}:7070"], tls_fingerprint="ab" * 32,
-                      models=[{"id": MODEL, "slots": 2, "state": "ready"}],
-                      metrics={MODEL: {"tokens_per_s_p50": tps, "ttft_ms_p50": 100.0,
-                                       "samples": 5}})
-
-
-class FakeMesh:
-    def __init__(self, records: list[NodeRecord]) -> None:
-        self.records = records
-
-    def peers(self, now: float) -> list[NodeRecord]:
-        return self.records
 
 
 class ScriptedRelay:
@@ -89,8 +71,8 @@ async def _go(peers: dict[str, float], script: dict[str, CoveyError | None], *,
                                             {provider.name: provider.hourly_cap}), keyed=False)
                 if provider is not None else None)
     policy = _policy(target_tps, tier)
-    dispatcher = Dispatcher(ModelTable(), cast(Relay, relay),
-                            cast(Any, FakeMesh([_peer(n, t) for n, t in peers.items()])),
+    records = [peer_record(n, t, ttft_ms=100.0) for n, t in peers.items()]
+    dispatcher = Dispatcher(ModelTable(), cast(Relay, relay), cast(Any, FakeMesh(records)),
                             None, NodeId("entry"), "entry", random.Random(1),
                             tiers=lambda: policy, fallback=fallback)
     outcomes: list[web.StreamResponse | CoveyError] = []
