@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from covey.errors import Busy, ModelNotFound
-from covey.metrics.timing import MAX_PROMPT_TOKENS, prefill_rate, prompt_tokens_from_tail
+from covey.metrics.timing import (
+    MAX_PROMPT_TOKENS,
+    prefill_rate,
+    prompt_tokens_from_body,
+    usage_event,
+)
 
 
 @pytest.mark.parametrize(("tail", "tokens"), [
@@ -23,7 +28,7 @@ from covey.metrics.timing import MAX_PROMPT_TOKENS, prefill_rate, prompt_tokens_
      None),
 ])
 def test_prompt_tokens_from_the_streams_last_event(tail: bytes, tokens: int | None) -> None:
-    assert prompt_tokens_from_tail(tail) == tokens
+    assert prompt_tokens_from_body(usage_event(tail)) == tokens
 
 
 @pytest.mark.parametrize(("tokens", "ttft_ms", "rate"), [

@@ -62,11 +62,6 @@ def usage_event(tail: bytes) -> Any:
     return None
 
 
-def prompt_tokens_from_tail(tail: bytes) -> int | None:
-    """Prompt tokens from the last SSE event in `tail` that reports usage or timings."""
-    return prompt_tokens_from_body(usage_event(tail))
-
-
 # A prompt this long is not believed (a hostile peer's usage): llama.cpp contexts stop far
 # below. A lie within it only moves the gate's TTFT estimate, never below the trailing p50.
 MAX_PROMPT_TOKENS = 4_000_000

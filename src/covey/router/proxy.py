@@ -107,12 +107,11 @@ class Relay:
                                  f"{type(exc).__name__}", retry_after=2) from exc
 
     def _answered(self, request: web.Request, model: ServedModel, measured: bool,
-                  usage: object, completion_tokens: int) -> None:
+                  prompt_tokens: int | None, completion_tokens: int) -> None:
         """Count one complete answer for the mesh share: only a client's request (ACCOUNT,
-        set by the entry's API), once, by who answered; never a probe (`measure=False`).
-        `usage`: the answer's body or final usage event, read for the prompt count."""
+        set by the entry's API), once, by who answered; never a probe (`measure=False`)."""
         if self.on_answer is not None and measured and request.get(ACCOUNT, False):
-            self.on_answer(model.source, prompt_tokens_from_body(usage), completion_tokens)
+            self.on_answer(model.source, prompt_tokens, completion_tokens)
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
                       body: bytes, stream: bool, headers: Mapping[str, str],
@@ -176,7 +175,8 @@ class Relay:
             meter.record(None, speed.tokens_per_s, speed.tokens, time.monotonic(),
                          source=speed.source, latency_ms=elapsed_ms)
         # Counted capped at the body's size, as whole_speed does: every token is a byte of it.
-        self._answered(request, model, measured, body, min(tokens, len(data)))
+        self._answered(request, model, measured, prompt_tokens_from_body(body),
+                       min(tokens, len(data)))
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
@@ -239,12 +239,13 @@ class Relay:
         result = measure(t_request, t_first, t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(clock() - t_request) * 1000)
-        prefill = prefill_rate(prompt_tokens_from_body(usage), result.ttft_ms)
+        prompt_tokens = prompt_tokens_from_body(usage)  # once: the gate and the share use it
+        prefill = prefill_rate(prompt_tokens, result.ttft_ms)
         if prefill is not None:  # for the SLA gate's TTFT prediction
             meter.prefill_tokens_per_s.add(prefill, time.monotonic())
         # Counted when the answer is complete, before [DONE] goes out (see above); a
         # stream the client left or the engine broke was answered by nobody.
-        self._answered(request, model, measured, usage, tokens)
+        self._answered(request, model, measured, prompt_tokens, tokens)
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
             await response.write_eof(last)
         return response
