@@ -15,7 +15,7 @@ from aiohttp import web
 
 from covey.mesh import identity
 from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
-from covey.mesh.client import exchange, join, redeem, request_renewal, signer_for
+from covey.mesh.client import exchange, redeem, request_renewal, signer_for
 from covey.mesh.membership import Contact, InviteBook, parse_invite, revoke
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport, PeerError
@@ -84,7 +84,7 @@ async def _joiner(tmp_path: Path, name: str, session: HttpPeerTransport,
     data_dir = tmp_path / name
     data_dir.mkdir()
     ident = identity.load_or_create(data_dir)
-    state = await join(session, parse_invite(token), ident, data_dir, time.time())
+    state, _ = await redeem(session, parse_invite(token), ident, data_dir, time.time())
     return await _serve(state, tls_identity(ident.key, data_dir), forwards)
 
 

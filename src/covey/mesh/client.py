@@ -43,13 +43,6 @@ def signer_for(state: MeshState, clock: Callable[[], float] = time.time) -> Sign
     return sign
 
 
-async def join(transport: PeerTransport, invite: Invite, identity: Identity,
-               data_dir: Path, now: float) -> MeshState:
-    """Redeem `invite`; save and return the membership it grants (see `redeem`)."""
-    state, _ = await redeem(transport, invite, identity, data_dir, now)
-    return state
-
-
 async def redeem(transport: PeerTransport, invite: Invite, identity: Identity,
                  data_dir: Path, now: float, clock: Callable[[], float] = time.monotonic
                  ) -> tuple[MeshState, Contact]:
