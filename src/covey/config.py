@@ -138,6 +138,14 @@ class Settings:
     baseline_settle_s: float = _opt(3.0, "seconds an engine must be ready before its baseline")
     baseline_refresh_s: float = _opt(12 * 3600.0, "seconds before a cached baseline is redone")
 
+    # --- verification of peers' models (issue 14; src/covey/verify) ---
+    verify: str = _opt("observe", "off, observe (audit peers, log and show verdicts) or "
+                                  "enforce (also demote a peer after failed audits in a row)")
+    verify_interval_s: float = _opt(300.0, "mean seconds between audits (random times)")
+    verify_fails: int = _opt(3, "failed audits in a row before a peer is suspect (at least 2)")
+    verify_demote_s: float = _opt(600.0, "first demotion in enforce mode, seconds; doubles on "
+                                         "each repeat")
+
     # --- logging ---
     log_level: str = _opt("info", "debug, info, warning or error")
 
@@ -174,6 +182,12 @@ class Settings:
             raise bad("fallback_window_s", "must be above 0 and at most 30 days")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", "must be at least 1")
+        if self.verify not in ("off", "observe", "enforce"):
+            raise bad("verify", "must be off, observe or enforce")
+        if self.verify_fails < 2:
+            raise bad("verify_fails", "must be at least 2: one failed audit never convicts")
+        if not self.verify_interval_s > 0 or not self.verify_demote_s > 0:
+            raise bad("verify_interval_s", "intervals must be above zero")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "must be debug, info, warning or error")
         for url in self.backends:

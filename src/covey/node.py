@@ -50,6 +50,9 @@ from covey.router.fallback import Fallback
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineFailed, EngineState, ModelCard, ModelId
+from covey.verify import fingerprint
+from covey.verify.auditor import Auditor
+from covey.verify.verdicts import Policy, VerdictBook
 from covey.web import routes as web_routes
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,11 @@ class Node:
         self._prepared = False
         self._invites: InviteRoutes | None = None
         self._share: ShareStore | None = None
+        # Issue 14: this node's verdicts on peers' models and its own models' fingerprints.
+        self.verdicts = VerdictBook(Policy(
+            mode="enforce" if settings.verify == "enforce" else "observe",
+            fails_to_suspect=settings.verify_fails, demote_s=settings.verify_demote_s))
+        self.fingerprints: dict[str, dict[str, Any]] = {}
 
     # --- building -------------------------------------------------------------------
 
@@ -167,7 +175,7 @@ class Node:
             if task is None:
                 keeper = BaselineKeeper(self.table.models[mid], s.data_dir,
                                         s.baseline_max_tokens, s.baseline_settle_s,
-                                        s.baseline_refresh_s)
+                                        s.baseline_refresh_s, self._fingerprint)
                 self._keepers[mid] = self._tasks.create_task(
                     keep_running(keeper.run, f"baseline:{mid}"), name=f"baseline:{mid}")
 
@@ -260,6 +268,12 @@ class Node:
                     tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
                     tasks.create_task(keep_running(health.run, "health"), name="health")
                     tasks.create_task(keep_running(share.run, "mesh-share"), name="mesh-share")
+                    if s.verify != "off" and routes.dispatcher is not None:
+                        routes.dispatcher.verdicts = self.verdicts
+                        auditor = Auditor(self.table, mesh.peers, transport, self.verdicts,
+                                          s.verify_interval_s, s.peer_timeout_s,
+                                          local_sha=self._sha)
+                        tasks.create_task(keep_running(auditor.run, "verify"), name="verify")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
                     await stop.wait()
@@ -330,6 +344,7 @@ class Node:
         for m in self.table.models.values():
             if isinstance(m.engine, RemoteBackend | LocalEngine | BrokenEngine):
                 models.append({"id": m.id, "size_bytes": m.card.size_bytes,
+                               "sha256": self._sha(m.id),
                                "quantization": m.card.quantization, "slots": m.slots,
                                "queue_depth": m.queue_depth, "state": m.engine.state.kind})
                 ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
@@ -342,8 +357,20 @@ class Node:
                     baseline[m.id] = native
         return {"name": self.name, "models": models[:64], "metrics": metrics,
                 "baseline": baseline, "software_version": __version__,
+                "fingerprints": dict(list(self.fingerprints.items())[:64]),
                 "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
                              catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
+
+    async def _fingerprint(self, session: aiohttp.ClientSession, model: ServedModel) -> None:
+        """Taken with each native baseline; published with the next record."""
+        taken = await fingerprint.take(session, model)
+        if taken is not None:
+            self.fingerprints[model.id] = taken
+            log.info("model %s: fingerprint taken (sha256 %s…)", model.id, taken["sha256"][:12])
+
+    def _sha(self, model_id: str) -> str | None:
+        fp = self.fingerprints.get(model_id)
+        return fp.get("sha256") if fp else None
 
     def _write_runtime(self, port: int, mesh_addresses: list[str]) -> None:
         # "mesh": the first address, for readers older than "mesh_addresses".

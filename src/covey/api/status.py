@@ -23,6 +23,7 @@ from covey.metrics.share import ShareStore
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import TierPolicy
 from covey.types import EngineFailed, EngineReady, ModelId, NodeId, Percentiles
+from covey.verify.verdicts import verification_status
 
 
 def _percentiles(p: Percentiles) -> dict[str, Any]:
@@ -203,6 +204,10 @@ class StatusRoutes:
                          if (fb := self.routes.fallback) is not None else None),
             # What a request naming no model gets (the chat page's first pick).
             "default_model": self.routes.default_model(),
+            # Issue 14: this node's own audit verdicts per peer and model (verify/).
+            "verification": verification_status(
+                self.routes.dispatcher.verdicts if self.routes.dispatcher else None,
+                time.time()),
         }
 
     async def status(self, request: web.Request) -> web.Response:

@@ -70,6 +70,26 @@ class ModelMetrics(_Wire):
     samples: int = Field(default=0, ge=0, le=MAX_SAMPLES)
 
 
+class FingerprintProbe(_Wire):
+    """One fixed prompt's greedy answer: its text, tokens and chosen-token logprobs."""
+
+    text: str = Field(default="", max_length=256)
+    tokens: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
+                                                               max_length=16)
+    logprobs: list[Annotated[float, Field(ge=-100, le=0)]] = Field(default_factory=list,
+                                                                   max_length=16)
+
+
+class Fingerprint(_Wire):
+    """What a model is, as its node measured it (verify/fingerprint.py)."""
+
+    sha256: str | None = Field(default=None, max_length=64)
+    architecture: str | None = Field(default=None, max_length=64)
+    parameters: str | None = Field(default=None, max_length=32)  # the GGUF's size label
+    quantization: str | None = Field(default=None, max_length=32)
+    probes: list[FingerprintProbe] = Field(default_factory=list, max_length=4)
+
+
 class NodeRecord(_Wire):
     protocol: int = Field(ge=1, le=2**16)
     mesh_id: str = _Id
@@ -86,6 +106,8 @@ class NodeRecord(_Wire):
     # Native tokens/s per model: a measured rate, so above zero.
     baseline: dict[ModelKey, Annotated[float, Field(gt=0, le=MAX_TOKENS_PER_S)]] = Field(
         default_factory=dict, max_length=64)
+    # Per model, the fingerprint taken with the native baseline (issue 14).
+    fingerprints: dict[ModelKey, Fingerprint] = Field(default_factory=dict, max_length=64)
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers

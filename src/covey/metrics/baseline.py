@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,10 @@ class BaselineKeeper:
     """Keeps one model's baseline present and fresh. `run()` loops until cancelled."""
 
     def __init__(self, model: ServedModel, data_dir: Path, max_tokens: int, settle_s: float,
-                 refresh_s: float) -> None:
+                 refresh_s: float,
+                 fingerprint: Callable[[aiohttp.ClientSession, ServedModel], Awaitable[None]]
+                 | None = None) -> None:
+        self.fingerprint = fingerprint  # taken with each baseline (verify/fingerprint.py)
         self.model = model
         self.data_dir = data_dir
         self.max_tokens = max_tokens
@@ -138,6 +142,13 @@ class BaselineKeeper:
                     self.model.baseline = cached
                 else:
                     await self._measure(session, key)
+                if self.fingerprint is not None:
+                    try:
+                        await self.fingerprint(session, self.model)
+                    # Like the baseline: the engine may restart meanwhile; next round.
+                    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                        log.warning("model %s: fingerprint failed (%s)", self.model.id,
+                                    type(exc).__name__)
                 await self._wait_until_stale(key)
 
     async def _settled(self) -> None:

@@ -38,6 +38,7 @@ from covey.router.select import Candidate, LocalView
 from covey.router.table import ModelTable, ServedModel, unavailable_reason
 from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, EngineState, ModelCard, ModelId, NodeId
+from covey.verify.verdicts import VerdictBook
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Dispatcher:
         self.served_by = f"{node_id} ({node_name})"
         self.rng = rng or random.Random()
         self.peer_models: dict[tuple[str, str], ServedModel] = {}
+        self.verdicts: VerdictBook | None = None  # issue 14: audits' verdicts (verify/)
 
     async def dispatch(self, request: web.Request, path: str, model_name: str | None,
                        data: dict[str, Any], raw: bytes, stream: bool,
@@ -242,7 +244,9 @@ class Dispatcher:
                 body = json.dumps(data).encode()
             headers = {**gate, "x-covey-served-by": target.served_by or self.served_by,
                        "x-covey-candidates": header_ids,
-                       "x-covey-route": _route_reason(c, i, failures)}
+                       "x-covey-route": _route_reason(c, i, failures),
+                       "x-covey-verified": "verified" if c.local or self.verdicts is None
+                       else self.verdicts.header(c.node_id, model_id, now)}
             try:
                 response = await self.relay.forward(request, target, f"/{path}", body, stream,
                                                     headers)
@@ -308,7 +312,8 @@ class Dispatcher:
 
     def _usable(self, node_id: str, model_id: str) -> bool:
         # Only peers whose data plane was proven recently may get a prompt.
-        return self.health is None or self.health.usable(node_id, model_id)
+        return (self.health is None or self.health.usable(node_id, model_id)) and (
+            self.verdicts is None or self.verdicts.routable(node_id, model_id, time.time()))
 
     def _unreachable(self, model_id: str, serving: list[NodeRecord]) -> str:
         local = self.table.models.get(ModelId(model_id))

@@ -144,3 +144,11 @@ class VerdictBook:
                         "evidence": rec.last_evidence, "last_audit_at": rec.last_at,
                         "demoted_until": rec.demoted_until, "demotions": rec.demotions})
         return out
+
+
+def verification_status(book: VerdictBook | None, now: float) -> dict[str, object]:
+    """The `verification` section of /api/status."""
+    if book is None:
+        return {"mode": "off", "peers": []}
+    return {"mode": book.policy.mode, "fails_to_suspect": book.policy.fails_to_suspect,
+            "peers": book.snapshot(now)}

@@ -1,0 +1,152 @@
+"""Auditing peers: at random times, one fresh synthetic prompt run on a peer through the mesh
+and on this node's own engine as ground truth, compared (compare.py), concluded (verdicts.py).
+
+What the peer sees: an ordinary signed `/mesh/v1/chat/completions` from this node, the same
+endpoint and body shape as a relayed user chat (no probe header), with a generated prompt.
+It cannot tell from the headers or the path; it could guess from the body's mix (temperature
+0, a seed, `logprobs` with `top_logprobs`, a short `max_tokens`), which user clients also send
+but less often. What this node does NOT do with an audit: it calls the transport directly, not
+through the relay, so the audit is in none of this node's measurements, route observations or
+accounting. The peer itself counts it like any request it serves.
+
+Rate: one audit at a time per node, at exponentially distributed intervals (mean
+`interval_s`), so the peer cannot predict them; a short `max_tokens` keeps each one cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
+from covey.mesh.records import NodeRecord
+from covey.router.table import ModelTable, ServedModel
+from covey.types import EngineReady, ModelId
+from covey.verify.compare import DEFAULT, Answer, Comparison, Thresholds, compare, parse_answer
+from covey.verify.fingerprint import ask, chat_body
+from covey.verify.prompts import audit_prompt
+from covey.verify.verdicts import VerdictBook
+
+log = logging.getLogger(__name__)
+
+AUDIT_TOKENS = 12
+AUDIT_TOP_K = 5
+MAX_AUDIT_ANSWER = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    node_id: str
+    model_id: str
+    comparison: Comparison
+    ms: float  # wall time of the whole audit (both sides)
+    tokens: int  # completion tokens generated on both sides
+
+
+def targets(table: ModelTable, peers: list[NodeRecord]) -> list[tuple[NodeRecord, ServedModel]]:
+    """Pure: the (peer, local model) pairs this node can audit: the peer claims a model id this
+    node serves from its own file with a ready engine (its own file is the ground truth)."""
+    out = []
+    for record in peers:
+        for ad in record.models:
+            local = table.models.get(ModelId(ad.id))
+            if (local is not None and local.card.path is not None and ad.state == "ready"
+                    and isinstance(local.engine.state, EngineReady)):
+                out.append((record, local))
+    return out
+
+
+class Auditor:
+    """Audits peers until cancelled. `run()` is the loop; `audit()` is one audit."""
+
+    def __init__(self, table: ModelTable, peers: Callable[[float], list[NodeRecord]],
+                 transport: PeerTransport, book: VerdictBook, interval_s: float,
+                 timeout_s: float, rng: random.Random | None = None,
+                 thresholds: Thresholds = DEFAULT, local_sha: Callable[[str], str | None]
+                 = lambda _: None) -> None:
+        self.table = table
+        self.peers = peers
+        self.transport = transport
+        self.book = book
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.rng = rng or random.Random()
+        self.thresholds = thresholds
+        self.local_sha = local_sha
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5)
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            while True:
+                await asyncio.sleep(self.rng.expovariate(1 / self.interval_s))
+                pairs = targets(self.table, self.peers(time.time()))
+                if pairs:
+                    record, model = self.rng.choice(pairs)
+                    await self.audit(session, record, model)
+
+    async def audit(self, session: aiohttp.ClientSession, record: NodeRecord,
+                    model: ServedModel) -> AuditResult | None:
+        """One audit of `model` at `record`'s node; the verdict is recorded and logged."""
+        state = model.engine.state
+        if not isinstance(state, EngineReady):
+            return None
+        seed = self.rng.randint(1, 2**31 - 1)
+        body = chat_body(model.id, audit_prompt(self.rng), AUDIT_TOKENS, AUDIT_TOP_K, seed)
+        started = time.perf_counter()
+        try:
+            local = await ask(session, state.base_url, {**body, "model": model.upstream_name})
+        # Our own engine is restarting or busy: no ground truth, so no audit this time.
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        if local is None:
+            return None
+        peer, reason = await self._ask_peer(record, body)
+        ms = (time.perf_counter() - started) * 1000
+        if peer is None:
+            comparison = Comparison("inconclusive", 0, 0, None, reason)
+        else:
+            comparison = compare(local, peer, self.thresholds)
+        evidence = comparison.evidence()
+        ad = next((a for a in record.models if a.id == model.id), None)
+        ours = self.local_sha(model.id)
+        if ad is not None and ad.sha256 and ours and ad.sha256 != ours:
+            evidence += "; its published sha256 differs from ours"
+        self.book.record(record.node_id, model.id, comparison.outcome, evidence,
+                               time.time())
+        log.info("verify: audit of %s on %s: %s (%s); verdict %s", model.id,
+                 record.name or record.node_id[:12], comparison.outcome, evidence,
+                 self.book.status(record.node_id, model.id, time.time()))
+        tokens = len(local.steps) + (len(peer.steps) if peer is not None else 0)
+        return AuditResult(record.node_id, model.id, comparison, ms, tokens)
+
+    async def _ask_peer(self, record: NodeRecord, body: dict[str, object]
+                        ) -> tuple[Answer | None, str]:
+        raw = json.dumps(body).encode()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with await self.transport.post(
+                        peer_of(record), "/mesh/v1/chat/completions", raw,
+                        timeout_s=self.timeout_s, max_bytes=MAX_AUDIT_ANSWER) as r:
+                    status = r.status
+                    data = await r.read()
+        # The peer did not answer: that proves nothing about its model (health covers it).
+        except (PeerError, aiohttp.ClientError, TimeoutError) as exc:
+            return None, f"peer did not answer ({type(exc).__name__})"
+        if status != 200:
+            return None, f"peer answered HTTP {status}"
+        try:
+            answer = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            answer = None
+        parsed = parse_answer(answer) if isinstance(answer, dict) else None
+        if parsed is None:
+            return None, "peer's answer is not a chat completion"
+        return parsed, ""
