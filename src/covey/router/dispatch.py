@@ -206,6 +206,15 @@ class Dispatcher:
             exc.message = f"provider {provider.name}: {exc.message}"
             raise
 
+    def _verified(self, c: Candidate, model_id: str) -> str:
+        """`x-covey-verified`: this node's own engine is ground truth; a peer is what this
+        node's audits concluded (unverified when it does not audit)."""
+        if c.local:
+            return "verified"
+        if self.verdicts is None:
+            return "unverified"
+        return self.verdicts.header(c.node_id, model_id, time.time())
+
     def _client(self, request: web.Request) -> str:
         assert self.fallback is not None
         return fallback.client_key(request.headers.get("Authorization"), request.remote,
@@ -245,8 +254,7 @@ class Dispatcher:
             headers = {**gate, "x-covey-served-by": target.served_by or self.served_by,
                        "x-covey-candidates": header_ids,
                        "x-covey-route": _route_reason(c, i, failures),
-                       "x-covey-verified": "verified" if c.local or self.verdicts is None
-                       else self.verdicts.header(c.node_id, model_id, now)}
+                       "x-covey-verified": self._verified(c, model_id)}
             try:
                 response = await self.relay.forward(request, target, f"/{path}", body, stream,
                                                     headers)

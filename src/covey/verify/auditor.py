@@ -104,9 +104,12 @@ class Auditor:
         try:
             local = await ask(session, state.base_url, {**body, "model": model.upstream_name})
         # Our own engine is restarting or busy: no ground truth, so no audit this time.
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("verify: no audit of %s this time: own engine did not answer (%s)",
+                     model.id, type(exc).__name__)
             return None
         if local is None:
+            log.warning("verify: no audit of %s: own engine's answer has no logprobs", model.id)
             return None
         peer, reason = await self._ask_peer(record, body)
         ms = (time.perf_counter() - started) * 1000

@@ -34,12 +34,22 @@ def chat_body(model: str, prompt: str, max_tokens: int, top_k: int, seed: int) -
             "logprobs": True, "top_logprobs": top_k}
 
 
+MAX_ENGINE_ANSWER = 4 * 1024 * 1024
+
+
 async def ask(session: aiohttp.ClientSession, base_url: str, body: dict[str, Any]
               ) -> Answer | None:
-    async with session.post(f"{base_url}/v1/chat/completions", json=body) as r:
-        if r.status != 200:
-            return None
-        raw = await r.content.read(4 * 1024 * 1024)
+    """One non-streamed chat on this node's own engine (`base_url` ends in /v1), parsed; None
+    if it answered something other than a chat completion (or more than MAX_ENGINE_ANSWER).
+    Raises aiohttp.ClientResponseError on a non-200 answer."""
+    async with session.post(f"{base_url}/chat/completions", json=body) as r:
+        r.raise_for_status()
+        # Read to the end: one read() returns whatever arrived first, not the whole body.
+        raw = bytearray()
+        async for chunk in r.content.iter_any():
+            raw += chunk
+            if len(raw) > MAX_ENGINE_ANSWER:
+                return None
     try:
         data = json.loads(raw)
     except ValueError:
