@@ -272,7 +272,8 @@ class Node:
                         routes.dispatcher.verdicts = self.verdicts
                         auditor = Auditor(self.table, mesh.peers, transport, self.verdicts,
                                           s.verify_interval_s, s.peer_timeout_s,
-                                          local_sha=self._sha)
+                                          local_sha=self._sha,
+                                          observed=routes.dispatcher.observed_speeds)
                         tasks.create_task(keep_running(auditor.run, "verify"), name="verify")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")

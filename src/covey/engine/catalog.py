@@ -62,14 +62,15 @@ def read_card(path: Path) -> ModelCard:
         id=model_id_for(path, quant),
         path=path,
         size_bytes=size,
-        quantization=quant or _quant_from_name(path.stem),
+        quantization=quant or quant_from_name(path.stem),
         architecture=arch if isinstance(arch, str) else None,
         context_length=ctx if isinstance(ctx, int) else None,
         declares_pooling=f"{arch}.pooling_type" in meta,
     )
 
 
-def _quant_from_name(stem: str) -> str | None:
+def quant_from_name(stem: str) -> str | None:
+    """The quantization a file name or model id ends with, upper case (`…-q4_k_m` -> Q4_K_M)."""
     m = _QUANT_IN_NAME.search(stem)
     return m.group(1).upper() if m else None
 
@@ -81,7 +82,7 @@ def model_id_for(path: Path, quant: str | None) -> ModelId:
     ("Gemma 3 270m") and would collide across quantisations of the same model.
     """
     stem = re.sub(r"[^a-z0-9._-]+", "-", path.stem.lower()).strip("-.") or "model"
-    if quant and _quant_from_name(stem) is None:
+    if quant and quant_from_name(stem) is None:
         stem = f"{stem}-{quant.lower()}"
     return ModelId(stem)
 

@@ -307,6 +307,11 @@ class Dispatcher:
         """This entry's measurements of `model_id` relayed to peers."""
         return [m.meter for (_, mid), m in self.peer_models.items() if mid == model_id]
 
+    def observed_speeds(self, node_id: str, model_id: str) -> list[float]:
+        """Decode speeds this entry measured on answers relayed from that peer (window)."""
+        handle = self.peer_models.get((node_id, model_id))
+        return handle.meter.tokens_per_s.values(time.monotonic()) if handle else []
+
     def default_model(self, catalog: list[str]) -> str | None:
         """What a request naming no model gets: the best-served daily-driver model in
         `catalog`; without one, this node's default, else the first in the catalog."""

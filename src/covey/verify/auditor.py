@@ -29,6 +29,7 @@ from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.router.table import ModelTable, ServedModel
 from covey.types import EngineReady, ModelId
+from covey.verify.checks import cheap_checks
 from covey.verify.compare import DEFAULT, Answer, Comparison, Thresholds, compare, parse_answer
 from covey.verify.fingerprint import ask, chat_body
 from covey.verify.prompts import audit_prompt
@@ -70,7 +71,8 @@ class Auditor:
                  transport: PeerTransport, book: VerdictBook, interval_s: float,
                  timeout_s: float, rng: random.Random | None = None,
                  thresholds: Thresholds = DEFAULT, local_sha: Callable[[str], str | None]
-                 = lambda _: None) -> None:
+                 = lambda _: None,
+                 observed: Callable[[str, str], list[float]] = lambda _n, _m: []) -> None:
         self.table = table
         self.peers = peers
         self.transport = transport
@@ -80,17 +82,32 @@ class Auditor:
         self.rng = rng or random.Random()
         self.thresholds = thresholds
         self.local_sha = local_sha
+        self.observed = observed  # decode speeds measured here on answers from (peer, model)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=5)
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
-                await asyncio.sleep(self.rng.expovariate(1 / self.interval_s))
-                pairs = targets(self.table, self.peers(time.time()))
+                # Random times (a peer cannot predict the next audit), never closer than a
+                # tenth of the mean: the rate limit.
+                await asyncio.sleep(max(self.interval_s / 10,
+                                        self.rng.expovariate(1 / self.interval_s)))
+                peers = self.peers(time.time())
+                self.check(peers)
+                pairs = targets(self.table, peers)
                 if pairs:
                     record, model = self.rng.choice(pairs)
                     await self.audit(session, record, model)
+
+    def check(self, peers: list[NodeRecord]) -> None:
+        """The cheap checks of every claim the peers make (pure work, no traffic)."""
+        claims = {(r.node_id, ad.id): r for r in peers for ad in r.models
+                  if ad.state == "ready"}
+        self.book.forget(set(claims))
+        for (node_id, model_id), record in claims.items():
+            self.book.note(node_id, model_id, cheap_checks(
+                record, model_id, peers, self.observed(node_id, model_id)))
 
     async def audit(self, session: aiohttp.ClientSession, record: NodeRecord,
                     model: ServedModel) -> AuditResult | None:

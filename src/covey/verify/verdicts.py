@@ -53,6 +53,7 @@ class Record:
     demotions: int = 0
     demoted_until: float | None = None
     suspect_since: float | None = None
+    checks: tuple[str, ...] = ()  # the cheap checks' problems (checks.py): notes, not proof
 
 
 def apply(rec: Record, outcome: Outcome, evidence: str, now: float, policy: Policy) -> Record:
@@ -111,6 +112,21 @@ class VerdictBook:
         self._records[key] = rec
         return rec
 
+    def note(self, node_id: str, model_id: str, problems: list[str]) -> None:
+        """The cheap checks' latest problems with this claim (shown, never demoting)."""
+        key = (node_id, model_id)
+        rec = self._records.get(key)
+        if rec is None and not problems:
+            return
+        self._records[key] = replace(rec or Record(), checks=tuple(problems[:8]))
+
+    def forget(self, keep: set[tuple[str, str]]) -> None:
+        """Drop verdicts on claims no longer made (a peer left or stopped serving the model),
+        unless a demotion still runs: leaving and coming back must not clear it."""
+        for key in [k for k, r in self._records.items() if k not in keep]:
+            if self._records[key].demoted_until is None:
+                del self._records[key]
+
     def get(self, node_id: str, model_id: str, now: float) -> Record | None:
         key = (node_id, model_id)
         rec = self._records.get(key)
@@ -142,7 +158,8 @@ class VerdictBook:
                         "passes": rec.passes, "fails": rec.fails,
                         "fails_in_row": rec.fails_in_row, "inconclusive": rec.inconclusive,
                         "evidence": rec.last_evidence, "last_audit_at": rec.last_at,
-                        "demoted_until": rec.demoted_until, "demotions": rec.demotions})
+                        "demoted_until": rec.demoted_until, "demotions": rec.demotions,
+                        "checks": list(rec.checks)})
         return out
 
 
