@@ -254,9 +254,11 @@ class FakeBackend:
     """A running tests/fake_backend.py process."""
 
     def __init__(self, models: str, tokens: int, token_delay: float,
-                 fail_first: int = 0, record: Path | None = None) -> None:
+                 fail_first: int = 0, record: Path | None = None, ns: str | None = None) -> None:
+        # `ns`: run it inside that network namespace (tests/netns.py), on its loopback.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_backend", "--models", models,
+            [*(["ip", "netns", "exec", ns] if ns else []), sys.executable,
+             "-m", "tests.fake_backend", "--models", models,
              "--tokens", str(tokens), "--token-delay", str(token_delay),
              "--fail-first", str(fail_first), *(["--record", str(record)] if record else [])],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
@@ -280,8 +282,8 @@ def fake_backend() -> Iterator[Callable[..., FakeBackend]]:
 
     def start(models: str = "fake-model", tokens: int = 20,
               token_delay: float = 0.05, fail_first: int = 0,
-              record: Path | None = None) -> FakeBackend:
-        backends.append(FakeBackend(models, tokens, token_delay, fail_first, record))
+              record: Path | None = None, ns: str | None = None) -> FakeBackend:
+        backends.append(FakeBackend(models, tokens, token_delay, fail_first, record, ns))
         return backends[-1]
 
     yield start

@@ -1,74 +1,157 @@
-"""Issue 14: audits tell honest peers from impostors, with real engines.
+"""Issue 14: audits tell honest peers from impostors, with real engines on separate "machines".
 
-One entry serves Gemma 3 270M from its own file (the ground truth) and audits, every ~0.3 s
-here, three peers that all claim `gemma-3-270m-q4_k_m`:
-- honest: the same file with other thread and slot counts (never flagged);
-- impostor: SmolLM2's GGUF under Gemma's file name (model ids come from file names);
-- canned: an attached fake backend that answers fixed text under Gemma's id.
-Enforce mode, K=2: both cheats are suspect and demoted; the honest peer is verified.
+Six network namespaces on one bridge (tests/netns.py), each node started with the README's
+flags. The entry serves Gemma 3 270M from its own file (the ground truth) and audits, every
+~0.3 s here, five peers that all claim `gemma-3-270m-q4_k_m`:
+- two honest ones: the same file with one thread and one slot, and with four slots while a
+  client streams other requests on it (audits then share batches with other work);
+- SmolLM2's GGUF under Gemma's file name (model ids come from file names);
+- a perturbed copy of Gemma's GGUF: one tensor's block scales changed, same metadata and size
+  (the hard case: its greedy text is often word for word the honest one);
+- an attached backend answering canned text under Gemma's id.
+Enforce mode, K=2: the three cheats are suspect and demoted, the honest peers verified and
+never failed once, and the entry routes nothing to a demoted peer.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from covey.bench.impostors import perturbed_gguf
 
-from tests.conftest import FakeBackend, NodeProcess, http, mesh_invite, wait_for
+from tests.conftest import FakeBackend, wait_for
+from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+
+pytestmark = pytest.mark.skipif(unusable_reason() is not None,
+                                reason=unusable_reason() or "")
 
 GEMMA = "gemma-3-270m-q4_k_m"
+README_MESH = ["--mesh-host", "0.0.0.0"]
+ENFORCE = ["--verify", "enforce", "--verify-interval-s", "0.3", "--verify-fails", "2"]
 
-
-@pytest.mark.timeout(400)
-def test_audits_flag_impostors_never_the_honest_peer(
-        start_node: Callable[..., NodeProcess], fake_backend: Callable[..., FakeBackend],
-        model_path: Path, chat_model_path: Path, tmp_path: Path) -> None:
-    entry = start_node("--model", str(model_path), "--no-default-model", "--verify", "enforce",
-                       "--verify-interval-s", "0.3", "--verify-fails", "2", name="entry")
-    entry.wait_listening()
-    ids: dict[str, str] = {}
-    honest = start_node("--model", str(model_path), "--no-default-model", "--threads", "1",
-                        "--parallel", "1", "--join", mesh_invite(entry), name="honest")
-    fake_dir = tmp_path / "impostor-file"
-    fake_dir.mkdir()
-    shutil.copyfile(chat_model_path, fake_dir / f"{GEMMA}.gguf")
-    impostor = start_node("--model", str(fake_dir / f"{GEMMA}.gguf"), "--no-default-model",
-                          "--join", mesh_invite(entry), name="impostor")
-    canned = fake_backend(models=GEMMA, tokens=12, token_delay=0.0)
-    canned_node = start_node("--no-default-model", "--no-baseline", "--backend", canned.url,
-                             "--join", mesh_invite(entry), name="canned")
-    for name, node in (("honest", honest), ("impostor", impostor), ("canned", canned_node)):
-        node.wait_listening()
-        ids[node.status()["node"]["id"]] = name
-
-    def verdicts() -> dict[str, dict[str, Any]]:
-        return {ids[v["node_id"]]: v for v in entry.status()["verification"]["peers"]
-                if v["node_id"] in ids and v["model"] == GEMMA}
-
-    def settled() -> bool:
-        v = verdicts()
-        return (v.get("honest", {}).get("passes", 0) >= 3
-                and v.get("impostor", {}).get("status") == "suspect"
-                and v.get("canned", {}).get("status") == "suspect")
-
+# Streams chats at a node's own API until killed: the honest peer's concurrent load.
+LOAD = """
+import json, sys, urllib.request
+body = json.dumps({"model": sys.argv[2], "max_tokens": 24, "stream": True,
+                   "messages": [{"role": "user", "content": "Tell me about rivers."}]}).encode()
+while True:
+    req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
     try:
-        wait_for(settled, 150, "audits to verify the honest peer and flag both cheats")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; verdicts: {verdicts()}; entry log: "
-                             f"{entry.log()[-3000:]}") from None
-    v = verdicts()
-    assert v["honest"]["fails"] == 0 and v["honest"]["status"] == "verified", v["honest"]
-    for cheat in ("impostor", "canned"):
-        assert v[cheat]["demoted_until"] is not None, v[cheat]
-        assert v[cheat]["evidence"], v[cheat]
-    # Demoted peers get no routes: every answer from the entry comes from itself or honest.
-    for _ in range(4):
-        code, headers, body = http("POST", entry.url + "/v1/chat/completions", {
-            "model": GEMMA, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
-        assert code == 200, body
-        served = headers["x-covey-served-by"].split()[0]
-        assert ids.get(served) not in ("impostor", "canned"), served
-        assert headers["x-covey-verified"] == "verified"
+        urllib.request.urlopen(req, timeout=30).read()
+    except OSError:
+        pass
+"""
+
+# Asks the entry four times; prints who served each answer and its x-covey-verified.
+ASK = """
+import json, sys, urllib.request
+out = []
+for _ in range(4):
+    body = json.dumps({"model": sys.argv[2], "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        out.append([r.headers["x-covey-served-by"].split()[0], r.headers["x-covey-verified"]])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Host]]:
+    with lan(6, subnet="10.79.0") as made:
+        yield made
+
+
+@pytest.mark.timeout(420)
+def test_audits_flag_impostors_never_the_honest_peers(
+        hosts: list[Host], tmp_path: Path, model_path: Path, chat_model_path: Path) -> None:
+    h_entry, h_one, h_busy, h_smol, h_pert, h_canned = hosts
+    entry = NsNode(h_entry.ns, tmp_path / "entry", *README_MESH, "--model", str(model_path),
+                   "--no-default-model", *ENFORCE)
+    nodes, names = [entry], {}
+    load: subprocess.Popen[bytes] | None = None
+    canned: FakeBackend | None = None
+    try:
+        entry.wait_listening()
+
+        def join(host: Host, name: str, *args: str) -> NsNode:
+            invite = entry.covey("invite", "--data-dir", str(entry.data_dir)).strip()
+            node = NsNode(host.ns, tmp_path / name, "--join", invite, *README_MESH,
+                          "--no-default-model", *args)
+            nodes.append(node)
+            names[node.node_id] = name
+            return node
+
+        join(h_one, "honest-1-thread", "--model", str(model_path), "--threads", "1",
+             "--parallel", "1")
+        busy = join(h_busy, "honest-busy", "--model", str(model_path), "--parallel", "4")
+        smol_file = tmp_path / "smol" / f"{GEMMA}.gguf"
+        smol_file.parent.mkdir()
+        smol_file.write_bytes(chat_model_path.read_bytes())
+        join(h_smol, "smollm2", "--model", str(smol_file))
+        pert_file = tmp_path / "perturbed" / f"{GEMMA}.gguf"
+        pert_file.parent.mkdir()
+        changed = perturbed_gguf(model_path, pert_file)
+        assert pert_file.stat().st_size == model_path.stat().st_size, changed
+        join(h_pert, "perturbed", "--model", str(pert_file))
+        canned = FakeBackend(GEMMA, tokens=12, token_delay=0.0, ns=h_canned.ns)
+        join(h_canned, "canned", "--backend", canned.url)
+
+        busy_url = busy.wait_listening()["url"]
+        busy.wait_ready_model()
+        load = subprocess.Popen(["ip", "netns", "exec", h_busy.ns, sys.executable, "-c", LOAD,
+                                 busy_url, GEMMA], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+        def verdicts() -> dict[str, dict[str, Any]]:
+            return {names[v["node_id"]]: v for v in entry.status()["verification"]["peers"]
+                    if v["node_id"] in names and v["model"] == GEMMA}
+
+        def settled() -> bool:
+            v = verdicts()
+            return (all(v.get(h, {}).get("passes", 0) >= 3
+                        for h in ("honest-1-thread", "honest-busy"))
+                    and all(v.get(c, {}).get("status") == "suspect"
+                            for c in ("smollm2", "perturbed", "canned")))
+
+        try:
+            wait_for(settled, 300, "audits to verify the honest peers and flag the cheats")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; verdicts: {json.dumps(verdicts(), indent=1)}") \
+                from None
+        v = verdicts()
+        print(json.dumps({"perturbed": changed, "verdicts": v}, indent=1))
+        for honest in ("honest-1-thread", "honest-busy"):
+            assert v[honest]["fails"] == 0 and v[honest]["status"] == "verified", v[honest]
+        for cheat in ("smollm2", "perturbed", "canned"):
+            assert v[cheat]["demoted_until"] is not None, v[cheat]
+            assert v[cheat]["evidence"], v[cheat]
+
+        # Demoted peers get no routes: the entry serves from itself or an honest peer.
+        out = ns_run(h_entry.ns, sys.executable, "-c", ASK, entry.wait_listening()["url"],
+                     GEMMA, timeout=120)
+        assert out.returncode == 0, out.stderr
+        for served_by, verified in json.loads(out.stdout):
+            assert names.get(served_by, "entry") in ("entry", "honest-1-thread",
+                                                     "honest-busy"), served_by
+            assert verified == "verified", (served_by, verified)
+    except BaseException:
+        for node in nodes:
+            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
+        raise
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+        if canned is not None:
+            canned.stop()
+        for node in nodes:
+            node.stop()

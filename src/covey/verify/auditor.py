@@ -3,14 +3,19 @@ and on this node's own engine as ground truth, compared (compare.py), concluded 
 
 What the peer sees: an ordinary signed `/mesh/v1/chat/completions` from this node, the same
 endpoint and body shape as a relayed user chat (no probe header), with a generated prompt.
-It cannot tell from the headers or the path; it could guess from the body's mix (temperature
-0, a seed, `logprobs` with `top_logprobs`, a short `max_tokens`), which user clients also send
-but less often. What this node does NOT do with an audit: it calls the transport directly, not
-through the relay, so the audit is in none of this node's measurements, route observations or
-accounting. The peer itself counts it like any request it serves.
+It cannot tell from the headers or the path. The body varies (`audit_bodies`): greedy, with
+or without a seed, with log-probabilities only half of the time, a length drawn each time, so
+no field marks an audit: a cheat that answered honestly only when asked for logprobs is still
+judged on its greedy text the other half (compare.py's text check against the local ground
+truth, which always has them).
+
+What this node does NOT do with an audit: it calls the transport directly, not through the
+relay, so the audit is in none of this node's measurements, route observations or accounting.
+The peer itself counts it like any request it serves: it cannot tell it from one.
 
 Rate: one audit at a time per node, at exponentially distributed intervals (mean
-`interval_s`), so the peer cannot predict them; a short `max_tokens` keeps each one cheap.
+`interval_s`, never under a tenth of it), so the peer cannot predict them; a short
+`max_tokens` keeps each one cheap.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -37,7 +43,7 @@ from covey.verify.verdicts import VerdictBook
 
 log = logging.getLogger(__name__)
 
-AUDIT_TOKENS = 12
+AUDIT_TOKENS = (10, 16)  # max_tokens, drawn per audit
 AUDIT_TOP_K = 5
 MAX_AUDIT_ANSWER = 1024 * 1024
 
@@ -49,6 +55,20 @@ class AuditResult:
     comparison: Comparison
     ms: float  # wall time of the whole audit (both sides)
     tokens: int  # completion tokens generated on both sides
+
+
+def audit_bodies(model_id: str, prompt: str, rng: random.Random
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pure: the ground-truth body for this node's engine (always with logprobs) and the body
+    sent to the peer (the same request; logprobs and a seed each only half of the time)."""
+    local = chat_body(model_id, prompt, rng.randint(*AUDIT_TOKENS), AUDIT_TOP_K,
+                      rng.randint(1, 2**31 - 1))
+    peer = dict(local)
+    if rng.random() < 0.5:
+        del peer["logprobs"], peer["top_logprobs"]
+    if rng.random() < 0.5:
+        del peer["seed"]
+    return local, peer
 
 
 def targets(table: ModelTable, peers: list[NodeRecord]) -> list[tuple[NodeRecord, ServedModel]]:
@@ -115,8 +135,7 @@ class Auditor:
         state = model.engine.state
         if not isinstance(state, EngineReady):
             return None
-        seed = self.rng.randint(1, 2**31 - 1)
-        body = chat_body(model.id, audit_prompt(self.rng), AUDIT_TOKENS, AUDIT_TOP_K, seed)
+        body, peer_body = audit_bodies(model.id, audit_prompt(self.rng), self.rng)
         started = time.perf_counter()
         try:
             local = await ask(session, state.base_url, {**body, "model": model.upstream_name})
@@ -128,7 +147,7 @@ class Auditor:
         if local is None:
             log.warning("verify: no audit of %s: own engine's answer has no logprobs", model.id)
             return None
-        peer, reason = await self._ask_peer(record, body)
+        peer, reason = await self._ask_peer(record, peer_body)
         ms = (time.perf_counter() - started) * 1000
         if peer is None:
             comparison = Comparison("inconclusive", 0, 0, None, reason)
