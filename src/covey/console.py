@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from covey import console_verdicts as verdicts
 from covey.engine import embedded
 from covey.metrics.timing import measure
 
@@ -161,7 +162,7 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
     if snap.get("mesh", {}) and snap["mesh"].get("problem"):
         out.print(f"[red]mesh problem:[/] {snap['mesh']['problem']}")
     if snap.get("peers"):
-        out.print(_peers_table(snap["peers"]))
+        out.print(_peers_table(snap["peers"], snap.get("verification")))
     return 0
 
 
@@ -189,17 +190,24 @@ def _catalog_table(catalog: list[dict[str, Any]], default: str | None) -> Table:
     return table
 
 
-def _peers_table(peers: list[dict[str, Any]]) -> Table:
+def _peers_table(peers: list[dict[str, Any]], verification: dict[str, Any] | None = None,
+                 now: float | None = None) -> Table:
+    """The peers and, per model, this node's audit verdict (`verified` column)."""
     table = Table(title="peers", title_justify="left")
-    for col in ("node", "id", "address", "models", "last seen", "data plane"):
+    for col in ("node", "id", "address", "models", "last seen", "data plane", "verified"):
         table.add_column(col, overflow="fold")
-    now = time.time()
+    now = time.time() if now is None else now
+    mode = (verification or {}).get("mode")
     for p in peers:
         models = ", ".join(
             f"{m['id']} ({m['state']}, {_fmt(m.get('tokens_per_s_p50'), 'tok/s')})"
             for m in p["models"]) or "-"
-        table.add_row(p["name"], p["id"][:12], ", ".join(p["addresses"]), models,
-                      f"{max(0.0, now - p['last_seen']):.0f}s ago", _health_cell(p.get("health")))
+        rows = verdicts.verdict_rows(verification, p["id"], [m["id"] for m in p["models"]])
+        # Names, ids and models are peers' own words: text, never markup.
+        table.add_row(escape(p["name"] or ""), p["id"][:12], escape(", ".join(p["addresses"])),
+                      escape(models), f"{max(0.0, now - p['last_seen']):.0f}s ago",
+                      _health_cell(p.get("health")),
+                      escape(verdicts.status_cell(rows, mode, now)))
     return table
 
 
@@ -236,14 +244,23 @@ def doctor(url: str, api_key: str | None, peer: str | None, token: bool,
         else:
             err.print(f"{_MARK[False]} layer 1 local node running: {exc}\n  fix: {fix}")
         return 1
+    # The verdicts come from /api/status. A node that answered the doctor answers that too;
+    # if it does not, the layers still print and the verdicts are said to be missing.
+    snap = None
+    with contextlib.suppress(NodeUnreachable):
+        snap = asyncio.run(_get_json(url + "/api/status", api_key))
+    report = verdicts.with_verification(report, snap if isinstance(snap, dict) else None)
     if as_json:
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
     out = Console()
-    sections = [("this node", report["node"]["layers"], report["node"]["first_failure"])]
-    sections += [(f"{p['name'] or p['address']} ({(p['id'] or '')[:12]})", p["layers"],
-                  p["first_failure"]) for p in report["peers"]]
-    for title, layers, failure in sections:
+    now = time.time()
+    mode = (report.get("verification") or {}).get("mode")
+    sections = [("this node", report["node"]["layers"], report["node"]["first_failure"], None)]
+    sections += [(f"{escape(p['name'] or p['address'] or '')} ({(p['id'] or '')[:12]})",
+                  p["layers"],
+                  p["first_failure"], p.get("verification")) for p in report["peers"]]
+    for title, layers, failure, rows in sections:
         table = Table(title=title, title_justify="left", show_header=False, box=None)
         table.add_column(width=2)
         table.add_column(no_wrap=True)
@@ -252,11 +269,16 @@ def doctor(url: str, api_key: str | None, peer: str | None, token: bool,
             table.add_row(_MARK[layer["ok"]], f"{layer['layer']:>2} {layer['name']}",
                           layer["detail"])
         out.print(table)
+        if rows is not None:
+            for line in verdicts.doctor_lines(rows, mode, now):
+                out.print(line, soft_wrap=True, highlight=False)
         if failure:
             out.print(f"  [red]first failure:[/] layer {failure['layer']} ({failure['name']})"
                       f"\n  [bold]fix:[/] {failure['fix']}\n")
     if not report["peers"] and not peer:
         out.print("no peers in the roster yet")
+    if report["verification"] is None:
+        out.print("[dim]·[/] verification: not shown (/api/status did not answer)")
     out.print("[green]all layers pass[/]" if report["ok"] else "[red]something is broken[/]")
     return 0 if report["ok"] else 1
 

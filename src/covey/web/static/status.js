@@ -84,6 +84,7 @@
       ["Mesh address", mesh ? `<span class="mono">${esc(mesh.address)}</span>` : "—"],
       ["Peers", String((s.peers || []).length)],
       ["Models in mesh", String((s.catalog || []).length)],
+      ["Verify", verifyMode(s.verification)],
       ["Version", esc(node.version || "")],
       ["Up", esc(duration(node.uptime_s))],
     ];
@@ -230,6 +231,73 @@
     return `<span class="muted">checking…</span>`;
   }
 
+  // ---- verification (issue 14): this node's own audit verdicts, never a peer's word -------
+
+  const VERDICTS = new Set(["verified", "unverified", "inconclusive", "suspect"]);
+  const MODES = new Map([
+    ["off", "this node audits no peer"],
+    ["observe", "audits peers at random times and shows the verdicts; routing is unchanged"],
+    ["enforce", "audits peers and takes a suspect peer out of routing for a while"],
+  ]);
+  const MAX_EVIDENCE = 300;
+
+  function verifyMode(v) {
+    const mode = v && MODES.has(v.mode) ? v.mode : "off";
+    const k = v && isNum(v.fails_to_suspect) ? v.fails_to_suspect : null;
+    const title = MODES.get(mode) + (mode !== "off" && k ? `; suspect after ${k} failed audits in a row` : "");
+    return `<span class="verify-mode verify-${mode}" title="${esc(title)}">${mode}</span>`;
+  }
+
+  // A node wall time as this browser's clock reads it: "14:05", or "Dec 2 14:05" a day away.
+  function wallTime(t, now) {
+    const d = new Date(t * 1000);
+    const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+    return t - now < 86400 ? hm : `${d.toLocaleString("en", { month: "short", day: "numeric" })} ${hm}`;
+  }
+
+  // Audited (peer, model) pairs: "node id NUL model" -> entry.
+  function verdictIndex(v) {
+    const index = new Map();
+    ((v && Array.isArray(v.peers)) ? v.peers : []).forEach((e) => {
+      if (e && typeof e.node_id === "string" && typeof e.model === "string") {
+        index.set(`${e.node_id}\u0000${e.model}`, e);
+      }
+    });
+    return index;
+  }
+
+  function verdictLine(model, e, now) {
+    const status = e && VERDICTS.has(e.status) ? e.status : "unverified";
+    const n = (k) => (e && isNum(e[k]) ? e[k] : 0);
+    const audits = n("audits");
+    const counts = audits
+      ? `${audits} audit${audits === 1 ? "" : "s"}: ${n("passes")} passed · ${n("fails")} failed · ${n("inconclusive")} inconclusive`
+      : "no audit yet: this node audits the models it serves itself";
+    const evidence = e && typeof e.evidence === "string" ? e.evidence.slice(0, MAX_EVIDENCE) : "";
+    const last = e && isNum(e.last_audit_at) ? `last audit ${ago(now - e.last_audit_at)}` : "";
+    const title = [counts, last, evidence].filter(Boolean).join(" · ");
+    const until = e && isNum(e.demoted_until) && e.demoted_until > now
+      ? `<small class="demoted" title="no routes from this node until then; the period doubles on repeat">demoted until ${esc(wallTime(e.demoted_until, now))}</small>` : "";
+    return `<div class="verdict-line" data-model="${esc(model)}">
+      <span class="mono small-text">${esc(model)}</span>
+      <span class="verdict verdict-${status}" title="${esc(title)}">${status}</span>${until}
+      ${audits ? `<small class="muted verdict-counts">${esc(`${n("passes")}/${audits} passed`)}${last ? ` · ${esc(last)}` : ""}</small>` : ""}
+      ${evidence && status !== "verified" ? `<small class="detail verdict-evidence">${esc(evidence)}</small>` : ""}
+    </div>`;
+  }
+
+  // One line per model the peer claims, then any other this node audited it for.
+  function verdictCell(p, s, index, now) {
+    const mode = s.verification && MODES.has(s.verification.mode) ? s.verification.mode : "off";
+    if (mode === "off") return `<span class="muted">not audited (verify off)</span>`;
+    const claimed = (p.models || []).map((m) => m && m.id).filter((id) => typeof id === "string");
+    const audited = [...index.values()].filter((e) => e.node_id === p.id).map((e) => e.model);
+    const models = [...new Set([...claimed, ...audited])];
+    return models.length
+      ? models.map((m) => verdictLine(m, index.get(`${p.id}\u0000${m}`), now)).join("")
+      : `<span class="muted">no models</span>`;
+  }
+
   function renderPeers(s, now) {
     const current = new Map((s.peers || []).map((p) => [p.id, p]));
     current.forEach((p, id) => seenPeers.set(id, { ...p, seenAt: now }));
@@ -239,6 +307,7 @@
       else if (now - p.seenAt > GONE_KEEP_S) seenPeers.delete(id);
       else peers.push({ ...p, now, gone: true, goneFor: now - (p.last_seen ?? p.seenAt) });
     });
+    const verdicts = verdictIndex(s.verification);
     const body = peers.map((p) => {
       const hw = p.hardware || {};
       const memory = [hw.ram_bytes != null && `RAM ${bytes(hw.ram_bytes)}`,
@@ -259,6 +328,7 @@
         ${td("Queue", String(queue), "num")}
         ${td("Last seen", `<span class="${stale ? "warn-text" : ""}">${age == null ? "—" : esc(ago(age))}</span>`, "last-seen")}
         ${td("Health", health(p), "health")}
+        ${td("Verified", verdictCell(p, s, verdicts, now), "verified")}
       </tr>`;
     });
     fill("peers", body, "No other members yet. Run <code>covey invite</code> on the mesh's first node and join with <code>covey serve --join</code>.");
