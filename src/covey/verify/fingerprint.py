@@ -36,7 +36,9 @@ def chat_body(model: str, prompt: str, max_tokens: int, top_k: int, seed: int) -
 
 async def ask(session: aiohttp.ClientSession, base_url: str, body: dict[str, Any]
               ) -> Answer | None:
-    async with session.post(f"{base_url}/v1/chat/completions", json=body) as r:
+    """`body` to `<base_url>/chat/completions`; `base_url` ends in /v1, as an engine's
+    `EngineReady.base_url` does. None when the answer is not a chat completion."""
+    async with session.post(f"{base_url}/chat/completions", json=body) as r:
         if r.status != 200:
             return None
         raw = await r.content.read(4 * 1024 * 1024)
