@@ -5,10 +5,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from covey.verify import verdicts as v
 from covey.verify.compare import Answer, Step, Thresholds, compare, parse_answer
+from covey.verify.fingerprint import ask, chat_body
 from covey.verify.prompts import audit_prompt
 
 
@@ -30,8 +34,8 @@ TIE_PEER = steps(("The", -0.5, {"The": -0.5}), (" sky", -0.2, {" sky": -0.2}),
                  (" is", -0.1, {" is": -0.1}), (" grey", -0.69, {" grey": -0.69}))
 
 
-def ans(text: str, st: tuple[Step, ...] = ()) -> Answer:
-    return Answer(text, st)
+def ans(text: str, st: tuple[Step, ...] = (), finish: str | None = None) -> Answer:
+    return Answer(text, st, finish)
 
 
 @pytest.mark.parametrize(("local", "peer", "outcome"), [
@@ -47,6 +51,12 @@ def ans(text: str, st: tuple[Step, ...] = ()) -> Answer:
     (ans("The sky is blue", HONEST), ans("Hello from a canned backend"), "fail"),
     (ans("The sky is blue", HONEST), ans("The"), "inconclusive"),
     (ans("The sky is blue", TIE_LOCAL), ans("The sky is grey"), "inconclusive"),
+    (ans("The sky is blue", HONEST), ans("The sky is"), "fail"),  # stopped short, no tie
+    # Runs on past the local text: max_tokens ended ours, so no honest engine says more (a
+    # backend echoing the prompt does); ours stopped by itself: a tie with end-of-text.
+    (ans("The sky is blue", HONEST, "length"), ans("The sky is blue today"), "fail"),
+    (ans("The sky is blue", HONEST, "stop"), ans("The sky is blue today"), "inconclusive"),
+    (ans("The sky is blue", HONEST, None), ans("The sky is blue today"), "inconclusive"),
 ])
 def test_compare_table(local: Answer, peer: Answer, outcome: str) -> None:
     assert compare(local, peer).outcome == outcome
@@ -58,6 +68,33 @@ def test_mean_distance_is_reported_and_thresholded() -> None:
     strict = compare(ans("x", HONEST), ans("x", NOISY), Thresholds(max_mean_nats=0.001))
     assert strict.outcome == "fail"
     assert "top-1 4/4" in c.evidence()
+
+
+def test_a_short_aligned_prefix_never_fails_on_distance() -> None:
+    # One agreed step, then a tie: one step's distance is too noisy to blame.
+    local = steps(("The", -0.5, {"The": -0.5}), (" sky", -0.6, {" sky": -0.6, " sun": -0.7}))
+    peer = steps(("The", -1.5, {"The": -1.5}), (" sun", -0.6, {" sun": -0.6}))
+    c = compare(ans("The sky", local), ans("The sun", peer))
+    assert c.outcome == "inconclusive" and c.mean_nats is not None and c.mean_nats > 0.5
+
+
+def test_finish_reason_is_read_and_bounded() -> None:
+    a = parse_answer({"choices": [{"message": {"content": "hi"}, "finish_reason": "x" * 99}]})
+    assert a is not None and a.finish == "x" * 16
+    b = parse_answer({"choices": [{"message": {"content": "hi"}, "finish_reason": 7}]})
+    assert b is not None and b.finish is None
+
+
+async def test_ask_posts_under_the_engines_v1_root() -> None:
+    # EngineReady.base_url ends in /v1: the answer comes from <base>/chat/completions.
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response(_choice([{"token": "a", "logprob": -0.1}]))
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        got = await ask(session, str(server.make_url("/v1")), chat_body("m", "hi", 4, 5, 1))
+    assert got is not None and [s.token for s in got.steps] == ["a"]
 
 
 def _choice(content: Any) -> dict[str, Any]:

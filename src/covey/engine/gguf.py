@@ -1,4 +1,4 @@
-"""A header-only GGUF metadata reader.
+"""A header-only GGUF reader: the metadata, and the tensor table (names, types, offsets).
 
 Why not the `gguf` package: its GGUFReader builds numpy views for every array element,
 which takes ~30 s on a 250 MB model because of the 262k-entry tokenizer vocabulary. We need
@@ -9,6 +9,7 @@ materialising them. Every length read from the file is capped: the file may be h
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +17,8 @@ MAGIC = b"GGUF"
 MAX_KV = 1 << 20
 MAX_STRING = 1 << 24  # 16 MiB: chat templates are long, nothing legitimate is longer
 MAX_ARRAY = 1 << 32
+MAX_TENSORS = 1 << 20
+MAX_DIMS = 8
 
 # value type → struct format for fixed-size scalars (GGUF spec, gguf.md)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -32,29 +35,71 @@ def read_metadata(path: Path, wanted: frozenset[str] | None = None) -> dict[str,
     `wanted` has been seen."""
     size = path.stat().st_size
     with path.open("rb") as f:
-        if f.read(4) != MAGIC:
-            raise GGUFError("not a GGUF file")
-        version = _unpack(f, "<I")
-        if version not in (2, 3):
-            raise GGUFError(f"unsupported GGUF version {version}")
-        _unpack(f, "<Q")  # tensor count
-        kv_count = _unpack(f, "<Q")
-        if kv_count > MAX_KV:
-            raise GGUFError(f"implausible metadata count {kv_count}")
-        out: dict[str, object] = {}
-        for _ in range(kv_count):
-            key = _string(f)
-            vtype = _unpack(f, "<I")
-            if vtype == _ARRAY:
-                _skip_array(f)
-                # seek() past the end does not fail: check we are still inside the file.
-                if f.tell() > size:
-                    raise GGUFError("file ends inside the metadata (truncated)")
-            else:
-                out[key] = _value(f, vtype)
-            if wanted is not None and wanted <= out.keys():
-                break
-        return out
+        _, kv_count = _header(f)
+        return _metadata(f, size, kv_count, wanted)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ggml_type: int  # ggml's type number (gguf.GGMLQuantizationType)
+    shape: tuple[int, ...]
+    offset: int  # of its data, in bytes from the start of the file
+
+
+def read_tensor_table(path: Path) -> list[TensorInfo]:
+    """The tensor table: each tensor's name, type, shape and where its data starts."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        tensor_count, kv_count = _header(f)
+        if tensor_count > MAX_TENSORS:
+            raise GGUFError(f"implausible tensor count {tensor_count}")
+        alignment = _metadata(f, size, kv_count, None).get("general.alignment", 32)
+        if not isinstance(alignment, int) or not 0 < alignment <= 1 << 16:
+            raise GGUFError(f"implausible alignment {alignment}")
+        table = []
+        for _ in range(tensor_count):
+            name = _string(f)
+            n_dims = _unpack(f, "<I")
+            if n_dims > MAX_DIMS:
+                raise GGUFError(f"implausible tensor rank {n_dims}")
+            shape = tuple(_unpack(f, "<Q") for _ in range(n_dims))
+            ggml_type = _unpack(f, "<I")
+            table.append((name, ggml_type, shape, _unpack(f, "<Q")))
+        start = -(-f.tell() // alignment) * alignment
+    return [TensorInfo(name, t, shape, start + off) for name, t, shape, off in table]
+
+
+def _header(f: BinaryIO) -> tuple[int, int]:
+    """(tensor count, metadata count), after checking the magic and version."""
+    if f.read(4) != MAGIC:
+        raise GGUFError("not a GGUF file")
+    version = _unpack(f, "<I")
+    if version not in (2, 3):
+        raise GGUFError(f"unsupported GGUF version {version}")
+    tensor_count = _unpack(f, "<Q")
+    kv_count = _unpack(f, "<Q")
+    if kv_count > MAX_KV:
+        raise GGUFError(f"implausible metadata count {kv_count}")
+    return tensor_count, kv_count
+
+
+def _metadata(f: BinaryIO, size: int, kv_count: int, wanted: frozenset[str] | None
+              ) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for _ in range(kv_count):
+        key = _string(f)
+        vtype = _unpack(f, "<I")
+        if vtype == _ARRAY:
+            _skip_array(f)
+            # seek() past the end does not fail: check we are still inside the file.
+            if f.tell() > size:
+                raise GGUFError("file ends inside the metadata (truncated)")
+        else:
+            out[key] = _value(f, vtype)
+        if wanted is not None and wanted <= out.keys():
+            break
+    return out
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

@@ -45,6 +45,7 @@ class Answer:
 
     text: str
     steps: tuple[Step, ...]
+    finish: str | None = None  # finish_reason: "length" when max_tokens ended the answer
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def parse_answer(answer: Mapping[str, Any]) -> Answer | None:
             if step is None:
                 break
             steps.append(step)
-    return Answer(text[:4096], tuple(steps))
+    finish = choice.get("finish_reason")
+    return Answer(text[:4096], tuple(steps), finish[:16] if isinstance(finish, str) else None)
 
 
 def _step(item: Any) -> Step | None:
@@ -141,7 +143,9 @@ def compare(local: Answer, peer: Answer, th: Thresholds = DEFAULT) -> Comparison
         diffs.extend(abs(v - ps.top[tok]) for tok, v in ls.top.items() if tok in ps.top)
         diffs.append(abs(ls.logprob - ps.logprob))
     mean = _mean(diffs)
-    if mean is not None and mean > th.max_mean_nats and agreed >= 1:
+    # A mean over one or two steps is too noisy to blame: a batched honest engine moves single
+    # log-probabilities by up to ~0.5 nats (docs/verify.md).
+    if mean is not None and mean > th.max_mean_nats and agreed >= th.min_steps:
         return Comparison("fail", aligned, agreed, mean, "log-probabilities differ")
     if agreed < th.min_steps:
         return Comparison("inconclusive", aligned, agreed, mean, "too few aligned steps")
@@ -159,17 +163,29 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _compare_text(local: Answer, peer: Answer, th: Thresholds) -> Comparison:
     """A backend that returns no logprobs (an attached server may not): the greedy text alone.
-    The peer's text must follow the local one up to where the local engine had a near tie."""
+    An honest backend on the same file returns the same text; they may part only where the
+    local engine had a near tie."""
     # Characters the two texts share, and how far into the local steps that reaches.
     common = 0
     for a, b in zip(local.text, peer.text, strict=False):
         if a != b:
             break
         common += 1
-    if common == min(len(local.text), len(peer.text)):  # one is a prefix of the other
+    if local.text == peer.text:
         ok = common >= th.min_text_chars
         return Comparison("pass" if ok else "inconclusive", 0, 0, None,
                           "text matches (no peer logprobs)" if ok else "text too short")
+    if common == len(local.text):
+        # The peer's text runs on past ours. If max_tokens ended ours, the same model could
+        # not have said more in as many tokens (a backend that echoes the prompt does);
+        # if ours stopped on its own, the peer's may have broken a tie with end-of-text.
+        if local.finish == "length" and common >= th.min_text_chars:
+            return Comparison("fail", 0, 0, None,
+                              f"text runs past the model's {len(local.steps)} tokens "
+                              "(no peer logprobs)")
+        return Comparison("inconclusive", 0, 0, None, "local text ended first")
+    if common == len(peer.text) and common < th.min_text_chars:
+        return Comparison("inconclusive", 0, 0, None, "text too short")
     # Where did they part? If at a local step with a near tie, no blame.
     pos = 0
     for i, s in enumerate(local.steps):
