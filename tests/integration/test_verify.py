@@ -1,15 +1,16 @@
 """Issue 14: audits tell honest peers from impostors, with real engines on separate "machines".
 
-Six network namespaces on one bridge (tests/netns.py), each node started with the README's
+Five network namespaces on one bridge (tests/netns.py), each node started with the README's
 flags. The entry serves Gemma 3 270M from its own file (the ground truth) and audits, every
-~0.3 s here, five peers that all claim `gemma-3-270m-q4_k_m`:
-- two honest ones: the same file with one thread and one slot, and with four slots while a
-  client streams other requests on it (audits then share batches with other work);
+~0.3 s here, four peers that all claim `gemma-3-270m-q4_k_m`:
+- an honest one: the same file with one thread and four slots while a client streams other
+  requests on it (audits then share batches with other work; the calibration bench,
+  docs/verify.md, covers more honest variants over hundreds of audits);
 - SmolLM2's GGUF under Gemma's file name (model ids come from file names);
 - a perturbed copy of Gemma's GGUF: one tensor's block scales changed, same metadata and size
   (the hard case: its greedy text is often word for word the honest one);
 - an attached backend answering canned text under Gemma's id.
-Enforce mode, K=2: the three cheats are suspect and demoted, the honest peers verified and
+Enforce mode, K=2: the three cheats are suspect and demoted, the honest peer verified and
 never failed once, and the entry routes nothing to a demoted peer.
 """
 
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from covey.bench.impostors import perturbed_gguf
 
+from covey.bench.impostors import perturbed_gguf
 from tests.conftest import FakeBackend, wait_for
 from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
 
@@ -38,7 +39,7 @@ ENFORCE = ["--verify", "enforce", "--verify-interval-s", "0.3", "--verify-fails"
 # Streams chats at a node's own API until killed: the honest peer's concurrent load.
 LOAD = """
 import json, sys, urllib.request
-body = json.dumps({"model": sys.argv[2], "max_tokens": 24, "stream": True,
+body = json.dumps({"model": sys.argv[2], "max_tokens": 8, "stream": True,
                    "messages": [{"role": "user", "content": "Tell me about rivers."}]}).encode()
 while True:
     req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=body,
@@ -66,14 +67,14 @@ print(json.dumps(out))
 
 @pytest.fixture
 def hosts() -> Iterator[list[Host]]:
-    with lan(6, subnet="10.79.0") as made:
+    with lan(5, subnet="10.79.0") as made:
         yield made
 
 
-@pytest.mark.timeout(420)
-def test_audits_flag_impostors_never_the_honest_peers(
+@pytest.mark.timeout(360)
+def test_audits_flag_impostors_never_the_honest_peer(
         hosts: list[Host], tmp_path: Path, model_path: Path, chat_model_path: Path) -> None:
-    h_entry, h_one, h_busy, h_smol, h_pert, h_canned = hosts
+    h_entry, h_busy, h_smol, h_pert, h_canned = hosts
     entry = NsNode(h_entry.ns, tmp_path / "entry", *README_MESH, "--model", str(model_path),
                    "--no-default-model", *ENFORCE)
     nodes, names = [entry], {}
@@ -90,9 +91,8 @@ def test_audits_flag_impostors_never_the_honest_peers(
             names[node.node_id] = name
             return node
 
-        join(h_one, "honest-1-thread", "--model", str(model_path), "--threads", "1",
-             "--parallel", "1")
-        busy = join(h_busy, "honest-busy", "--model", str(model_path), "--parallel", "4")
+        busy = join(h_busy, "honest", "--model", str(model_path), "--threads", "1",
+                    "--parallel", "4")
         smol_file = tmp_path / "smol" / f"{GEMMA}.gguf"
         smol_file.parent.mkdir()
         smol_file.write_bytes(chat_model_path.read_bytes())
@@ -117,20 +117,18 @@ def test_audits_flag_impostors_never_the_honest_peers(
 
         def settled() -> bool:
             v = verdicts()
-            return (all(v.get(h, {}).get("passes", 0) >= 3
-                        for h in ("honest-1-thread", "honest-busy"))
+            return (v.get("honest", {}).get("passes", 0) >= 3
                     and all(v.get(c, {}).get("status") == "suspect"
                             for c in ("smollm2", "perturbed", "canned")))
 
         try:
-            wait_for(settled, 300, "audits to verify the honest peers and flag the cheats")
+            wait_for(settled, 240, "audits to verify the honest peer and flag the cheats")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; verdicts: {json.dumps(verdicts(), indent=1)}") \
                 from None
         v = verdicts()
         print(json.dumps({"perturbed": changed, "verdicts": v}, indent=1))
-        for honest in ("honest-1-thread", "honest-busy"):
-            assert v[honest]["fails"] == 0 and v[honest]["status"] == "verified", v[honest]
+        assert v["honest"]["fails"] == 0 and v["honest"]["status"] == "verified", v["honest"]
         for cheat in ("smollm2", "perturbed", "canned"):
             assert v[cheat]["demoted_until"] is not None, v[cheat]
             assert v[cheat]["evidence"], v[cheat]
@@ -140,8 +138,7 @@ def test_audits_flag_impostors_never_the_honest_peers(
                      GEMMA, timeout=120)
         assert out.returncode == 0, out.stderr
         for served_by, verified in json.loads(out.stdout):
-            assert names.get(served_by, "entry") in ("entry", "honest-1-thread",
-                                                     "honest-busy"), served_by
+            assert names.get(served_by, "entry") in ("entry", "honest"), served_by
             assert verified == "verified", (served_by, verified)
     except BaseException:
         for node in nodes:

@@ -46,8 +46,8 @@ def ans(text: str, st: tuple[Step, ...] = (), finish: str | None = None) -> Answ
     (ans("The sky is blue", TIE_LOCAL), ans("The sky is grey", TIE_PEER), "pass"),  # a tie
     (ans("The sky is blue", HONEST[:2]), ans("The sky", HONEST[:2]), "inconclusive"),
     (ans("The sky is blue", ()), ans("The sky is blue", HONEST), "inconclusive"),
-    # A backend without logprobs: text alone.
-    (ans("The sky is blue", HONEST), ans("The sky is blue"), "pass"),
+    # A backend without logprobs: text alone, which can fail but never pass an audit.
+    (ans("The sky is blue", HONEST), ans("The sky is blue"), "inconclusive"),
     (ans("The sky is blue", HONEST), ans("Hello from a canned backend"), "fail"),
     (ans("The sky is blue", HONEST), ans("The"), "inconclusive"),
     (ans("The sky is blue", TIE_LOCAL), ans("The sky is grey"), "inconclusive"),

@@ -137,17 +137,13 @@ class Auditor:
             return None
         body, peer_body = audit_bodies(model.id, audit_prompt(self.rng), self.rng)
         started = time.perf_counter()
-        try:
-            local = await ask(session, state.base_url, {**body, "model": model.upstream_name})
-        # Our own engine is restarting or busy: no ground truth, so no audit this time.
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.info("verify: no audit of %s this time: own engine did not answer (%s)",
-                     model.id, type(exc).__name__)
-            return None
+        # Both sides at once: the audit's wall time is the slower side's, not the sum.
+        local, (peer, reason) = await asyncio.gather(
+            self._ask_local(session, state.base_url, {**body, "model": model.upstream_name},
+                            model.id),
+            self._ask_peer(record, peer_body))
         if local is None:
-            log.warning("verify: no audit of %s: own engine's answer has no logprobs", model.id)
             return None
-        peer, reason = await self._ask_peer(record, peer_body)
         ms = (time.perf_counter() - started) * 1000
         if peer is None:
             comparison = Comparison("inconclusive", 0, 0, None, reason)
@@ -165,6 +161,20 @@ class Auditor:
                  self.book.status(record.node_id, model.id, time.time()))
         tokens = len(local.steps) + (len(peer.steps) if peer is not None else 0)
         return AuditResult(record.node_id, model.id, comparison, ms, tokens)
+
+    async def _ask_local(self, session: aiohttp.ClientSession, base_url: str,
+                         body: dict[str, Any], model_id: str) -> Answer | None:
+        try:
+            local = await ask(session, base_url, body)
+        # Our own engine is restarting or busy: no ground truth, so no audit this time.
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("verify: no audit of %s this time: own engine did not answer (%s)",
+                     model_id, type(exc).__name__)
+            return None
+        if local is None or not local.steps:
+            log.warning("verify: no audit of %s: own engine's answer has no logprobs", model_id)
+            return None
+        return local
 
     async def _ask_peer(self, record: NodeRecord, body: dict[str, object]
                         ) -> tuple[Answer | None, str]:

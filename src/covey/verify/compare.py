@@ -162,8 +162,9 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def _compare_text(local: Answer, peer: Answer, th: Thresholds) -> Comparison:
-    """A backend that returns no logprobs (an attached server may not): the greedy text alone.
-    An honest backend on the same file returns the same text; they may part only where the
+    """The peer returned no logprobs (half of all audits do not ask; an attached server may
+    not give them): the greedy text alone, which can fail an audit but never pass one. An
+    honest backend on the same file returns the same text; they may part only where the
     local engine had a near tie."""
     # Characters the two texts share, and how far into the local steps that reaches.
     common = 0
@@ -172,9 +173,12 @@ def _compare_text(local: Answer, peer: Answer, th: Thresholds) -> Comparison:
             break
         common += 1
     if local.text == peer.text:
-        ok = common >= th.min_text_chars
-        return Comparison("pass" if ok else "inconclusive", 0, 0, None,
-                          "text matches (no peer logprobs)" if ok else "text too short")
+        # Not proof: a subtly altered model often says the same few greedy words (the
+        # perturbed-GGUF impostor does in ~40% of audits). A match neither passes nor, above
+        # all, wipes out failures in a row; only log-probabilities can pass an audit.
+        return Comparison("inconclusive", 0, 0, None,
+                          "text matches (no peer logprobs: not proof)"
+                          if common >= th.min_text_chars else "text too short")
     if common == len(local.text):
         # The peer's text runs on past ours. If max_tokens ended ours, the same model could
         # not have said more in as many tokens (a backend that echoes the prompt does);
