@@ -1,0 +1,1 @@
+"""Credit ledger: signed receipts, hash chain, Merkle checkpoints (issue 15)."""
