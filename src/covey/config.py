@@ -138,6 +138,11 @@ class Settings:
     baseline_settle_s: float = _opt(3.0, "seconds an engine must be ready before its baseline")
     baseline_refresh_s: float = _opt(12 * 3600.0, "seconds before a cached baseline is redone")
 
+    # --- the credit ledger (issue 15; src/covey/ledger) ---
+    ledger: bool = _opt(True, "make and countersign receipts for work served between members, "
+                              "kept in ledger.sqlite3 (the mesh's creator keeps the mesh "
+                              "ledger)")
+
     # --- verification of peers' models (issue 14; src/covey/verify) ---
     verify: str = _opt("observe", "off, observe (audit peers, log and show verdicts) or "
                                   "enforce (also demote a peer after failed audits in a row)")

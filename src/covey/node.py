@@ -29,6 +29,9 @@ from covey.engine import catalog, embedded
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.health.monitor import HealthMonitor
+from covey.ledger.chain import Ledger
+from covey.ledger.credits import parameters_from_size_label
+from covey.ledger.service import LEDGER_FILE, LedgerService
 from covey.mesh import identity
 from covey.mesh.addresses import advertised, host_interfaces
 from covey.mesh.authority import AuthorityLink
@@ -89,6 +92,8 @@ class Node:
         self._prepared = False
         self._invites: InviteRoutes | None = None
         self._share: ShareStore | None = None
+        self._ledger: LedgerService | None = None  # issue 15: receipts and the ledger
+        self._ledger_db: Ledger
         # Issue 14: this node's verdicts on peers' models and its own models' fingerprints.
         self.verdicts = VerdictBook(Policy(
             mode="enforce" if settings.verify == "enforce" else "observe",
@@ -209,6 +214,8 @@ class Node:
         self.prepare()
         await asyncio.to_thread(catalog.gpu_memory_bytes)  # asked once, off the event loop
         self._share = share = await asyncio.to_thread(ShareStore.open, s.data_dir)
+        if s.ledger:
+            self._ledger_db = await asyncio.to_thread(Ledger, s.data_dir / LEDGER_FILE)
         mesh_state, bootstrap = await open_mesh(s.data_dir, self.identity, s.join,
                                                 s.cert_validity_s)
         tls = tls_identity(self.identity.key, s.data_dir)
@@ -222,6 +229,14 @@ class Node:
             mesh.transport = transport
             relay = Relay(session, transport, s.peer_timeout_s, on_answer=share.record)
             link = AuthorityLink(mesh_state, transport)
+            if s.ledger:
+                self._ledger = LedgerService(
+                    self._ledger_db, mesh_state.info.mesh_id, self.identity, transport,
+                    records=lambda: mesh.peers(time.time()),
+                    keeper=mesh_state.authority is not None,
+                    keeper_record=lambda: mesh_state.authority_record(time.time()),
+                    facts=self._model_facts)
+                relay.receipts = self._ledger
             mesh.authority = link
             self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
@@ -230,7 +245,8 @@ class Node:
                                   fallback=self._fallback())
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
-                               engines=self._engine_states, authority=link),
+                               engines=self._engine_states, authority=link,
+                               ledger=self._ledger),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
@@ -289,6 +305,8 @@ class Node:
                 await runner.cleanup()
                 share.close()  # after the last client request: its count is written too
                 await peer_runner.cleanup()
+                if s.ledger:
+                    self._ledger_db.close()  # after the peer listener: no receipt in flight
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
         log.info("stopped")
@@ -359,6 +377,7 @@ class Node:
         return {"name": self.name, "models": models[:64], "metrics": metrics,
                 "baseline": baseline, "software_version": __version__,
                 "fingerprints": dict(list(self.fingerprints.items())[:64]),
+                "ledger": self._ledger.published_balances() if self._ledger else {},
                 "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
                              catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
 
@@ -368,6 +387,11 @@ class Node:
         if taken is not None:
             self.fingerprints[model.id] = taken
             log.info("model %s: fingerprint taken (sha256 %s…)", model.id, taken["sha256"][:12])
+
+    def _model_facts(self, model_id: str) -> tuple[str | None, float | None]:
+        """A local model's file sha256 and size in billions of parameters (receipts)."""
+        fp = self.fingerprints.get(model_id) or {}
+        return fp.get("sha256"), parameters_from_size_label(fp.get("parameters"))
 
     def _sha(self, model_id: str) -> str | None:
         fp = self.fingerprints.get(model_id)

@@ -19,13 +19,15 @@ from covey.api.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, 
 from covey.errors import CoveyError, ModelNotFound
 from covey.health.monitor import HealthMonitor
 from covey.health.probe import PROBE_HEADER
+from covey.ledger.service import request_id_of
+from covey.mesh.peer_api import PEER
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router import fallback, sla
 from covey.router.dispatch import Dispatcher, local_figures
 from covey.router.fallback import Fallback
 from covey.router.plan import offers
-from covey.router.proxy import ACCOUNT, Relay
+from covey.router.proxy import ACCOUNT, FOR_PEER, Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, ModelId, NodeId
@@ -195,5 +197,7 @@ class OpenAIRoutes:
         if path not in PATHS:
             raise ModelNotFound(f"no such endpoint: {path}")
         req, data, raw = await self._read(request, path)
+        if (request_id := request_id_of(request.headers)) is not None and PEER in request:
+            request[FOR_PEER] = (request_id, request[PEER])  # its receipt, when it ends
         return await self._serve_local(request, path, req, data, raw,
                                        measure=PROBE_HEADER not in request.headers)

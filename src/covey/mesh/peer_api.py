@@ -13,6 +13,12 @@
     POST /mesh/records   signed; body {"records"}: records this node lacked
     POST /mesh/probe     signed; any JSON body: echoes its size and hash, and lists this
                          node's engines (the data-plane check, `covey.health`)
+    POST /mesh/ledger/countersign
+                         signed; a provider's receipt for a request this node relayed to it:
+                         answers {"receipt"} countersigned (ledger/service.py)
+    POST /mesh/ledger/receipts
+                         signed; on the ledger's keeper: a countersigned receipt from one of
+                         its two parties, for the mesh ledger; answers {"status"}
 
 Signed requests are checked in two steps: membership and freshness from the headers before
 the body is read (a stranger cannot make this node read a large one), then the signature over
@@ -22,6 +28,7 @@ the body and replays. Every body is capped and validated; refusals are JSON
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -32,6 +39,8 @@ from typing import Any
 from aiohttp import web
 
 from covey.errors import CoveyError, error_body
+from covey.ledger.receipts import ReceiptRejected
+from covey.ledger.service import COUNTERSIGN_PATH, KEEPER_PATH, LedgerService
 from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
 from covey.mesh.gossip import MAX_DIGEST, MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.membership import Contact, InviteBook, MembershipError
@@ -58,7 +67,8 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
 def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
                    serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
                    engines: Callable[[], dict[str, dict[str, Any]]] | None = None,
-                   authority: AuthorityLink | None = None) -> web.Application:
+                   authority: AuthorityLink | None = None,
+                   ledger: LedgerService | None = None) -> web.Application:
     """The mesh listener's app. `audience` is this node's TLS fingerprint: signed requests
     must name it. `serve` handles peers' inference calls (/mesh/v1/...); `engines` tells
     probes each local model's state; `authority` reaches the mesh's creator (on members, to
@@ -227,7 +237,29 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         return web.json_response({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
                                   "models": engines() if engines else {}})
 
+    async def countersign(request: web.Request) -> web.Response:
+        if ledger is None:
+            return _refuse(404, "no_ledger", "this node keeps no ledger")
+        try:
+            wire = await asyncio.to_thread(ledger.countersign,
+                                           json.dumps(request[BODY]).encode(), request[PEER])
+        except ReceiptRejected as exc:
+            return _refuse(400, exc.reason, str(exc))
+        return web.json_response({"receipt": wire.decode()})
+
+    async def receipts(request: web.Request) -> web.Response:
+        if ledger is None:
+            return _refuse(404, "no_ledger", "this node keeps no ledger")
+        try:
+            status = await asyncio.to_thread(ledger.accept, json.dumps(request[BODY]).encode(),
+                                             request[PEER])
+        except ReceiptRejected as exc:
+            return _refuse(400, exc.reason, str(exc))
+        return web.json_response({"status": status})
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app.router.add_post(COUNTERSIGN_PATH, countersign)
+    app.router.add_post(KEEPER_PATH, receipts)
     app.router.add_post("/mesh/probe", probe)
     app.router.add_post("/mesh/join", join)
     app.router.add_post("/mesh/invite", invite)

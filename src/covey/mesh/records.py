@@ -34,6 +34,7 @@ MAX_TOKENS_PER_S = 1e6
 MAX_TTFT_MS = 24 * 3600 * 1000.0  # a day
 MAX_SAMPLES = 10**9
 MAX_CONTEXT = 2**24  # tokens
+MAX_BALANCE = 1e12  # credits (ledger/credits.py): far beyond any real mesh's work
 MAX_MODEL_ID = 256  # characters of a model id, also as a dict key
 ModelKey = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_ID)]
 # host:port, checked (IPv4, [IPv6], RFC 1123 name; port 1..65535): a record with a bad
@@ -108,6 +109,11 @@ class NodeRecord(_Wire):
         default_factory=dict, max_length=64)
     # Per model, the fingerprint taken with the native baseline (issue 14).
     fingerprints: dict[ModelKey, Fingerprint] = Field(default_factory=dict, max_length=64)
+    # On the ledger's keeper only: members' credit balances (ledger/service.py), the
+    # standing that fair-share queues order by.
+    ledger: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                 Annotated[float, Field(ge=-MAX_BALANCE, le=MAX_BALANCE)]] = Field(
+        default_factory=dict, max_length=1024)
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers

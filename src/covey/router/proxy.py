@@ -13,12 +13,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
+from covey.ledger.receipts import new_request_id
+from covey.ledger.service import H_REQUEST_ID
 from covey.mesh.peer_transport import (
     MAX_STREAM,
     MAX_WHOLE,
@@ -51,6 +53,20 @@ ACCOUNT = web.RequestKey("account", bool)
 # Called once per answered client request: who answered (ServedModel.source), prompt tokens
 # (None when the answer did not say), completion tokens.
 OnAnswer = Callable[[Literal["local", "peer", "provider"], int | None, int], None]
+# The ledger's receipts (ledger/service.py). On the entry, the id this node gave the request
+# it relayed to a peer (one per attempt); on the provider, (request id, calling node) of a
+# request a peer relayed here.
+RELAYED_ID = web.RequestKey("relayed_id", str)
+FOR_PEER = web.RequestKey("for_peer", tuple)
+
+
+class Receipts(Protocol):
+    def relayed(self, request_id: str, provider: str, model_id: str,
+                prompt_tokens: int | None, completion_tokens: int, prompt_bytes: int
+                ) -> None: ...
+
+    def served(self, request_id: str, consumer: str, model_id: str, prompt_tokens: int,
+               completion_tokens: int, started_at: float, ended_at: float) -> None: ...
 
 
 class UpstreamRejected(CoveyError):
@@ -83,16 +99,18 @@ class Relay:
         self.transport = transport
         self.peer_deadline_s = peer_deadline_s
         self.on_answer = on_answer
+        self.receipts: Receipts | None = None  # the ledger, when this node keeps one
 
     async def _send(self, model: ServedModel, base_url: str, path: str, body: bytes,
-                    stream: bool) -> PeerResponse:
+                    stream: bool, request_id: str | None = None) -> PeerResponse:
         cap = MAX_STREAM if stream else MAX_WHOLE
         if model.peer is not None:
             assert self.transport is not None, "a peer's model needs the peer transport"
             try:
                 return await self.transport.post(
                     model.peer, "/mesh/v1" + path, body, timeout_s=self.peer_deadline_s,
-                    max_bytes=cap)
+                    max_bytes=cap,
+                    headers={H_REQUEST_ID: request_id} if request_id else None)
             except PeerError as exc:
                 raise UpstreamFailed(f"{model.peer.label} did not answer: {exc}",
                                      retry_after=2) from exc
@@ -112,6 +130,16 @@ class Relay:
         set by the entry's API), once, by who answered; never a probe (`measure=False`)."""
         if self.on_answer is not None and measured and request.get(ACCOUNT, False):
             self.on_answer(model.source, prompt_tokens, completion_tokens)
+        if self.receipts is None or not measured:
+            return
+        relayed_id = request.get(RELAYED_ID)
+        if model.source == "peer" and model.peer is not None and relayed_id:
+            self.receipts.relayed(relayed_id, model.peer.node_id, model.id, prompt_tokens,
+                                  completion_tokens, request.content_length or 0)
+        elif model.source == "local" and (for_peer := request.get(FOR_PEER)):
+            now, elapsed = time.time(), time.perf_counter() - request[T_RECEIVED]
+            self.receipts.served(for_peer[0], for_peer[1], model.id, prompt_tokens or 0,
+                                 completion_tokens, now - elapsed, now)
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
                       body: bytes, stream: bool, headers: Mapping[str, str],
@@ -125,7 +153,10 @@ class Relay:
         try:
             t_sent = time.perf_counter()
             try:
-                upstream = await self._send(model, base_url, path, body, stream)
+                relayed_id = None
+                if self.receipts is not None and model.source == "peer":
+                    relayed_id = request[RELAYED_ID] = new_request_id()
+                upstream = await self._send(model, base_url, path, body, stream, relayed_id)
             except UpstreamFailed:
                 meter.requests_failed += 1
                 raise

@@ -1,0 +1,264 @@
+"""The ledger on a running node: receipts made, countersigned, kept and sent to the keeper.
+
+The flow for one request node C relays to node P (the effects; the rules live in
+receipts.py and chain.py):
+
+1. C's relay gives the request a random id (`x-covey-request-id`) and, when the answer
+   ended, remembers what it relayed: provider, model, token counts (`relayed`).
+2. P's relay, when its answer to C ended, makes the receipt and signs it (`served`), then
+   asks C to countersign it (POST /mesh/ledger/countersign). C countersigns only a receipt
+   for a request it relayed to P, with the counts it saw, once.
+3. Both keep the countersigned receipt in their own ledger; P sends it to the keeper (the
+   mesh's creator, POST /mesh/ledger/receipts), which checks both signatures against the
+   members' keys and keeps the mesh ledger. The keeper publishes balances in its record.
+
+A receipt C would not countersign stays `unconfirmed` at P and counts nowhere. Audits and
+health probes make no receipt: probes are not measured, and an auditor never countersigns
+(it relays nothing it would remember).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from covey.ledger.chain import Ledger
+from covey.ledger.receipts import (
+    MAX_WIRE_BYTES,
+    Observed,
+    ReceiptRejected,
+    SignedReceipt,
+    consumer_countersign,
+    new_receipt,
+    provider_sign,
+)
+from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
+from covey.mesh.records import NodeRecord
+from covey.mesh.sealed import b64e
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "ledger.sqlite3"  # in the data dir
+H_REQUEST_ID = "x-covey-request-id"
+COUNTERSIGN_PATH = "/mesh/ledger/countersign"
+KEEPER_PATH = "/mesh/ledger/receipts"
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_PENDING = 10_000  # relayed requests remembered for countersigning, at most
+PENDING_S = 600.0  # ... and for this long
+MAX_BALANCES = 1024  # members' balances in the keeper's record, at most
+CALL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What this node (the consumer) saw of one request it relayed to a peer."""
+
+    provider: str
+    observed: Observed
+    at: float
+
+
+def request_id_of(headers: Any) -> str | None:
+    """The request id a relaying peer sent, if it is well formed."""
+    value = headers.get(H_REQUEST_ID, "")
+    return value if isinstance(value, str) and REQUEST_ID.match(value) else None
+
+
+class LedgerService:
+    """This node's part in the ledger. `keeper` is True on the node that keeps the mesh
+    ledger (the creator); `facts(model_id)` gives a local model's (sha256, parameters in
+    billions)."""
+
+    def __init__(self, ledger: Ledger, mesh_id: str, identity: Any, transport: PeerTransport,
+                 records: Callable[[], list[NodeRecord]], keeper: bool,
+                 keeper_record: Callable[[], NodeRecord | None],
+                 facts: Callable[[str], tuple[str | None, float | None]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.mesh_id = mesh_id
+        self.identity = identity
+        self.transport = transport
+        self.records = records
+        self.keeper = keeper
+        self.keeper_record = keeper_record
+        self.facts = facts
+        self.clock = clock
+        self._pending: OrderedDict[str, Relayed] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the consumer's side -------------------------------------------------------------
+
+    def relayed(self, request_id: str, provider: str, model_id: str,
+                prompt_tokens: int | None, completion_tokens: int, prompt_bytes: int) -> None:
+        """Remember a relayed answer, to countersign its receipt when the provider asks."""
+        if prompt_tokens is not None:
+            observed = Observed.from_usage(request_id, model_id, prompt_tokens,
+                                           completion_tokens)
+        else:  # no usage: a token is at least one byte of the prompt, plus a template
+            observed = Observed.counted(request_id, model_id, completion_tokens,
+                                        prompt_bytes + 256)
+        now = self.clock()
+        self._pending[request_id] = Relayed(provider, observed, now)
+        while self._pending and (len(self._pending) > MAX_PENDING
+                                 or next(iter(self._pending.values())).at < now - PENDING_S):
+            self._pending.popitem(last=False)
+
+    def countersign(self, raw: bytes, caller: str) -> bytes:
+        """The countersigned receipt for a provider's request (raises ReceiptRejected)."""
+        signed = SignedReceipt.from_wire(raw)
+        r = signed.receipt
+        relayed = self._pending.get(r.request_id)
+        if relayed is None or relayed.provider != caller or r.provider != caller:
+            raise ReceiptRejected("unknown_request", "no request with this id was relayed to "
+                                                     "the caller (or it was settled already)")
+        if r.mesh_id != self.mesh_id:
+            raise ReceiptRejected("mismatch", "receipt is for another mesh")
+        provider = self._record(caller)
+        if provider is None:
+            raise ReceiptRejected("unknown_provider", "no live record of the provider")
+        out = consumer_countersign(signed, self.identity.key, relayed.observed,
+                                   provider.public_key)
+        del self._pending[r.request_id]  # once: a replay finds nothing to countersign
+        self.ledger.add_receipt(out, provider_key=provider.public_key,
+                                consumer_key=self._own_key(), now=self.clock())
+        log.info("ledger: countersigned request %s… from %s (%.4f credits)",
+                 r.request_id[:8], caller[:12], r.credits)
+        return out.to_wire()
+
+    # --- the provider's side -------------------------------------------------------------
+
+    def served(self, request_id: str, consumer: str, model_id: str, prompt_tokens: int,
+               completion_tokens: int, started_at: float, ended_at: float) -> None:
+        """An answer for a peer ended: settle its receipt in the background."""
+        task = asyncio.get_running_loop().create_task(self._settle(
+            request_id, consumer, model_id, prompt_tokens, completion_tokens, started_at,
+            ended_at))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, request_id: str, consumer: str, model_id: str,
+                      prompt_tokens: int, completion_tokens: int, started_at: float,
+                      ended_at: float) -> None:
+        sha, parameters = self.facts(model_id)
+        receipt = new_receipt(mesh_id=self.mesh_id, request_id=request_id, model_id=model_id,
+                              model_sha256=sha, consumer=consumer,
+                              provider=self.identity.node_id, prompt_tokens=prompt_tokens,
+                              completion_tokens=completion_tokens, parameters_b=parameters,
+                              started_at=started_at, ended_at=max(started_at, ended_at))
+        signed = provider_sign(receipt, self.identity.key)
+        record = self._record(consumer)
+        confirmed = None
+        if record is not None:
+            try:
+                answer = await self._post(record, COUNTERSIGN_PATH, signed.to_wire())
+                confirmed = SignedReceipt.from_wire(answer)
+                if confirmed.receipt != receipt:
+                    raise ReceiptRejected("mismatch", "the consumer changed the receipt")
+                await asyncio.to_thread(self.ledger.add_receipt, confirmed,
+                                        provider_key=self._own_key(),
+                                        consumer_key=record.public_key, now=self.clock())
+            except (PeerError, ReceiptRejected, TimeoutError) as exc:
+                log.info("ledger: request %s… not countersigned by %s (%s)", request_id[:8],
+                         consumer[:12], getattr(exc, "reason", type(exc).__name__))
+                confirmed = None
+        if confirmed is None:  # kept, never counted
+            await asyncio.to_thread(self.ledger.add_receipt, signed,
+                                    provider_key=self._own_key(), now=self.clock())
+            return
+        await self.submit(confirmed)
+
+    async def submit(self, signed: SignedReceipt) -> None:
+        """Send a countersigned receipt to the keeper (or keep it, on the keeper)."""
+        if self.keeper:
+            return  # this node's own ledger is the mesh ledger: add_receipt did it
+        record = self.keeper_record()
+        if record is None:
+            log.info("ledger: keeper unknown; receipt %s… kept here only",
+                     signed.receipt.request_id[:8])
+            return
+        try:
+            await self._post(record, KEEPER_PATH, signed.to_wire())
+        except (PeerError, TimeoutError) as exc:
+            log.info("ledger: keeper did not take receipt %s… (%s)",
+                     signed.receipt.request_id[:8], type(exc).__name__)
+
+    # --- the keeper's side ---------------------------------------------------------------
+
+    def accept(self, raw: bytes, caller: str) -> str:
+        """A member's countersigned receipt for the mesh ledger: both signatures checked
+        against the members' published keys. Returns confirmed or duplicate."""
+        if not self.keeper:
+            raise ReceiptRejected("not_keeper", "this node does not keep the mesh ledger")
+        signed = SignedReceipt.from_wire(raw)
+        r = signed.receipt
+        if caller not in (r.provider, r.consumer):
+            raise ReceiptRejected("not_party", "only the provider or consumer may submit")
+        if r.mesh_id != self.mesh_id:
+            raise ReceiptRejected("mismatch", "receipt is for another mesh")
+        provider, consumer = self._key_of(r.provider), self._key_of(r.consumer)
+        if provider is None or consumer is None or signed.consumer_sig is None:
+            raise ReceiptRejected("unconfirmed", "the keeper takes countersigned receipts "
+                                                 "of live members only")
+        added = self.ledger.add_receipt(signed, provider_key=provider, consumer_key=consumer,
+                                        now=self.clock())
+        return added.status
+
+    def published_balances(self) -> dict[str, float]:
+        """For the keeper's record: each member's balance (the most active first)."""
+        if not self.keeper:
+            return {}
+        rows = sorted(self.ledger.balances().items(),
+                      key=lambda kv: -(kv[1].given + kv[1].used))[:MAX_BALANCES]
+        return {node: round(b.balance, 6) for node, b in rows}
+
+    def standing(self, node_id: str) -> float | None:
+        """A member's balance as the keeper published it (None when unknown)."""
+        if self.keeper:
+            b = self.ledger.balances().get(node_id)
+            return b.balance if b is not None else None
+        record = self.keeper_record()
+        return record.ledger.get(node_id) if record is not None else None
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _record(self, node_id: str) -> NodeRecord | None:
+        return next((r for r in self.records() if r.node_id == node_id), None)
+
+    def _key_of(self, node_id: str) -> str | None:
+        if node_id == self.identity.node_id:
+            return self._own_key()
+        record = self._record(node_id)
+        return record.public_key if record is not None else None
+
+    def _own_key(self) -> str:
+        return b64e(self.identity.public_bytes)
+
+    async def _post(self, record: NodeRecord, path: str, body: bytes) -> bytes:
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with await self.transport.post(peer_of(record), path, body,
+                                                 timeout_s=CALL_TIMEOUT_S,
+                                                 max_bytes=MAX_WIRE_BYTES * 2) as r:
+                data = await r.read()
+                if r.status != 200:
+                    raise PeerError("http", f"HTTP {r.status}", status=r.status,
+                                    answer=_json(data))
+                answer = _json(data)
+                wire = answer.get("receipt")
+                if not isinstance(wire, str):
+                    return b""
+                return wire.encode()
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
