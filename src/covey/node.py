@@ -223,8 +223,10 @@ class Node:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
         mesh = MeshRuntime(mesh_state, tls, addresses=[], describe=self._describe,
                            interval_s=s.gossip_interval_s, bootstrap=bootstrap)
+        # No cookie jar: engines set none, and filtering one costs every request.
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         auto_decompress=False) as session, \
+                                         auto_decompress=False,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session, \
                 HttpPeerTransport(mesh.sign) as transport:
             mesh.transport = transport
             relay = Relay(session, transport, s.peer_timeout_s, on_answer=share.record)

@@ -28,6 +28,8 @@ def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
         assert isinstance(result[key], float)
     assert result["events_relayed"] >= 5 * 8  # 1 + 4 streams of at least 8 tokens
     assert result["cpu_floor_ratio"] > 0
+    assert result["cpu_ms_per_s_idle"] >= 0 and result["cpu_us_per_chunk_idle"] >= 0
+    assert result["cpu_floor_ratio_net"] is not None
     assert result["event_loop"] in {"uvloop", "asyncio"}
     assert set(result["goals"]) == {"ratio_1_stream", "ratio_4_streams", "ttft_added_ms_p50",
                                     "cpu_us_per_chunk", "cpu_floor_ratio", "mesh_ratio_1_stream",

@@ -29,6 +29,7 @@ from covey.router.dispatch import Dispatcher, Verdict, judge
 from covey.router.proxy import Relay, UpstreamRejected
 from covey.router.table import ModelTable, ServedModel
 from covey.types import NodeId
+from covey.verify.verdicts import Policy, VerdictBook
 
 MODEL = "m-q4_k_m"
 
@@ -104,7 +105,7 @@ class ScriptedRelay:
         return web.Response(status=200, headers=headers)
 
 
-async def _dispatch(script: dict[str, CoveyError | None]
+async def _dispatch(script: dict[str, CoveyError | None], verdicts: VerdictBook | None = None
                     ) -> tuple[web.StreamResponse | CoveyError, list[str], FakeHealth]:
     # Speeds make the order deterministic: fast, then mid, then slow.
     speeds = {"fast": 90.0, "mid": 50.0, "slow": 10.0}
@@ -113,6 +114,7 @@ async def _dispatch(script: dict[str, CoveyError | None]
     # The seeded rng makes the order fixed (its draws skip the 5 % exploration).
     dispatcher = Dispatcher(ModelTable(), cast(Relay, relay), cast(Any, FakeMesh(records)),
                             cast(Any, health), NodeId("entry"), "entry", random.Random(1))
+    dispatcher.verdicts = verdicts
     try:
         outcome: web.StreamResponse | CoveyError = await dispatcher.dispatch(
             cast(web.Request, None), "chat/completions", MODEL, {"model": MODEL}, b"{}",
@@ -165,3 +167,9 @@ async def test_every_node_failing_is_a_503_naming_each() -> None:
                                      "mid": UpstreamRejected(403, "stale")})
     assert isinstance(outcome, Unavailable) and outcome.code == "all_candidates_failed"
     assert "fast: refused" in outcome.message and "mid: stale" in outcome.message
+
+
+async def test_a_peers_answer_says_whether_it_was_verified() -> None:
+    outcome, tried, _ = await _dispatch({"fast": None}, VerdictBook(Policy()))
+    assert isinstance(outcome, web.Response) and tried == ["fast"]
+    assert outcome.headers["x-covey-verified"] == "unverified"

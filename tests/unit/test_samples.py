@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from covey.metrics.samples import ModelMeter, RollingWindow, Speed, median, percentile, series
@@ -134,3 +136,27 @@ def test_meter_keeps_each_speed_with_its_kind_and_length() -> None:
     assert m.tokens_per_s.summary(2.0).count == 2
     assert m.latency_ms.summary(2.0).count == 2
     assert m.speeds.samples(60.5) == [Speed(50.0, 8, "stream")]  # the window applies
+
+
+def test_percentiles_stay_those_of_the_samples_in_the_window() -> None:
+    """The window keeps its values sorted as they come and go (no sort per summary): its
+    percentiles must equal those of sorting what is left, through expiry, the sample cap
+    and repeated values."""
+    rng = random.Random(7)
+    window = RollingWindow(window_s=50.0, max_samples=40)
+    for step in range(600):
+        now = step * 0.5
+        window.add(float(rng.choice([rng.randint(0, 9), rng.random() * 100])), now)
+        if step % 7 == 0:
+            left = sorted(window.values(now))
+            got = window.summary(now)
+            assert got.count == len(left)
+            assert got.p50 == percentile(left, 50) and got.p95 == percentile(left, 95)
+    assert window.summary(1e9) == Percentiles(count=0, p50=None, p95=None)
+
+
+def test_a_nan_sample_leaves_the_window_like_any_other() -> None:
+    window = RollingWindow(window_s=10.0)
+    window.add(float("nan"), 0.0)
+    window.add(3.0, 5.0)
+    assert window.summary(12.0) == Percentiles(count=1, p50=3.0, p95=3.0)

@@ -299,7 +299,8 @@ class HttpPeerTransport:
                                                keepalive_timeout=KEEPALIVE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_s,
                                               sock_read=600),
-                auto_decompress=False, trace_configs=[trace]),
+                auto_decompress=False, trace_configs=[trace],
+                cookie_jar=aiohttp.DummyCookieJar()),  # peers set none
                 aiohttp.Fingerprint(bytes.fromhex(fingerprint)))
             self._pools[fingerprint] = pool
         return pool

@@ -5,6 +5,7 @@ Pure: the caller passes `now`, so tests drive time by hand.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,21 +33,27 @@ class Speed:
 
 @dataclass
 class RollingWindow:
-    """Samples younger than `window_s` seconds, at most `max_samples` of them (oldest dropped)."""
+    """Samples younger than `window_s` seconds, at most `max_samples` of them (oldest dropped).
+
+    The values are also kept sorted as they come and go: routing asks several windows for
+    their percentiles on every request, and sorting up to `max_samples` values each time
+    cost a busy node milliseconds per request."""
 
     window_s: float
     max_samples: int = 10_000
     _samples: deque[tuple[float, float]] = field(default_factory=deque)
+    _sorted: list[float] = field(default_factory=list)
 
     def add(self, value: float, now: float) -> None:
         self._samples.append((now, value))
+        bisect.insort(self._sorted, value)
         if len(self._samples) > self.max_samples:
-            self._samples.popleft()
+            self._drop()
         self._expire(now)
 
     def summary(self, now: float) -> Percentiles:
         self._expire(now)
-        values = sorted(v for _, v in self._samples)
+        values = self._sorted
         if not values:
             return Percentiles(count=0, p50=None, p95=None)
         return Percentiles(count=len(values), p50=percentile(values, 50),
@@ -64,7 +71,16 @@ class RollingWindow:
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s
         while self._samples and self._samples[0][0] < horizon:
-            self._samples.popleft()
+            self._drop()
+
+    def _drop(self) -> None:
+        """Forget the oldest sample."""
+        _, value = self._samples.popleft()
+        i = bisect.bisect_left(self._sorted, value)
+        if i < len(self._sorted) and self._sorted[i] == value:
+            del self._sorted[i]
+        else:  # a value that does not order (NaN) sits wherever it was inserted
+            self._sorted.remove(value)
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
