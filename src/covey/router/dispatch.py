@@ -243,7 +243,6 @@ class Dispatcher:
         all_busy = True
         header_ids = ",".join(c.node_id for c in chosen.candidates)
         records = {r.node_id: r for r in chosen.serving}
-        now = time.time()  # the verdicts' clock (x-covey-verified)
         for i, c in enumerate(chosen.candidates):
             target = local if c.local and local else self._peer_model(c, model_id)
             if self.health is not None and c.node_id in records:
