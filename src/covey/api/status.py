@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from covey import __version__
 from covey.api.openai import OpenAIRoutes
 from covey.health.monitor import HealthMonitor
+from covey.ledger.service import ledger_status
 from covey.mesh.peer_transport import PeerTransport
 from covey.mesh.records import NodeRecord
 from covey.mesh.runtime import MeshRuntime
@@ -208,6 +209,8 @@ class StatusRoutes:
             "verification": verification_status(
                 self.routes.dispatcher.verdicts if self.routes.dispatcher else None,
                 time.time()),
+            # Issue 15: credits given and used per member (ledger/).
+            "ledger": ledger_status(self.routes.relay.receipts),
         }
 
     async def status(self, request: web.Request) -> web.Response:

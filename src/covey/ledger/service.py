@@ -26,7 +26,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from covey.ledger.chain import Ledger
@@ -56,13 +56,16 @@ MAX_BALANCES = 1024  # members' balances in the keeper's record, at most
 CALL_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Relayed:
-    """What this node (the consumer) saw of one request it relayed to a peer."""
+    """A request this node (the consumer) relayed to a peer: `observed` is set when the
+    answer has ended here (the provider may ask to countersign a moment before that)."""
 
     provider: str
-    observed: Observed
+    model_id: str
     at: float
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    observed: Observed | None = None
 
 
 def request_id_of(headers: Any) -> str | None:
@@ -95,27 +98,34 @@ class LedgerService:
 
     # --- the consumer's side -------------------------------------------------------------
 
-    def relayed(self, request_id: str, provider: str, model_id: str,
-                prompt_tokens: int | None, completion_tokens: int, prompt_bytes: int) -> None:
-        """Remember a relayed answer, to countersign its receipt when the provider asks."""
-        if prompt_tokens is not None:
-            observed = Observed.from_usage(request_id, model_id, prompt_tokens,
-                                           completion_tokens)
-        else:  # no usage: a token is at least one byte of the prompt, plus a template
-            observed = Observed.counted(request_id, model_id, completion_tokens,
-                                        prompt_bytes + 256)
+    def expect(self, request_id: str, provider: str, model_id: str) -> None:
+        """A request is about to be relayed to `provider` under this id."""
         now = self.clock()
-        self._pending[request_id] = Relayed(provider, observed, now)
+        self._pending[request_id] = Relayed(provider, model_id, now)
         while self._pending and (len(self._pending) > MAX_PENDING
                                  or next(iter(self._pending.values())).at < now - PENDING_S):
             self._pending.popitem(last=False)
 
-    def countersign(self, raw: bytes, caller: str) -> bytes:
+    def relayed(self, request_id: str, provider: str, model_id: str,
+                prompt_tokens: int | None, completion_tokens: int, prompt_bytes: int) -> None:
+        """Its answer has ended here: what was seen, to check the provider's receipt by."""
+        pending = self._pending.get(request_id)
+        if pending is None or pending.provider != provider:
+            return
+        if prompt_tokens is not None:
+            pending.observed = Observed.from_usage(request_id, model_id, prompt_tokens,
+                                                   completion_tokens)
+        else:  # no usage: a token is at least one byte of the prompt, plus a template
+            pending.observed = Observed.counted(request_id, model_id, completion_tokens,
+                                                prompt_bytes + 256)
+        pending.done.set()
+
+    async def countersign(self, raw: bytes, caller: str) -> bytes:
         """The countersigned receipt for a provider's request (raises ReceiptRejected)."""
         signed = SignedReceipt.from_wire(raw)
         r = signed.receipt
-        relayed = self._pending.get(r.request_id)
-        if relayed is None or relayed.provider != caller or r.provider != caller:
+        pending = self._pending.get(r.request_id)
+        if pending is None or pending.provider != caller or r.provider != caller:
             raise ReceiptRejected("unknown_request", "no request with this id was relayed to "
                                                      "the caller (or it was settled already)")
         if r.mesh_id != self.mesh_id:
@@ -123,10 +133,19 @@ class LedgerService:
         provider = self._record(caller)
         if provider is None:
             raise ReceiptRejected("unknown_provider", "no live record of the provider")
-        out = consumer_countersign(signed, self.identity.key, relayed.observed,
+        # The provider asks as soon as its answer ended; ours may still be on its way here.
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await pending.done.wait()
+        except TimeoutError:
+            raise ReceiptRejected("not_received", "the answer did not reach this node "
+                                                  "whole") from None
+        assert pending.observed is not None
+        if self._pending.pop(r.request_id, None) is None:  # once: a replay finds nothing
+            raise ReceiptRejected("unknown_request", "settled already")
+        out = consumer_countersign(signed, self.identity.key, pending.observed,
                                    provider.public_key)
-        del self._pending[r.request_id]  # once: a replay finds nothing to countersign
-        self.ledger.add_receipt(out, provider_key=provider.public_key,
+        await asyncio.to_thread(self.ledger.add_receipt, out, provider_key=provider.public_key,
                                 consumer_key=self._own_key(), now=self.clock())
         log.info("ledger: countersigned request %s… from %s (%.4f credits)",
                  r.request_id[:8], caller[:12], r.credits)
@@ -262,3 +281,18 @@ def _json(data: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def ledger_status(service: object) -> dict[str, Any] | None:
+    """The `ledger` section of /api/status: this node's ledger (on the keeper, the mesh's)
+    and the balances the keeper publishes. None when this node keeps no ledger."""
+    if not isinstance(service, LedgerService):
+        return None
+    record = None if service.keeper else service.keeper_record()
+    return {"keeper": service.identity.node_id if service.keeper
+            else (record.node_id if record else None),
+            "local": {node: {"given": round(b.given, 6), "used": round(b.used, 6),
+                             "balance": round(b.balance, 6)}
+                      for node, b in service.ledger.balances().items()},
+            "published": (service.published_balances() if service.keeper
+                          else dict(record.ledger) if record else {})}

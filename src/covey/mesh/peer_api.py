@@ -241,8 +241,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         if ledger is None:
             return _refuse(404, "no_ledger", "this node keeps no ledger")
         try:
-            wire = await asyncio.to_thread(ledger.countersign,
-                                           json.dumps(request[BODY]).encode(), request[PEER])
+            wire = await ledger.countersign(json.dumps(request[BODY]).encode(), request[PEER])
         except ReceiptRejected as exc:
             return _refuse(400, exc.reason, str(exc))
         return web.json_response({"receipt": wire.decode()})

@@ -61,6 +61,8 @@ FOR_PEER = web.RequestKey("for_peer", tuple)
 
 
 class Receipts(Protocol):
+    def expect(self, request_id: str, provider: str, model_id: str) -> None: ...
+
     def relayed(self, request_id: str, provider: str, model_id: str,
                 prompt_tokens: int | None, completion_tokens: int, prompt_bytes: int
                 ) -> None: ...
@@ -154,8 +156,10 @@ class Relay:
             t_sent = time.perf_counter()
             try:
                 relayed_id = None
-                if self.receipts is not None and model.source == "peer":
+                if (self.receipts is not None and model.source == "peer"
+                        and model.peer is not None):
                     relayed_id = request[RELAYED_ID] = new_request_id()
+                    self.receipts.expect(relayed_id, model.peer.node_id, model.id)
                 upstream = await self._send(model, base_url, path, body, stream, relayed_id)
             except UpstreamFailed:
                 meter.requests_failed += 1

@@ -1,0 +1,127 @@
+"""Issue 15: receipts for work served between three "machines" (network namespaces), made and
+countersigned by real nodes started with the README's flags, kept by both parties and by the
+keeper (the mesh's creator), and kept across a restart.
+
+    A: creates the mesh (the keeper), serves nothing
+    B: joins, serves Gemma 3 270M (the provider)
+    C: joins, serves nothing
+Clients on A and C ask for Gemma, streamed and whole: B answers every one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from covey.ledger.chain import Ledger
+from tests.conftest import wait_for
+from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+
+pytestmark = pytest.mark.skipif(unusable_reason() is not None,
+                                reason=unusable_reason() or "")
+
+README_MESH = ["--mesh-host", "0.0.0.0"]
+
+# Asks a node N times (alternating streamed and whole); prints who served each answer.
+ASK = """
+import json, sys, urllib.request
+out = []
+for i in range(int(sys.argv[3])):
+    stream = i % 2 == 1
+    body = json.dumps({"model": sys.argv[2], "max_tokens": 6, "stream": stream,
+                       "messages": [{"role": "user", "content": "Say hi."}]}).encode()
+    req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+        out.append(r.headers["x-covey-served-by"].split()[0])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Host]]:
+    with lan(3, subnet="10.80.0") as made:
+        yield made
+
+
+def ledger_of(node: NsNode) -> dict[str, object]:
+    """What a node's ledger holds (read beside the running node: SQLite WAL)."""
+    with Ledger(node.data_dir / "ledger.sqlite3") as ledger:
+        entries = ledger.entries()
+        return {"earn": sorted(e.request_id for e in entries if e.kind == "earn"),
+                "spend": sorted(e.request_id for e in entries if e.kind == "spend"),
+                "balances": {n: round(b.balance, 6) for n, b in ledger.balances().items()},
+                "unconfirmed": len(ledger.unconfirmed()), "ok": ledger.verify().ok}
+
+
+@pytest.mark.timeout(300)
+def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: Path,
+                                                  model_path: Path) -> None:
+    ha, hb, hc = hosts
+    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model")
+    nodes = [a]
+    try:
+        a.wait_listening()
+        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+        b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
+                   str(model_path), "--no-default-model")
+        nodes.append(b)
+        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+        c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH,
+                   "--no-default-model")
+        nodes.append(c)
+        b.wait_listening()
+        model = b.wait_ready_model()
+        for entry in (a, c):
+            wait_for(lambda e=entry: any(m["id"] == model and m["state"] == "ready"
+                                         for p in e.status()["peers"] for m in p["models"]),
+                     90, "the entry to see B's model")
+        served = []
+        for host, entry, n in ((ha, a, 3), (hc, c, 2)):
+            out = ns_run(host.ns, sys.executable, "-c", ASK, entry.wait_listening()["url"],
+                         model, str(n), timeout=120)
+            assert out.returncode == 0, out.stderr
+            served += json.loads(out.stdout)
+        assert set(served) == {b.node_id}, served
+
+        def settled() -> bool:
+            return (len(ledger_of(b)["earn"]) == 5  # type: ignore[arg-type]
+                    and len(ledger_of(a)["earn"]) == 5)  # type: ignore[arg-type]
+
+        wait_for(settled, 60, "five countersigned receipts at the provider and the keeper")
+        at_a, at_b, at_c = ledger_of(a), ledger_of(b), ledger_of(c)
+        # Every request, once, on both sides; the keeper has all of them.
+        assert at_b["earn"] == at_b["spend"] == at_a["earn"], (at_a, at_b)
+        assert len(at_c["earn"]) == 2 and set(at_c["earn"]) <= set(at_b["earn"])  # type: ignore[arg-type]
+        assert at_a["unconfirmed"] == at_b["unconfirmed"] == 0
+        assert at_a["ok"] and at_b["ok"] and at_c["ok"]
+        # Balances agree between the keeper and the provider; they sum to zero.
+        assert at_a["balances"] == at_b["balances"], (at_a, at_b)
+        balances = at_a["balances"]
+        assert isinstance(balances, dict) and balances[b.node_id] > 0
+        assert abs(sum(balances.values())) < 1e-6
+        # The keeper publishes them in its record: C reads B's standing from it.
+        wait_for(lambda: c.status()["ledger"]["published"] == balances, 30,
+                 "the keeper's balances to reach C in its record")
+        assert c.status()["ledger"]["keeper"] == a.node_id
+
+        # A restart loses nothing.
+        b.stop()
+        nodes.remove(b)
+        b = NsNode(hb.ns, tmp_path / "b", *README_MESH, "--model", str(model_path),
+                   "--no-default-model")
+        nodes.append(b)
+        b.wait_listening()
+        assert ledger_of(b) == at_b
+    except BaseException:
+        for node in nodes:
+            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
+        raise
+    finally:
+        for node in nodes:
+            node.stop()
