@@ -5,7 +5,7 @@
 Ground truth: Gemma 3 270M on an engine with the node's defaults (llama.cpp's thread count,
 4 slots), alone (it is deterministic then: asked once per round). Each round draws a fresh
 prompt from `audit_prompt` and a fresh seed, and every kind below gets that audit exactly as
-auditor.py makes it (the `chat_body` with AUDIT_TOKENS and AUDIT_TOP_K), judged by `compare`
+auditor.py makes it (`audit_bodies`' ground-truth body), judged by `compare`
 with the DEFAULT thresholds.
 
 - honest: `same-config` (a second engine with the defaults), `threads-1`, `parallel-1`, and
@@ -47,7 +47,7 @@ from aiohttp import web
 from covey.engine import embedded
 from covey.engine.llamacpp import READY_PREFIX
 from covey.metrics.samples import median, percentile
-from covey.verify.auditor import AUDIT_TOKENS, AUDIT_TOP_K
+from covey.verify.auditor import audit_bodies
 from covey.verify.compare import DEFAULT, Answer, Step, Thresholds, compare, parse_answer
 from covey.verify.fingerprint import chat_body
 from covey.verify.prompts import audit_prompt
@@ -230,8 +230,10 @@ async def measure(urls: dict[str, str], ground: str, rounds: int, rng: random.Ra
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for n in range(rounds):
-            body = chat_body(GEMMA_ID, audit_prompt(rng), AUDIT_TOKENS, AUDIT_TOP_K,
-                             rng.randint(1, 2**31 - 1))
+            # The ground truth's body, with logprobs, for every side: this calibrates the
+            # log-probability statistic (the auditor also asks peers half of the time
+            # without logprobs; a text-only match is never a pass, compare.py).
+            body, _ = audit_bodies(GEMMA_ID, audit_prompt(rng), rng)
             started = time.perf_counter()
             local = parse_answer(await ask(session, ground, body))
             local_ms = (time.perf_counter() - started) * 1000
