@@ -19,13 +19,14 @@ from covey.api.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, 
 from covey.errors import CoveyError, ModelNotFound
 from covey.health.monitor import HealthMonitor
 from covey.health.probe import PROBE_HEADER
+from covey.mesh.peer_api import PEER
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router import fallback, sla
 from covey.router.dispatch import Dispatcher, local_figures
 from covey.router.fallback import Fallback
 from covey.router.plan import offers
-from covey.router.proxy import ACCOUNT, Relay
+from covey.router.proxy import ACCOUNT, CONSUMER, Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, ModelId, NodeId
@@ -195,5 +196,8 @@ class OpenAIRoutes:
         if path not in PATHS:
             raise ModelNotFound(f"no such endpoint: {path}")
         req, data, raw = await self._read(request, path)
+        # Its place in a contended engine's queue follows the caller's standing; a request
+        # without a verified caller is never taken for this node's own.
+        request[CONSUMER] = request.get(PEER, "")
         return await self._serve_local(request, path, req, data, raw,
                                        measure=PROBE_HEADER not in request.headers)
