@@ -13,11 +13,19 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from covey.metrics.samples import RollingWindow, percentile
-from covey.router.fairshare import CLASSES, ConsumerClass, Policy, Waiter, classify, pick
+from covey.router.fairshare import (
+    CLASSES,
+    ConsumerClass,
+    Policy,
+    Waiter,
+    classify,
+    pick,
+    promote,
+)
 
 Clock = Callable[[], float]
 
@@ -57,7 +65,7 @@ class Admission:
             self.running += 1
             self.waits[klass].add(0.0, now)
             return
-        entry = _Entry(Waiter(klass, standing, now, next(self._seq)),
+        entry = _Entry(Waiter(klass, standing, now, next(self._seq), consumer),
                        asyncio.get_running_loop().create_future())
         self._queue.append(entry)
         try:
@@ -69,6 +77,7 @@ class Admission:
                 self.leave(slots)
             elif entry in self._queue:
                 self._queue.remove(entry)
+                self._promote(entry.waiter, self.clock())
             raise
 
     def leave(self, slots: int) -> None:
@@ -80,11 +89,17 @@ class Admission:
         while self.running < slots and self._queue:
             now = self.clock()
             entry = self._queue.pop(pick([e.waiter for e in self._queue], now, self.policy))
+            self._promote(entry.waiter, now)
             if entry.granted.done():  # cancelled, its task not yet run: it holds nothing
                 continue
             self.running += 1
             entry.granted.set_result(None)
             self.waits[entry.waiter.klass].add((now - entry.waiter.arrived) * 1000, now)
+
+    def _promote(self, gone: Waiter, now: float) -> None:
+        i = promote([e.waiter for e in self._queue], gone, now)
+        if i is not None:
+            self._queue[i].waiter = replace(self._queue[i].waiter, head_since=now)
 
     def waiting_by_class(self) -> dict[ConsumerClass, int]:
         """How many requests of each class are waiting now."""
