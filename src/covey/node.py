@@ -229,7 +229,9 @@ class Node:
                                          cookie_jar=aiohttp.DummyCookieJar()) as session, \
                 HttpPeerTransport(mesh.sign) as transport:
             mesh.transport = transport
-            relay = Relay(session, transport, s.peer_timeout_s, on_answer=share.record)
+            # A contended engine's queue orders peers by their standing in the ledger.
+            relay = Relay(session, transport, s.peer_timeout_s, on_answer=share.record,
+                          standing=self._standing)
             link = AuthorityLink(mesh_state, transport)
             if s.ledger:
                 self._ledger = LedgerService(
@@ -389,6 +391,10 @@ class Node:
         if taken is not None:
             self.fingerprints[model.id] = taken
             log.info("model %s: fingerprint taken (sha256 %s…)", model.id, taken["sha256"][:12])
+
+    def _standing(self, node_id: str) -> float | None:
+        """A peer's credit balance, as the ledger's keeper publishes it."""
+        return self._ledger.standing(node_id) if self._ledger is not None else None
 
     def _model_facts(self, model_id: str) -> tuple[str | None, float | None]:
         """A local model's file sha256 and size in billions of parameters (receipts)."""

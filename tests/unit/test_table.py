@@ -1,7 +1,9 @@
-"""router/table.py: admission (ready, under capacity) and which model a request means."""
+"""router/table.py: admission (ready, under capacity, waiting for a slot) and which model a
+request means."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -44,41 +46,74 @@ def _served(name: str, state: EngineState, slots: int = 1, queue: int = 1) -> Se
     (EngineFailed("bad file"), None, "bad file"),
     (EngineStopped(), None, "not running"),
 ])
-def test_not_ready_is_unavailable(state: EngineState, retry_after: float | None,
-                                  text: str) -> None:
+async def test_not_ready_is_unavailable(state: EngineState, retry_after: float | None,
+                                        text: str) -> None:
     model = _served("m", state)
     with pytest.raises(errors.Unavailable, match=text) as info:
-        model.admit()
+        await model.acquire()
     assert (info.value.status, info.value.code) == (503, "model_not_ready")
     assert info.value.retry_after == retry_after
     assert model.in_flight == 0
+    with pytest.raises(errors.Unavailable, match=text):
+        model.check()
+
+
+async def _fill(m: ServedModel, n: int) -> list[asyncio.Task[str]]:
+    """Start n acquires; return once each holds a slot or waits in the queue."""
+    tasks = [asyncio.create_task(m.acquire()) for _ in range(n)]
+    await asyncio.sleep(0)  # each runs to its slot or its place in the queue
+    return tasks
 
 
 @pytest.mark.parametrize(("slots", "queue"), [(1, 0), (1, 1), (2, 1), (4, 16)])
-def test_capacity_is_slots_plus_queue(slots: int, queue: int) -> None:
+async def test_capacity_is_slots_plus_queue(slots: int, queue: int) -> None:
     m = _served("m", EngineReady(URL), slots=slots, queue=queue)
-    assert [m.admit() for _ in range(slots + queue)] == [URL] * (slots + queue)
+    tasks = await _fill(m, slots + queue)
+    assert [t.result() for t in tasks[:slots]] == [URL] * slots
+    assert not any(t.done() for t in tasks[slots:])  # the rest wait in Covey
     assert m.in_flight == slots + queue and m.queue_depth == queue
+    assert (m.admission.running, m.admission.waiting) == (slots, queue)
     with pytest.raises(errors.Busy, match=f"{slots} slots in use and {queue} requests queued"
                        ) as info:
-        m.admit()
+        await m.acquire()
     assert info.value.status == 429 and info.value.retry_after == 2
     assert info.value.headers() == {"Retry-After": "2"}
+    with pytest.raises(errors.Busy):
+        m.check()
     assert m.in_flight == slots + queue  # a refused request takes nothing
-    m.release()
-    assert m.admit() == URL
+    for _ in range(slots + queue):
+        m.release()
+        await asyncio.sleep(0)
+    assert all(t.done() for t in tasks)
+    assert (m.in_flight, m.admission.running, m.admission.waiting) == (0, 0, 0)
 
 
-def test_release_frees_slots_and_queue() -> None:
+async def test_release_frees_slots_and_queue() -> None:
     m = _served("m", EngineReady(URL), slots=2, queue=2)
-    for _ in range(3):
-        m.admit()
+    tasks = await _fill(m, 3)
     assert m.queue_depth == 1
     m.release()
+    await asyncio.sleep(0)
+    assert tasks[2].result() == URL  # the waiter took the freed slot
     assert (m.in_flight, m.queue_depth) == (2, 0)
     m.release()
     m.release()
     assert (m.in_flight, m.queue_depth) == (0, 0)
+
+
+async def test_peer_copies_count_without_waiting() -> None:
+    m = _served("m", EngineReady(URL), slots=1, queue=2)
+    m.source = "peer"
+    assert [m.admit(), await m.acquire(), await m.acquire()] == [URL] * 3
+    assert (m.in_flight, m.admission.running, m.admission.waiting) == (3, 0, 0)
+    for _ in range(3):
+        m.release()
+    assert m.in_flight == 0
+
+
+def test_admit_is_not_for_local_engines() -> None:
+    with pytest.raises(TypeError, match="acquire"):
+        _served("m", EngineReady(URL)).admit()
 
 
 def _table(*models: ServedModel) -> ModelTable:

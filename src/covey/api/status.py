@@ -64,6 +64,9 @@ def model_status(m: ServedModel, now: float, window_s: float,
         "slots": m.slots,
         "in_flight": m.in_flight,
         "queue_depth": m.queue_depth,
+        # Waited in this node's fair-share queue before entering the engine (ms), by who
+        # asked: this node's clients, members in credit, everyone else (router/fairshare.py).
+        "queue_wait_ms": m.admission.wait_summary(now) if m.source == "local" else None,
         "restarts": getattr(m.engine, "restarts", 0),
         "requests_ok": m.meter.requests_ok,
         "requests_failed": m.meter.requests_failed,

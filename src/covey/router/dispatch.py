@@ -233,7 +233,7 @@ class Dispatcher:
         """Walk the candidates in order (the failover table decides what moves on)."""
         if not chosen.candidates:
             if local is not None and not chosen.serving:
-                local.admit()  # raises the local reason (loading, failed, busy)
+                local.check()  # raises the local reason (loading, failed, busy)
             if chosen.serving:
                 raise Unavailable(self._unreachable(model_id, chosen.serving),
                                   retry_after=2, code="no_ready_node")

@@ -40,6 +40,7 @@ from covey.metrics.timing import (
     usage_event,
     whole_speed,
 )
+from covey.router.fairshare import Standing, no_standing
 from covey.router.table import ServedModel
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ T_RECEIVED = web.RequestKey("t_received", float)
 # Set on a request this node received from a client (it is the entry): its answer counts
 # toward the mesh share. Requests peers relay here and health probes never carry it.
 ACCOUNT = web.RequestKey("account", bool)
+# Set on a request a peer sent here to be served by this node's engines: the peer's verified
+# node id ("" if unknown), whose standing orders the engine's queue. Absent: this node's own
+# client, served first on its own hardware (router/fairshare.py).
+CONSUMER = web.RequestKey("consumer", str)
 # Called once per answered client request: who answered (ServedModel.source), prompt tokens
 # (None when the answer did not say), completion tokens.
 OnAnswer = Callable[[Literal["local", "peer", "provider"], int | None, int], None]
@@ -95,13 +100,16 @@ class Relay:
     def __init__(self, session: aiohttp.ClientSession,
                  transport: PeerTransport | None = None,
                  peer_deadline_s: float | None = None,
-                 on_answer: OnAnswer | None = None) -> None:
-        """`on_answer`: see `_answered` (the mesh share's counter)."""
+                 on_answer: OnAnswer | None = None,
+                 standing: Standing = no_standing) -> None:
+        """`on_answer`: see `_answered` (the mesh share's counter). `standing`: a peer's
+        balance, which orders a contended local engine's queue (router/fairshare.py)."""
         self.session = session
         self.transport = transport
         self.peer_deadline_s = peer_deadline_s
         self.on_answer = on_answer
         self.receipts: Receipts | None = None  # the ledger, when this node keeps one
+        self.standing = standing
 
     async def _send(self, model: ServedModel, base_url: str, path: str, body: bytes,
                     stream: bool, request_id: str | None = None) -> PeerResponse:
@@ -151,7 +159,9 @@ class Relay:
         `measure=False` (health probes) keeps the request out of the model's figures."""
         t_request = request[T_RECEIVED]
         meter = model.meter if measure else ModelMeter(window_s=1.0)
-        base_url = model.admit()
+        # Waits here, in fair-share order, while a local engine's slots are all taken; that
+        # wait is part of the request's measured time to first token.
+        base_url = await model.acquire(request.get(CONSUMER), self.standing)
         try:
             t_sent = time.perf_counter()
             try:

@@ -1,7 +1,8 @@
 """The models this node can route to, each with its engine, load and measurements.
 
-`ModelTable.resolve()` and `ServedModel.admit()` are the single-node routing decisions:
-which model a request means, and whether it may enter now (ready, under capacity).
+`ModelTable.resolve()` and `ServedModel.acquire()` are the single-node routing decisions:
+which model a request means, and whether it may enter now (ready, under capacity). A local
+engine's requests past its slots wait in its `Admission` queue, in fair-share order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Literal, Protocol
 from covey.errors import Busy, ModelNotFound, Unavailable
 from covey.mesh.peer_transport import Peer
 from covey.metrics.samples import ModelMeter
+from covey.router.admission import Admission
+from covey.router.fairshare import Standing, no_standing
 from covey.types import (
     Baseline,
     EngineFailed,
@@ -58,6 +61,12 @@ class ServedModel:
     # take to start answering.
     upstream_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     first_byte_timeout_s: float | None = None
+    # A local engine's waiting room (unused for a peer's copy or a provider: they queue on
+    # their side).
+    admission: Admission = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(window_s=self.meter.window_s)
 
     @property
     def id(self) -> ModelId:
@@ -67,11 +76,9 @@ class ServedModel:
     def queue_depth(self) -> int:
         return max(0, self.in_flight - self.slots)
 
-    def admit(self) -> str:
-        """Raise Unavailable/Busy if this model cannot take a request now; return the engine URL.
-
-        The caller must call `release()` once the request ends, however it ends.
-        """
+    def check(self) -> str:
+        """Raise Unavailable (not ready) or Busy (slots and queue full); return the engine
+        URL. Takes nothing: `acquire()` does."""
         state = self.engine.state
         if not isinstance(state, EngineReady):
             raise Unavailable(unavailable_reason(self.id, state),
@@ -80,11 +87,46 @@ class ServedModel:
             raise Busy(f"model {self.id!r} is busy: {self.slots} slots in use and "
                        f"{self.max_queue} requests queued; retry shortly",
                        retry_after=2)
+        return state.base_url
+
+    def admit(self) -> str:
+        """Count a request to a peer's copy or a provider (they queue on their side); raise
+        as `check()` does. The caller must call `release()` once the request ends."""
+        if self.source == "local":
+            raise TypeError("a local engine's requests wait in its queue: use acquire()")
+        base_url = self.check()
         self.in_flight += 1
+        return base_url
+
+    async def acquire(self, consumer: str | None = None,
+                      standing: Standing = no_standing) -> str:
+        """Wait for a slot, raising as `check()` does; return the engine URL. `consumer`:
+        None for this node's own client, else the requesting peer's node id (its standing
+        orders the queue, see `router/fairshare.py`). A peer's copy or a provider does not
+        wait here. Once this returns, the caller must call `release()` exactly once, however
+        the request ends; if it raises (cancelled included), it holds nothing."""
+        if self.source != "local":
+            return self.admit()
+        self.check()
+        self.in_flight += 1
+        try:
+            await self.admission.enter(self.slots, consumer,
+                                       None if consumer is None else standing(consumer))
+        except BaseException:  # cancelled while waiting (the client left): take nothing
+            self.in_flight -= 1
+            raise
+        state = self.engine.state
+        if not isinstance(state, EngineReady):
+            # The engine stopped or restarted while this request waited.
+            self.release()
+            raise Unavailable(unavailable_reason(self.id, state),
+                              retry_after=_retry_after(state), code="model_not_ready")
         return state.base_url
 
     def release(self) -> None:
         self.in_flight -= 1
+        if self.source == "local":
+            self.admission.leave(self.slots)
 
 
 def unavailable_reason(model: ModelId, state: EngineState) -> str:
