@@ -135,13 +135,8 @@ class BaselineKeeper:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 await self._settled()
-                key = cache_key(self.model)
-                cached = load_cached(self.data_dir, key, time.time(), self.refresh_s) \
-                    if key else None
-                if cached is not None:
-                    self.model.baseline = cached
-                else:
-                    await self._measure(session, key)
+                # The fingerprint first: once a baseline shows, this node's own requests to
+                # its engine are over (tests and the bench wait for it to mean idle).
                 if self.fingerprint is not None:
                     try:
                         await self.fingerprint(session, self.model)
@@ -149,6 +144,13 @@ class BaselineKeeper:
                     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                         log.warning("model %s: fingerprint failed (%s)", self.model.id,
                                     type(exc).__name__)
+                key = cache_key(self.model)
+                cached = load_cached(self.data_dir, key, time.time(), self.refresh_s) \
+                    if key else None
+                if cached is not None:
+                    self.model.baseline = cached
+                else:
+                    await self._measure(session, key)
                 await self._wait_until_stale(key)
 
     async def _settled(self) -> None:
