@@ -1,4 +1,5 @@
-"""Command line: `covey serve | chat | status | doctor | models | invite | revoke | bench`."""
+"""Command line: `covey serve | chat | status | doctor | models | invite | revoke | bench |
+ledger`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from covey import __version__, config, event_loop
 from covey.engine import embedded
 from covey.errors import ConfigError
+from covey.ledger import cli as ledger_cli
 
 DEFAULT_URL = "http://127.0.0.1:7272"
 
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="engine threads")
     bench.add_argument("--data-dir", help="where to keep the assembled model "
                        "(default: ~/.covey, or $COVEY_HOME)")
+    ledger_cli.add_parser(sub)
     return p
 
 
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             from covey.bench.relay import run_bench
 
             return run_bench(args, data_dir=_data_dir(args))
+        if args.command == "ledger":
+            return ledger_cli.run(args, _data_dir(args))
         from covey import console
 
         url = _client_url(args)
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    raw = args.data_dir or os.environ.get("COVEY_HOME") or "~/.covey"
+    raw = getattr(args, "data_dir", None) or os.environ.get("COVEY_HOME") or "~/.covey"
     return Path(raw).expanduser()
 
 

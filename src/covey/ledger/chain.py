@@ -102,15 +102,25 @@ class Added:
     entries: tuple[Entry, ...] = ()
 
 class Ledger:
-    """The ledger in the SQLite file at `path` (created when missing). Close it, or use it
-    as a context manager. Every write is one transaction: it happens whole or not at all."""
+    """The ledger in the SQLite file at `path` (created when missing; with `read_only`, it
+    must exist). Close it, or use it as a context manager. Every write is one transaction: it
+    happens whole or not at all."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self._lock = threading.Lock()
+        if read_only:
+            # For readers beside a running node (the CLI): the file must exist, nothing is
+            # created or migrated, and any write fails (sqlite3.OperationalError).
+            if not path.is_file():
+                raise FileNotFoundError(f"no ledger at {path}")
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=5000")
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE) so a write
         # takes the lock before it reads the head it will build on.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed credit survives a power cut, not only a crash of the process.
         self._db.execute("PRAGMA synchronous=FULL")
