@@ -142,6 +142,8 @@ class Settings:
     ledger: bool = _opt(True, "make and countersign receipts for work served between members, "
                               "kept in ledger.sqlite3 (the mesh's creator keeps the mesh "
                               "ledger)")
+    checkpoint_interval_s: float = _opt(86400.0, "seconds between signed checkpoints of the "
+                                                 "ledger (in <data dir>/checkpoints)")
 
     # --- verification of peers' models (issue 14; src/covey/verify) ---
     verify: str = _opt("observe", "off, observe (audit peers, log and show verdicts) or "

@@ -288,6 +288,10 @@ class Node:
                     tasks.create_task(keep_running(mesh.run, "mesh"), name="mesh")
                     tasks.create_task(keep_running(health.run, "health"), name="health")
                     tasks.create_task(keep_running(share.run, "mesh-share"), name="mesh-share")
+                    if (ledger := self._ledger) is not None:
+                        tasks.create_task(keep_running(
+                            lambda: ledger.checkpoints(s.data_dir, s.checkpoint_interval_s),
+                            "ledger-checkpoints"), name="ledger-checkpoints")
                     if s.verify != "off" and routes.dispatcher is not None:
                         routes.dispatcher.verdicts = self.verdicts
                         auditor = Auditor(self.table, mesh.peers, transport, self.verdicts,

@@ -110,6 +110,18 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
                  "the keeper's balances to reach C in its record")
         assert c.status()["ledger"]["keeper"] == a.node_id
 
+        # The README's ledger commands on the keeper: verify, checkpoint, a proof checked
+        # offline against the checkpoint's key.
+        data = ["--data-dir", str(a.data_dir)]
+        assert "intact" in a.covey("ledger", "verify", *data)
+        shown = json.loads(a.covey("ledger", "balance", "--json", *data))
+        assert json.dumps(shown).count(b.node_id) >= 1
+        a.covey("ledger", "checkpoint", *data)
+        proof_file = tmp_path / "proof.json"
+        proof_file.write_text(a.covey("ledger", "proof", "3", *data))
+        key = json.loads(proof_file.read_text())["verifier_key"]
+        assert "proof holds" in a.covey("ledger", "verify-proof", str(proof_file), "--key", key)
+
         # A restart loses nothing.
         b.stop()
         nodes.remove(b)

@@ -27,9 +27,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from covey.ledger.chain import Ledger
+from covey.ledger.checkpoints import CheckpointError, default_origin, write_checkpoint
 from covey.ledger.receipts import (
     MAX_WIRE_BYTES,
     Observed,
@@ -244,6 +246,27 @@ class LedgerService:
             return b.balance if b is not None else None
         record = self.keeper_record()
         return record.ledger.get(node_id) if record is not None else None
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    async def checkpoints(self, data_dir: Path, interval_s: float) -> None:
+        """Every `interval_s` (a day by default), a signed checkpoint of this node's ledger
+        in data_dir/checkpoints when it grew (checkpoints.py); runs until cancelled."""
+        origin = default_origin(data_dir, self.identity.node_id)
+        done = -1
+        while True:
+            await asyncio.sleep(interval_s)
+            size = (await asyncio.to_thread(self.ledger.head))[0]
+            if size == done:
+                continue
+            try:
+                await asyncio.to_thread(write_checkpoint, self.ledger, data_dir,
+                                        self.identity.key, origin)
+            except CheckpointError as exc:
+                log.error("ledger: no checkpoint: %s", exc)
+                continue
+            done = size
+            log.info("ledger: checkpoint of %d entries signed (%s)", size, origin)
 
     # --- helpers -------------------------------------------------------------------------
 
