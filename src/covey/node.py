@@ -334,8 +334,9 @@ class Node:
         app = build_app(bind_host=s.host, api_key=s.api_key,
                         allowed_hosts=frozenset(s.allowed_hosts), max_body_bytes=s.max_body_bytes)
         routes.add_to(app)
-        StatusRoutes(self.table, registry_for(self.table, self._share), self.identity.node_id,
-                     self.name, s.metrics_window_s, routes, routes.mesh,
+        metrics = registry_for(self.table, self._share, lambda: self._ledger)
+        StatusRoutes(self.table, metrics, self.identity.node_id, self.name,
+                     s.metrics_window_s, routes, routes.mesh,
                      baseline_tokens=s.baseline_max_tokens, share=self._share).add_to(app)
         if routes.mesh is not None and routes.health is not None:
             DoctorRoutes(self.table, routes.mesh, routes.health,

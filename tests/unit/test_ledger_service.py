@@ -25,6 +25,8 @@ from covey.ledger.service import LedgerService
 from covey.mesh.identity import Identity, node_id_for
 from covey.mesh.records import NodeRecord
 from covey.mesh.sealed import b64e, public_bytes
+from covey.metrics.export import registry_for, render
+from covey.router.table import ModelTable
 
 MESH = "mtestmesh0000000"
 T0 = 1_800_000_000.0
@@ -124,4 +126,7 @@ async def test_the_keeper_takes_countersigned_receipts_from_a_party_once(
     balances = keeper.published_balances()
     assert balances[IDS[PROVIDER]] == -balances[IDS[CONSUMER]] > 0
     assert keeper.standing(IDS[PROVIDER]) == pytest.approx(balances[IDS[PROVIDER]])
+    # /metrics shows them too.
+    text = render(registry_for(ModelTable(), None, lambda: keeper)).decode()
+    assert f'covey_ledger_credits{{kind="given",node="{IDS[PROVIDER]}"}}' in text
     keeper.ledger.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -93,11 +94,34 @@ class ShareCollector(Collector):
         yield from (ratio, requests, tokens)
 
 
-def registry_for(table: ModelTable, share: ShareStore | None = None) -> CollectorRegistry:
+class LedgerCollector(Collector):
+    """Credits given and used per member, and balances, from this node's ledger (on the
+    keeper, the mesh's). `ledger()` is the node's ledger service, or None without one."""
+
+    def __init__(self, ledger: Callable[[], Any]) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        credits = GaugeMetricFamily("covey_ledger_credits", "credits per member in this "
+                                    "node's ledger (kind: given, used or balance)",
+                                    labels=["node", "kind"])
+        service = self.ledger()
+        if service is not None:
+            for node, b in service.ledger.balances().items():
+                for kind, value in (("given", b.given), ("used", b.used),
+                                    ("balance", b.balance)):
+                    credits.add_metric([node, kind], value)
+        yield credits
+
+
+def registry_for(table: ModelTable, share: ShareStore | None = None,
+                 ledger: Callable[[], Any] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ModelCollector(table))
     if share is not None:
         registry.register(ShareCollector(share))
+    if ledger is not None:
+        registry.register(LedgerCollector(ledger))
     return registry
 
 
