@@ -239,7 +239,9 @@ class Node:
                     records=lambda: mesh.peers(time.time()),
                     keeper=mesh_state.authority is not None,
                     keeper_record=lambda: mesh_state.authority_record(time.time()),
-                    facts=self._model_facts)
+                    facts=self._model_facts,
+                    suspect=lambda node, model: s.verify != "off" and self.verdicts.status(
+                        node, model, time.time()) == "suspect")
                 relay.receipts = self._ledger
             mesh.authority = link
             self._invites = InviteRoutes(mesh, link)

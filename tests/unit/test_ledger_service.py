@@ -85,6 +85,18 @@ async def test_a_relayed_request_is_countersigned_once(consumer: LedgerService) 
     assert replay.value.reason == "unknown_request"
 
 
+async def test_a_provider_held_suspect_earns_nothing_from_this_node(tmp_path: Path) -> None:
+    consumer = service(CONSUMER, tmp_path)
+    consumer.suspect = lambda node, model: node == IDS[PROVIDER] and model == "m"
+    rid = new_request_id()
+    consumer.expect(rid, IDS[PROVIDER], "m")
+    consumer.relayed(rid, IDS[PROVIDER], "m", 9, 6, 100)
+    with pytest.raises(ReceiptRejected) as refused:
+        await consumer.countersign(receipt_wire(rid), IDS[PROVIDER])
+    assert refused.value.reason == "suspect" and consumer.ledger.entries() == []
+    consumer.ledger.close()
+
+
 @pytest.mark.parametrize(("case", "reason"), [
     ("never relayed", "unknown_request"),
     ("other caller", "unknown_request"),

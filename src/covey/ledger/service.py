@@ -85,7 +85,8 @@ class LedgerService:
                  records: Callable[[], list[NodeRecord]], keeper: bool,
                  keeper_record: Callable[[], NodeRecord | None],
                  facts: Callable[[str], tuple[str | None, float | None]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 suspect: Callable[[str, str], bool] = lambda _node, _model: False) -> None:
         self.ledger = ledger
         self.mesh_id = mesh_id
         self.identity = identity
@@ -95,6 +96,9 @@ class LedgerService:
         self.keeper_record = keeper_record
         self.facts = facts
         self.clock = clock
+        # This node's verification verdict (verify/): a provider it holds suspect for a
+        # model earns nothing for it from this node while suspect.
+        self.suspect = suspect
         self._pending: OrderedDict[str, Relayed] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -132,6 +136,10 @@ class LedgerService:
                                                      "the caller (or it was settled already)")
         if r.mesh_id != self.mesh_id:
             raise ReceiptRejected("mismatch", "receipt is for another mesh")
+        if self.suspect(caller, r.model_id):
+            self._pending.pop(r.request_id, None)
+            raise ReceiptRejected("suspect", "this node's audits hold the provider suspect "
+                                             "for this model: no credits while they do")
         provider = self._record(caller)
         if provider is None:
             raise ReceiptRejected("unknown_provider", "no live record of the provider")
