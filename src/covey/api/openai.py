@@ -27,7 +27,7 @@ from covey.router import fallback, sla
 from covey.router.dispatch import Dispatcher, local_figures
 from covey.router.fallback import Fallback
 from covey.router.plan import offers
-from covey.router.proxy import ACCOUNT, CONSUMER, FOR_PEER, Relay
+from covey.router.proxy import ACCOUNT, CONSUMER, PEER_REQUEST_ID, Relay
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, ModelId, NodeId
@@ -197,8 +197,8 @@ class OpenAIRoutes:
         if path not in PATHS:
             raise ModelNotFound(f"no such endpoint: {path}")
         req, data, raw = await self._read(request, path)
-        if (request_id := request_id_of(request.headers)) is not None and PEER in request:
-            request[FOR_PEER] = (request_id, request[PEER])  # its receipt, when it ends
+        if (request_id := request_id_of(request.headers)) is not None:
+            request[PEER_REQUEST_ID] = request_id  # its receipt, when it ends
         # Its place in a contended engine's queue follows the caller's standing; a request
         # without a verified caller is never taken for this node's own.
         request[CONSUMER] = request.get(PEER, "")

@@ -59,10 +59,10 @@ CONSUMER = web.RequestKey("consumer", str)
 # (None when the answer did not say), completion tokens.
 OnAnswer = Callable[[Literal["local", "peer", "provider"], int | None, int], None]
 # The ledger's receipts (ledger/service.py). On the entry, the id this node gave the request
-# it relayed to a peer (one per attempt); on the provider, (request id, calling node) of a
-# request a peer relayed here.
+# it relayed to a peer (one per attempt); on the provider, the id the relaying peer (its
+# CONSUMER) gave the request it sent here.
 RELAYED_ID = web.RequestKey("relayed_id", str)
-FOR_PEER = web.RequestKey("for_peer", tuple)
+PEER_REQUEST_ID = web.RequestKey("peer_request_id", str)
 
 
 class Receipts(Protocol):
@@ -146,9 +146,10 @@ class Relay:
         if model.source == "peer" and model.peer is not None and relayed_id:
             self.receipts.relayed(relayed_id, model.peer.node_id, model.id, prompt_tokens,
                                   completion_tokens, request.content_length or 0)
-        elif model.source == "local" and (for_peer := request.get(FOR_PEER)):
+        elif (model.source == "local" and (request_id := request.get(PEER_REQUEST_ID))
+              and (consumer := request.get(CONSUMER))):
             now, elapsed = time.time(), time.perf_counter() - request[T_RECEIVED]
-            self.receipts.served(for_peer[0], for_peer[1], model.id, prompt_tokens or 0,
+            self.receipts.served(request_id, consumer, model.id, prompt_tokens or 0,
                                  completion_tokens, now - elapsed, now)
 
     async def forward(self, request: web.Request, model: ServedModel, path: str,
