@@ -95,10 +95,18 @@ def fast_memory_bytes(override: int | None) -> int:
     return override if override is not None else psutil.virtual_memory().available
 
 
+PUBLISHED_MEMORY_STEP = 256 * 1024 * 1024
+
+
 def machine_hardware(fast_memory_override: int | None) -> dict[str, int | None]:
-    """What this node publishes about its machine (in its signed record, every round)."""
+    """What this node publishes about its machine (in its signed record). Measured available
+    memory is rounded down to 256 MiB: to the byte it changes every round, and a changed record is
+    signed and gossiped again; models are placed by the GiB."""
+    fast = fast_memory_bytes(fast_memory_override)
+    if fast_memory_override is None:
+        fast -= fast % PUBLISHED_MEMORY_STEP
     return {"ram_bytes": psutil.virtual_memory().total, "gpu_bytes": gpu_memory_bytes(),
-            "fast_memory_bytes": fast_memory_bytes(fast_memory_override)}
+            "fast_memory_bytes": fast}
 
 
 @functools.cache

@@ -253,3 +253,14 @@ def new_record(key: Ed25519PrivateKey, *, mesh_id: str, seq: int, now: float, tt
         "protocol": PROTOCOL, "mesh_id": mesh_id, "node_id": node_id_for(raw),
         "public_key": b64e(raw), "seq": seq, "issued_at": now, "expires_at": now + ttl_s,
         **fields})
+
+
+def republish_due(held: NodeRecord, same: bool, now: float, ttl_s: float,
+                  refresh_s: float) -> bool:
+    """Whether a node must sign a new record over `held`, its newest: when what it says
+    changed (`same` is False), when it is `refresh_s` old (peers judge a node by its
+    record's age), or when half its life is gone (it must reach every peer before it
+    expires)."""
+    age = now - held.issued_at
+    return (not same or age >= refresh_s or age < 0
+            or held.expires_at - now <= min(ttl_s, held.expires_at - held.issued_at) / 2)

@@ -1,10 +1,10 @@
 """The mesh inside a running node: publish our record, gossip with peers, sign peer calls.
 
-`run()` loops every `interval_s`: publish a fresh record (models, load, measurements), drop
-expired records, push-pull with a few random peers plus any bootstrap address (the invite's
-contacts), and renew this node's certificate when a third of its validity is left. The
-peer transport tries a peer's addresses in order and remembers the one that answers. A
-failed exchange is logged once per peer state change, never fatal.
+`run()` loops every `interval_s`: publish a fresh record (models, load, measurements) when it
+changed or every third round, drop expired records, push-pull with a few random peers plus
+any bootstrap address (the invite's contacts), and renew this node's certificate when a third
+of its validity is left. The peer transport tries a peer's addresses in order and remembers
+the one that answers. A failed exchange is logged once per peer state change, never fatal.
 """
 
 from __future__ import annotations
@@ -83,8 +83,12 @@ class MeshRuntime:
             if problem:
                 log.error("mesh: %s", problem)
             self._problem = problem
+        # Re-signed when it changes, else every third round: peers' health checks call a
+        # record older than six rounds stale (health/monitor.py), gossip may take a few to
+        # carry it, and signing an unchanged record each round costs an idle node for nothing.
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
-                           addresses=self.addresses, tls_fingerprint=self.tls.fingerprint,
+                           refresh_s=3 * self.interval_s, addresses=self.addresses,
+                           tls_fingerprint=self.tls.fingerprint,
                            **self.describe())
 
     async def run(self) -> None:

@@ -39,6 +39,7 @@ from covey.mesh.records import (
     RecordTable,
     new_record,
     next_seq,
+    republish_due,
     sign_record,
     verify_record,
 )
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 CERT_TTL_S = 365 * 24 * 3600.0
 REVOCATIONS_FILE = "revocations"  # the authority's newest signed list
 RECORD_TTL_S = 30.0  # a node silent this long is gone
+MAX_CACHED_CERTS = 1024  # verified certificates remembered (each envelope is at most 4 KiB)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class MeshState:
         self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
         self._revocations_mtime = 0.0
         self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
+        # Every signed call and every record carries a certificate: its authority signature
+        # is checked once per envelope, not once per use (expiry is still checked each time).
+        self._verified_certs: dict[bytes, MemberCert] = {}
+        self._published: dict[str, Any] | None = None  # content of our newest record
+        self._proof: str | None = None
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
 
@@ -128,8 +135,15 @@ class MeshState:
             self.learn_revocations(path.read_bytes())
 
     def _check_cert(self, envelope: bytes, now: float) -> MemberCert:
-        return verify_cert(envelope, mesh_id=self.info.mesh_id,
+        cached = self._verified_certs.get(envelope)
+        if cached is not None and cached.expires_at > now:
+            return cached
+        cert = verify_cert(envelope, mesh_id=self.info.mesh_id,
                            authority_public_key=self.info.authority_public_key, now=now)
+        if len(self._verified_certs) >= MAX_CACHED_CERTS:
+            self._verified_certs.clear()  # only authority-signed ones get in: rare, and cheap
+        self._verified_certs[envelope] = cert
+        return cert
 
     def set_cert(self, envelope: bytes, now: float) -> MemberCert:
         """Adopt a renewed certificate for this node: checked (this mesh, this node's key,
@@ -179,6 +193,9 @@ class MeshState:
             return False
         self.members.revocations = revocations
         self.revocations_envelope = envelope
+        # Revocation is checked by membership, not by the certificate check; forgetting the
+        # verified certificates anyway keeps a new list from ever meeting an old verdict.
+        self._verified_certs.clear()
         for node_id in revocations.revoked:
             self.table.drop(node_id)
         if self.identity.node_id in revocations.revoked:
@@ -228,22 +245,38 @@ class MeshState:
                 self.policy.learn(b64d(record.tier_policy))
         return record
 
-    def publish(self, now: float, ttl_s: float = RECORD_TTL_S, **fields: object) -> bytes:
-        """Sign this node's next record (a sequence number above any used before)."""
+    def publish(self, now: float, ttl_s: float = RECORD_TTL_S, refresh_s: float = 0.0,
+                **fields: object) -> bytes:
+        """Sign this node's next record (a sequence number above any used before), unless
+        the one held says the same and is younger than `refresh_s` (and than half its
+        life): then that one's envelope, with nothing signed or written."""
         self._reload_revocations()
+        content: dict[str, Any] = {
+            "ttl_s": ttl_s, "member_cert": b64e(self.cert),
+            "revocations": b64e(self.revocations_envelope) if self.revocations_envelope
+            else "",
+            "tier_policy": self.policy.wire() if self.policy else "",
+            "authority_proof": self._authority_proof(), **fields}
+        held = self.table.get(self.identity.node_id)
+        if held is not None and not republish_due(
+                held.record, content == self._published, now, ttl_s, refresh_s):
+            return held.envelope
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
-                            seq=next_seq(self.data_dir / "seq", now), now=now, ttl_s=ttl_s,
-                            member_cert=b64e(self.cert),
-                            revocations=b64e(self.revocations_envelope)
-                            if self.revocations_envelope else "",
-                            tier_policy=self.policy.wire() if self.policy else "",
-                            authority_proof=prove_authority(self.authority,
-                                                            self.identity.node_id)
-                            if self.authority else "", **fields)
+                            seq=next_seq(self.data_dir / "seq", now), now=now,
+                            **content)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         self._signed_seqs.append(record.seq)
+        self._published = content
         return envelope
+
+    def _authority_proof(self) -> str:
+        """The same every round (Ed25519 signs deterministically): signed once."""
+        if self.authority is None:
+            return ""
+        if self._proof is None:
+            self._proof = prove_authority(self.authority, self.identity.node_id)
+        return self._proof
 
     def check_own_seq(self, seq: int, where: str) -> None:
         """A peer holds a record of ours with `seq`: if it is newer than our first record

@@ -1,0 +1,134 @@
+"""An idle node's own record is signed again only when it changed or ages, and a member
+certificate's signature is checked once per envelope (issue 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from covey.engine import catalog
+from covey.mesh import identity, state
+from covey.mesh.membership import MembershipError, revoke
+from covey.mesh.records import RecordRejected, republish_due
+from covey.mesh.state import MeshState
+
+NOW = 1_700_000_000.0
+
+
+def _mesh(tmp_path: Path, cert_s: float = 3600) -> tuple[MeshState, MeshState]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = MeshState.load_or_create(tmp_path / "a", identity.load_or_create(tmp_path / "a"),
+                                 NOW, cert_validity_s=cert_s)
+    assert a.authority is not None
+    b_id = identity.load_or_create(tmp_path / "b")
+    b = MeshState.save(tmp_path / "b", b_id, a.info,
+                       state.issue_cert(a.authority, b_id.public_bytes, NOW, cert_s))
+    return a, b
+
+
+def _publish(s: MeshState, now: float, **fields: object) -> bytes:
+    return s.publish(now, ttl_s=30, refresh_s=6, **{"name": "x", **fields})
+
+
+def test_unchanged_record_is_not_signed_again(tmp_path: Path) -> None:
+    a, _ = _mesh(tmp_path)
+    first = _publish(a, NOW)
+    seq_file = a.data_dir / "seq"
+    written = seq_file.stat().st_mtime_ns, seq_file.read_text()
+    assert _publish(a, NOW + 2) == first and _publish(a, NOW + 5.9) == first
+    assert (seq_file.stat().st_mtime_ns, seq_file.read_text()) == written
+
+
+def test_changed_record_is_signed_at_once(tmp_path: Path) -> None:
+    a, _ = _mesh(tmp_path)
+    first = _publish(a, NOW, models=[{"id": "m", "queue_depth": 0}])
+    seq = a.table.get(a.identity.node_id).record.seq  # type: ignore[union-attr]
+    second = _publish(a, NOW + 0.5, models=[{"id": "m", "queue_depth": 1}])
+    held = a.table.get(a.identity.node_id)
+    assert second != first and held is not None and held.envelope == second
+    assert held.record.seq > seq and held.record.models[0].queue_depth == 1
+
+
+def test_record_is_signed_again_when_it_ages(tmp_path: Path) -> None:
+    a, _ = _mesh(tmp_path)
+    first = _publish(a, NOW)
+    assert _publish(a, NOW + 6) != first  # peers call a record stale by its age
+    # Without a refresh age: again once half its life is gone, so it reaches every peer.
+    second = a.publish(NOW + 6.5, ttl_s=30, refresh_s=1e9, name="x")
+    assert a.publish(NOW + 20, ttl_s=30, refresh_s=1e9, name="x") == second
+    assert a.publish(NOW + 21.5, ttl_s=30, refresh_s=1e9, name="x") != second
+
+
+def test_without_a_refresh_age_every_publish_signs(tmp_path: Path) -> None:
+    a, _ = _mesh(tmp_path)
+    assert a.publish(NOW, name="x") != a.publish(NOW + 0.001, name="x")
+
+
+def test_a_new_revocation_list_is_published_at_once(tmp_path: Path) -> None:
+    a, b = _mesh(tmp_path)
+    assert a.authority is not None
+    first = _publish(a, NOW)
+    _, env = revoke(a.authority, None, b.identity.node_id, NOW)
+    assert a.learn_revocations(env)
+    assert _publish(a, NOW + 1) != first
+
+
+@pytest.mark.parametrize(("same", "age", "expected"), [
+    (True, 0.0, False), (True, 5.9, False), (True, 6.0, True), (False, 0.0, True),
+    (True, -1.0, True)])  # a clock stepped back: sign anew rather than trust the old one
+def test_republish_due(tmp_path: Path, same: bool, age: float, expected: bool) -> None:
+    a, _ = _mesh(tmp_path)
+    _publish(a, NOW)
+    held = a.table.get(a.identity.node_id)
+    assert held is not None
+    assert republish_due(held.record, same, NOW + age, 30, 6) is expected
+
+
+def test_certificate_signature_is_checked_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _mesh(tmp_path)
+    calls = []
+    real = state.verify_cert
+    monkeypatch.setattr(state, "verify_cert", lambda *x, **k: calls.append(1) or real(*x, **k))
+    for i in range(5):
+        assert a.admit_cert(b.cert, NOW + i)
+    assert len(calls) == 1
+    assert not a.admit_cert(b.cert[:-3] + b"AAA", NOW)  # a forged one is not a cached one
+    assert a.authority is not None
+    _, env = revoke(a.authority, None, "someone-else", NOW)
+    assert a.learn_revocations(env)
+    calls.clear()
+    assert a.admit_cert(b.cert, NOW)  # a new list: checked afresh
+    assert len(calls) == 1
+
+
+def test_cached_certificate_still_expires(tmp_path: Path) -> None:
+    a, b = _mesh(tmp_path, cert_s=60)
+    assert a.admit_cert(b.cert, NOW)
+    assert not a.admit_cert(b.cert, NOW + 60)
+    with pytest.raises(MembershipError):
+        a.own_cert(NOW + 61)
+
+
+def test_revocation_refuses_a_cached_member_at_once(tmp_path: Path) -> None:
+    a, b = _mesh(tmp_path)
+    assert a.authority is not None
+    record = b.publish(NOW, name="b")
+    a.accept(record, NOW)
+    assert a.is_member(b.identity.node_id, b.identity.public_bytes, NOW)
+    _, env = revoke(a.authority, None, b.identity.node_id, NOW + 1)
+    assert a.learn_revocations(env)
+    assert not a.is_member(b.identity.node_id, b.identity.public_bytes, NOW + 1)
+    with pytest.raises(RecordRejected) as info:
+        a.accept(b.publish(NOW + 2, name="b"), NOW + 2)
+    assert info.value.reason == "not_member"
+    assert a.table.get(b.identity.node_id) is None
+
+
+def test_published_available_memory_is_rounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    step = catalog.PUBLISHED_MEMORY_STEP
+    monkeypatch.setattr(catalog, "fast_memory_bytes", lambda override: override or 5 * step + 7)
+    assert catalog.machine_hardware(None)["fast_memory_bytes"] == 5 * step
+    assert catalog.machine_hardware(123)["fast_memory_bytes"] == 123  # a user's figure stands
