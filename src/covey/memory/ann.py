@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+SERIAL_INSERTS = 2048  # vectors inserted on one thread before inserts go parallel
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,14 @@ class AnnIndex:
         return len(self._index)
 
     def add(self, keys: I64, vectors: F32) -> None:
-        if len(keys):
-            self._index.add(keys.astype(np.uint64), vectors, threads=0)
+        # Parallel inserts into a near-empty graph link it poorly (measured: up to 2% of the
+        # top 10 lost at 400 vectors, varying run to run); the first vectors go in one by one.
+        serial = max(0, min(len(keys), SERIAL_INSERTS - len(self._index)))
+        ukeys = keys.astype(np.uint64)
+        if serial:
+            self._index.add(ukeys[:serial], vectors[:serial], threads=1)
+        if len(keys) > serial:
+            self._index.add(ukeys[serial:], vectors[serial:], threads=0)
 
     def remove(self, keys: I64) -> None:
         if len(keys):

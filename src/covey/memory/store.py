@@ -618,7 +618,10 @@ class MemoryStore:
             want = math.ceil(2 * k * len(matrix) / considered)
         if want > MAX_ANN_CANDIDATES:
             return None
-        found = ann.search(query, max(want, k))
+        # Twice k: the index ranks in half precision, so a near-tie at the k-th place can come
+        # out one place late; re-scored exactly, the true k-th is back in. Free while 2k stays
+        # under expansion_search, which bounds the work either way.
+        found = ann.search(query, max(want, 2 * k))
         found = found[np.fromiter((int(x) in matrix for x in found), np.bool_, len(found))]
         if rows is not None and len(found):
             at = np.fromiter((matrix.row_of(int(x)) or 0 for x in found), np.int64, len(found))
@@ -676,7 +679,9 @@ def _check_model_id(model_id: object) -> None:
 def _unit_rows(vectors: object, n: int) -> F32:
     """`vectors` as n unit rows of float32, or MemoryInputError naming what is wrong."""
     try:
-        arr = np.asarray(vectors, dtype=np.float32)
+        # A float64 past float32's range becomes inf here, refused just below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError):  # ragged lists, strings, objects
         raise MemoryInputError("vectors", "must be numbers") from None
     if arr.ndim == 1:
@@ -685,10 +690,12 @@ def _unit_rows(vectors: object, n: int) -> F32:
         raise MemoryInputError("vectors", f"must be {n} rows of 1..{MAX_DIM} numbers")
     if not np.isfinite(arr).all():
         raise MemoryInputError("vectors", "must be finite")
-    norms = np.linalg.norm(arr, axis=1)
-    if not (np.isfinite(norms).all() and (norms > 0).all()):
+    # Scale by the largest component first: squaring 1e30 would overflow float32.
+    peak = np.abs(arr).max(axis=1)
+    if not (peak > 0).all():
         raise MemoryInputError("vectors", "must not be zero")
-    out: F32 = (arr / norms[:, None]).astype(np.float32)
+    scaled = arr / peak[:, None]
+    out: F32 = (scaled / np.linalg.norm(scaled, axis=1)[:, None]).astype(np.float32)
     return out
 
 
