@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,10 +27,15 @@ import numpy as np
 import numpy.typing as npt
 from usearch.index import Index
 
+from covey.memory.matrix import VectorMatrix
+
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+# Candidates asked of the ANN index for a filtered search; a filter so selective that more
+# would be needed is answered exactly (its survivors are then few relative to the store).
+MAX_ANN_CANDIDATES = 4096
 SERIAL_INSERTS = 2048  # vectors inserted on one thread before inserts go parallel
 
 
@@ -126,6 +132,32 @@ class AnnIndex:
             time.perf_counter() - started,
         )
         return index
+
+
+def approximate_top_k(
+    ann: AnnIndex, matrix: VectorMatrix, query: F32, rows: I64 | None, considered: int, k: int
+) -> tuple[I64, F32] | None:
+    """Approximate top k, post-filtered; None when it cannot be trusted to fill k (the
+    caller then searches exactly)."""
+    want = k
+    if rows is not None:
+        # Ask for enough that, at this selectivity, about 2k pass the filters.
+        want = math.ceil(2 * k * len(matrix) / considered)
+    if want > MAX_ANN_CANDIDATES:
+        return None
+    # Twice k: the index ranks in half precision, so a near-tie at the k-th place can come
+    # out one place late; re-scored exactly, the true k-th is back in. Free while 2k stays
+    # under expansion_search, which bounds the work either way.
+    found = ann.search(query, max(want, 2 * k))
+    found = found[np.fromiter((int(x) in matrix for x in found), np.bool_, len(found))]
+    if rows is not None and len(found):
+        at = np.fromiter((matrix.row_of(int(x)) or 0 for x in found), np.int64, len(found))
+        found = found[np.isin(at, rows)]
+    if len(found) < min(k, considered):
+        return None
+    scores = matrix.score(found, query)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return found[order], scores[order]
 
 
 def _new_index(dim: int, params: AnnParams) -> Index:

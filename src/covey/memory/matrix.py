@@ -145,13 +145,6 @@ class VectorMatrix:
         picked = np.flatnonzero(mask)
         return picked if rows is None else rows[picked]
 
-    def passes(self, rows: I64, filters: Filters) -> npt.NDArray[np.bool_]:
-        """Which of `rows` pass the filters (to post-filter approximate results)."""
-        allowed = self.candidates(filters)
-        if allowed is None:
-            return np.ones(len(rows), np.bool_)
-        return np.isin(rows, allowed)
-
     def row_of(self, key: int) -> int | None:
         return self._pos.get(key)
 

@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 MAX_TEXT_CHARS = 8192
 MAX_PROJECT_CHARS = 64
 MAX_TAGS = 16
@@ -19,6 +22,8 @@ MAX_TAG_CHARS = 64
 MAX_SOURCE_CHARS = 256
 MAX_FILTER_PROJECTS = 64
 MAX_K = 1000  # results one search may ask for
+MAX_DIM = 4096  # vector dimensions
+MAX_MODEL_ID_CHARS = 128
 DEFAULT_PROJECT = "default"
 
 _PROJECT_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -238,3 +243,37 @@ def _dedupe(values: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(dict.fromkeys(values))
     except TypeError:  # an unhashable element (a list, a dict): the field check names it
         return values
+
+
+def check_model_id(model_id: object) -> None:
+    if (
+        not isinstance(model_id, str)
+        or not 1 <= len(model_id) <= MAX_MODEL_ID_CHARS
+        or not model_id.isprintable()
+    ):
+        raise MemoryInputError("model_id", f"must be 1..{MAX_MODEL_ID_CHARS} printable characters")
+
+
+def unit_rows(vectors: object, n: int) -> npt.NDArray[np.float32]:
+    """`vectors` as n unit rows of float32, or MemoryInputError naming what is wrong."""
+    try:
+        # A float64 past float32's range becomes inf here, refused just below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):  # ragged lists, strings, objects
+        raise MemoryInputError("vectors", "must be numbers") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] != n or not 1 <= arr.shape[1] <= MAX_DIM:
+        raise MemoryInputError("vectors", f"must be {n} rows of 1..{MAX_DIM} numbers")
+    if not np.isfinite(arr).all():
+        raise MemoryInputError("vectors", "must be finite")
+    # Scale by the largest component first: squaring 1e30 would overflow float32.
+    peak = np.abs(arr).max(axis=1)
+    if not (peak > 0).all():
+        raise MemoryInputError("vectors", "must not be zero")
+    scaled = arr / peak[:, None]
+    out: npt.NDArray[np.float32] = (scaled / np.linalg.norm(scaled, axis=1)[:, None]).astype(
+        np.float32
+    )
+    return out

@@ -1,6 +1,8 @@
-"""SQLite rows to values, trusting nothing: the file may have been edited or damaged behind
-the store's back (SQLite's columns are dynamically typed). A bad row raises RowError, which
-the store counts and skips."""
+"""The SQLite side of the memory store: its schema, filters as SQL, and rows to values.
+
+Rows are trusted in nothing: the file may have been edited or damaged behind the store's back
+(SQLite's columns are dynamically typed). A bad row raises RowError, which the store counts
+and skips."""
 
 from __future__ import annotations
 
@@ -10,7 +12,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from covey.memory.matrix import RowMeta
-from covey.memory.records import MAX_TAGS, Memory, is_memory_id
+from covey.memory.records import MAX_TAGS, Filters, Memory, is_memory_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS memories (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    project TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    source TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    pinned INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    accessed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memories_created ON memories(created_at);
+CREATE TABLE IF NOT EXISTS vectors (
+    seq INTEGER PRIMARY KEY REFERENCES memories(seq) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vec BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_model ON vectors(model_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('vector_epoch', 0);
+"""
+
 
 ROW_COLUMNS = (
     "memories.seq, memories.id, memories.text, memories.project, memories.tags, "
@@ -105,3 +134,18 @@ def _time(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise RowError(field)
     return float(value)
+
+
+def sql_filters(filters: Filters) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if filters.projects is not None:
+        clauses.append(f"project IN ({','.join('?' * len(filters.projects))})")
+        args.extend(filters.projects)
+    if filters.min_confidence > 0.0:
+        clauses.append("confidence >= ?")
+        args.append(filters.min_confidence)
+    if filters.since is not None:
+        clauses.append("updated_at >= ?")
+        args.append(filters.since)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args

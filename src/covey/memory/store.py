@@ -31,7 +31,6 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-import math
 import secrets
 import sqlite3
 import threading
@@ -43,10 +42,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from covey.memory.ann import AnnIndex, AnnParams
+from covey.memory.ann import AnnIndex, AnnParams, approximate_top_k
 from covey.memory.matrix import RowMeta, VectorMatrix
 from covey.memory.records import (
+    MAX_DIM,
     MAX_K,
+    MAX_MODEL_ID_CHARS,
     Filters,
     Hit,
     Memory,
@@ -55,15 +56,19 @@ from covey.memory.records import (
     SearchResult,
     check_k,
     check_min_score,
+    check_model_id,
     is_memory_id,
+    unit_rows,
 )
 from covey.memory.rows import (
     META_COLUMNS,
     ROW_COLUMNS,
+    SCHEMA,
     RowError,
     memory_from_row,
     meta_from_row,
     meta_of,
+    sql_filters,
 )
 
 log = logging.getLogger(__name__)
@@ -83,41 +88,9 @@ log = logging.getLogger(__name__)
 # 1.0, no index to build) answers up to there and the index only past it.
 ANN_THRESHOLD = 10_000
 MAX_BATCH = 1000  # memories one add may carry
-MAX_DIM = 4096
-MAX_MODEL_ID_CHARS = 128
 MAX_LIST = 1000
-# Candidates asked of the ANN index for a filtered search; a filter so selective that more
-# would be needed is answered exactly (its survivors are then few relative to the store).
-MAX_ANN_CANDIDATES = 4096
-
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS memories (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    text TEXT NOT NULL,
-    project TEXT NOT NULL,
-    tags TEXT NOT NULL,
-    source TEXT NOT NULL,
-    confidence REAL NOT NULL,
-    pinned INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    accessed_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS memories_created ON memories(created_at);
-CREATE TABLE IF NOT EXISTS vectors (
-    seq INTEGER PRIMARY KEY REFERENCES memories(seq) ON DELETE CASCADE,
-    model_id TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    vec BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS vectors_model ON vectors(model_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('vector_epoch', 0);
-"""
 
 
 class MemoryStore:
@@ -142,7 +115,7 @@ class MemoryStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         self._corrupt: dict[str, str] = {}  # memory id (or "seq:N") -> reason
         self._bad_vectors: set[int] = set()  # seqs of the active model with corrupt vectors
         self._matrix: VectorMatrix | None = None
@@ -162,8 +135,8 @@ class MemoryStore:
         for item in items:
             if not isinstance(item, NewMemory):
                 raise MemoryInputError("memories", "must be NewMemory values")
-        _check_model_id(model_id)
-        vecs = _unit_rows(vectors, len(items))
+        check_model_id(model_id)
+        vecs = unit_rows(vectors, len(items))
         now = self._clock()
         with self._lock:
             self._check_dim(model_id, vecs.shape[1])
@@ -249,8 +222,8 @@ class MemoryStore:
         Returns how many were set."""
         if not 1 <= len(ids) <= MAX_BATCH:
             raise MemoryInputError("ids", f"1..{MAX_BATCH} per call (got {len(ids)})")
-        _check_model_id(model_id)
-        vecs = _unit_rows(vectors, len(ids))
+        check_model_id(model_id)
+        vecs = unit_rows(vectors, len(ids))
         with self._lock:
             self._check_dim(model_id, vecs.shape[1])
             wanted = {mid: i for i, mid in enumerate(ids) if is_memory_id(mid)}
@@ -305,7 +278,7 @@ class MemoryStore:
             raise MemoryInputError("limit", f"must be an integer 1..{MAX_LIST}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise MemoryInputError("offset", "must be a non-negative integer")
-        where, args = _sql_filters(filters)
+        where, args = sql_filters(filters)
         sql = f"SELECT {ROW_COLUMNS} FROM memories{where} ORDER BY created_at DESC, seq DESC"
         out: builtins.list[Memory] = []
         with self._lock:
@@ -342,8 +315,8 @@ class MemoryStore:
         is from `model_id`, best first; bumps accessed_at of the memories returned."""
         check_k(k)
         min_score = check_min_score(min_score)
-        _check_model_id(model_id)
-        query = _unit_rows(vector, 1)[0] if np.ndim(vector) == 1 else None
+        check_model_id(model_id)
+        query = unit_rows(vector, 1)[0] if np.ndim(vector) == 1 else None
         if query is None:
             raise MemoryInputError("vector", "must be one vector (1-D)")
         with self._lock:
@@ -363,7 +336,12 @@ class MemoryStore:
             scores: F32 = np.zeros(0, np.float32)
             method = "exact"
             if considered > self._threshold and considered > 0:
-                got = self._ann_search(matrix, query, rows, considered, k)
+                ann = self._ensure_ann()
+                got = (
+                    None
+                    if ann is None
+                    else approximate_top_k(ann, matrix, query, rows, considered, k)
+                )
                 if got is not None:
                     keys, scores = got
                     method = "ann"
@@ -375,7 +353,7 @@ class MemoryStore:
 
     def stale(self, model_id: str, limit: int) -> builtins.list[tuple[str, str]]:
         """(id, text) of memories whose vector is missing, corrupt or from another model."""
-        _check_model_id(model_id)
+        check_model_id(model_id)
         limit = max(1, min(int(limit), MAX_BATCH))
         with self._lock:
             bad = self._bad_for(model_id)
@@ -388,7 +366,7 @@ class MemoryStore:
             return [(r[0], r[1]) for r in rows if isinstance(r[0], str) and isinstance(r[1], str)]
 
     def stale_count(self, model_id: str) -> int:
-        _check_model_id(model_id)
+        check_model_id(model_id)
         with self._lock:
             bad = self._bad_for(model_id)
             row = self._db.execute(
@@ -604,34 +582,6 @@ class MemoryStore:
         if self._ann is not None and len(present):
             self._ann.remove(present)
 
-    def _ann_search(
-        self, matrix: VectorMatrix, query: F32, rows: I64 | None, considered: int, k: int
-    ) -> tuple[I64, F32] | None:
-        """Approximate top k, post-filtered; None when it cannot be trusted to fill k (the
-        caller then searches exactly)."""
-        ann = self._ensure_ann()
-        if ann is None:
-            return None
-        want = k
-        if rows is not None:
-            # Ask for enough that, at this selectivity, about 2k pass the filters.
-            want = math.ceil(2 * k * len(matrix) / considered)
-        if want > MAX_ANN_CANDIDATES:
-            return None
-        # Twice k: the index ranks in half precision, so a near-tie at the k-th place can come
-        # out one place late; re-scored exactly, the true k-th is back in. Free while 2k stays
-        # under expansion_search, which bounds the work either way.
-        found = ann.search(query, max(want, 2 * k))
-        found = found[np.fromiter((int(x) in matrix for x in found), np.bool_, len(found))]
-        if rows is not None and len(found):
-            at = np.fromiter((matrix.row_of(int(x)) or 0 for x in found), np.int64, len(found))
-            found = found[np.isin(at, rows)]
-        if len(found) < min(k, considered):
-            return None
-        scores = matrix.score(found, query)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return found[order], scores[order]
-
     def _rows_by_id(self, ids: builtins.list[str]) -> builtins.list[tuple[Any, ...]]:
         out: builtins.list[tuple[Any, ...]] = []
         for i in range(0, len(ids), 500):
@@ -667,51 +617,4 @@ class MemoryStore:
         return hits
 
 
-def _check_model_id(model_id: object) -> None:
-    if (
-        not isinstance(model_id, str)
-        or not 1 <= len(model_id) <= MAX_MODEL_ID_CHARS
-        or not model_id.isprintable()
-    ):
-        raise MemoryInputError("model_id", f"must be 1..{MAX_MODEL_ID_CHARS} printable characters")
-
-
-def _unit_rows(vectors: object, n: int) -> F32:
-    """`vectors` as n unit rows of float32, or MemoryInputError naming what is wrong."""
-    try:
-        # A float64 past float32's range becomes inf here, refused just below.
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError):  # ragged lists, strings, objects
-        raise MemoryInputError("vectors", "must be numbers") from None
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] != n or not 1 <= arr.shape[1] <= MAX_DIM:
-        raise MemoryInputError("vectors", f"must be {n} rows of 1..{MAX_DIM} numbers")
-    if not np.isfinite(arr).all():
-        raise MemoryInputError("vectors", "must be finite")
-    # Scale by the largest component first: squaring 1e30 would overflow float32.
-    peak = np.abs(arr).max(axis=1)
-    if not (peak > 0).all():
-        raise MemoryInputError("vectors", "must not be zero")
-    scaled = arr / peak[:, None]
-    out: F32 = (scaled / np.linalg.norm(scaled, axis=1)[:, None]).astype(np.float32)
-    return out
-
-
-def _sql_filters(filters: Filters) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    if filters.projects is not None:
-        clauses.append(f"project IN ({','.join('?' * len(filters.projects))})")
-        args.extend(filters.projects)
-    if filters.min_confidence > 0.0:
-        clauses.append("confidence >= ?")
-        args.append(filters.min_confidence)
-    if filters.since is not None:
-        clauses.append("updated_at >= ?")
-        args.append(filters.since)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-__all__ = ["ANN_THRESHOLD", "MAX_K", "MemoryStore"]
+__all__ = ["ANN_THRESHOLD", "MAX_DIM", "MAX_K", "MAX_MODEL_ID_CHARS", "MemoryStore"]
