@@ -135,7 +135,8 @@ class LocalEngine:
             argv += ["--threads", str(o.threads)]
         if o.gpu_layers is not None:
             argv += ["--gpu-layers", str(o.gpu_layers)]
-        if o.embeddings:
+        if o.embeddings or self.card.embeddings_only:
+            # An embedding model serves nothing else: it needs no flag to be useful.
             argv.append("--embeddings")
             if not self.card.declares_pooling:
                 # Generative models declare no pooling; llama.cpp then returns per-token
