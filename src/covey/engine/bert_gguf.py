@@ -171,7 +171,8 @@ def weights(tensors: Mapping[str, np.ndarray], layers: int
             ) -> list[tuple[str, np.ndarray]]:
     """Pure: (GGUF name, data) for each tensor llama.cpp's bert graph uses, sorted by name.
 
-    Dropped as upstream: position_ids, the pooler and any masked-LM head. Types as upstream
+    Dropped as upstream: position_ids, the pooler and any masked-LM head; a `bert.` prefix
+    and TensorFlow's gamma/beta names are read as upstream does. Types as upstream
     for --outtype f16: F32 for 1-D tensors (biases, norms) and the position and token-type
     tables, F16 for the other matrices."""
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, layers)
@@ -180,6 +181,11 @@ def weights(tensors: Mapping[str, np.ndarray], layers: int
     out = []
     for name in sorted(tensors):
         short = name.removeprefix("bert.")
+        # Old checkpoints name the norms' parameters as TensorFlow did.
+        if short.endswith(".gamma"):
+            short = short.removesuffix(".gamma") + ".weight"
+        elif short.endswith(".beta"):
+            short = short.removesuffix(".beta") + ".bias"
         if (short in ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
                 or short.startswith(("cls.predictions", "cls.seq_relationship"))):
             continue
