@@ -28,6 +28,7 @@ lint: $(STAMP)
 CHAT_MODEL_DIR := .pytest_cache/d/covey-models
 CHAT_MODEL := $(CHAT_MODEL_DIR)/models/smollm2-135m-instruct-q4_1.gguf
 EMBED_MODEL := $(CHAT_MODEL_DIR)/models/all-minilm-l6-v2-f16.gguf
+EMBED_SOURCE := $(CHAT_MODEL_DIR)/sources/all-minilm-l6-v2/model.safetensors
 
 $(CHAT_MODEL): $(STAMP)
 	$(BIN)/python -c 'import pathlib; from covey.engine import embedded; \
@@ -35,11 +36,14 @@ $(CHAT_MODEL): $(STAMP)
 
 $(EMBED_MODEL): $(STAMP)
 	$(BIN)/python -c 'import pathlib; from covey.engine import embedded; \
-		cache = pathlib.Path("$(CHAT_MODEL_DIR)"); \
-		embedded.model_path(embedded.MINILM, cache); \
-		embedded.fetch_sources(embedded.MINILM, cache / "sources" / embedded.MINILM.name)'
+		embedded.model_path(embedded.MINILM, pathlib.Path("$(CHAT_MODEL_DIR)"))'
 
-test: $(STAMP) lint $(CHAT_MODEL) $(EMBED_MODEL)
+$(EMBED_SOURCE): $(STAMP)
+	$(BIN)/python -c 'import pathlib; from covey.engine import embedded; \
+		embedded.fetch_sources(embedded.MINILM, \
+			pathlib.Path("$(CHAT_MODEL_DIR)") / "sources" / embedded.MINILM.name)'
+
+test: $(STAMP) lint $(CHAT_MODEL) $(EMBED_MODEL) $(EMBED_SOURCE)
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
