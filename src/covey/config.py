@@ -100,7 +100,8 @@ class Settings:
     parallel: int = _opt(4, "parallel slots per model (continuous batching)")
     threads: int | None = _opt(None, "CPU threads per engine (default: llama.cpp decides)")
     gpu_layers: int | None = _opt(None, "layers to offload to the GPU on CUDA/Metal wheels")
-    embeddings: bool = _opt(False, "start engines in embedding mode (for embedding models)")
+    embeddings: bool = _opt(False, "start every engine in embedding mode, chat models too "
+                                   "(embedding models such as all-minilm-l6-v2 need no flag)")
     max_queue: int = _opt(16, "requests that may wait per model beyond the busy slots")
     fast_memory_bytes: int | None = _opt(
         None, "memory available for models, in bytes (default: detected available RAM)"

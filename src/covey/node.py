@@ -376,7 +376,8 @@ class Node:
                 models.append({"id": m.id, "size_bytes": m.card.size_bytes,
                                "sha256": self._sha(m.id),
                                "quantization": m.card.quantization, "slots": m.slots,
-                               "queue_depth": m.queue_depth, "state": m.engine.state.kind})
+                               "queue_depth": m.queue_depth, "state": m.engine.state.kind,
+                               "embeddings_only": m.card.embeddings_only})
                 ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
                 metrics[m.id] = {"ttft_ms_p50": plausible(ttft.p50, MAX_TTFT_MS),
                                  "tokens_per_s_p50": plausible(rate.p50, MAX_TOKENS_PER_S),

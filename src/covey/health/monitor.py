@@ -48,6 +48,11 @@ def all_models(record: NodeRecord) -> list[str]:
     return [ad.id for ad in record.models]
 
 
+def embedding_models(record: NodeRecord) -> frozenset[str]:
+    """The peer's embedding models: probed with an embeddings request, not a chat."""
+    return frozenset(ad.id for ad in record.models if ad.embeddings_only)
+
+
 class HealthMonitor:
     def __init__(self, mesh: MeshRuntime, interval_s: float, timeout_s: float,
                  down_after: int = 2, clock: Callable[[], float] = time.time) -> None:
@@ -138,7 +143,8 @@ class HealthMonitor:
             return L.settle([roster], L.PEER_LAYERS)
         results = await check_peer(self._transport, target_for(record, now),
                                    all_models(record), ready_models(record)[:8] if token
-                                   else [], self.timeout_s)
+                                   else [], self.timeout_s,
+                                   embedding_models=embedding_models(record))
         return L.settle([roster, *results], L.PEER_LAYERS)
 
     def _start(self, key: str, coro: Any) -> None:
@@ -187,5 +193,6 @@ class HealthMonitor:
     async def _token_probe(self, record: NodeRecord, model: str) -> None:
         assert self._transport is not None
         result = await one_token(self._transport, target_for(record, self.clock()), model,
-                                 token_timeout(self.timeout_s))
+                                 token_timeout(self.timeout_s),
+                                 embeddings=model in embedding_models(record))
         self._observe(record.node_id, TokenProbe(model, result))

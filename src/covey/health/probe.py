@@ -203,7 +203,11 @@ def engines_ready(t: Target, answer: dict[str, Any], models: list[str]) -> Layer
 
 
 async def one_token(transport: PeerTransport, t: Target, model: str,
-                    timeout_s: float) -> LayerResult:
+                    timeout_s: float, embeddings: bool = False) -> LayerResult:
+    """Layer 11: a real request crosses the path and an answer comes back. `embeddings`:
+    the model is an embedding model, asked for one vector (a chat would be refused)."""
+    if embeddings:
+        return await one_vector(transport, t, model, timeout_s)
     body = json.dumps({"model": model, "max_tokens": 1, "stream": True, "temperature": 0,
                        "messages": [{"role": "user", "content": TOKEN_PROMPT}]}).encode()
     started = time.perf_counter()
@@ -236,6 +240,49 @@ async def one_token(transport: PeerTransport, t: Target, model: str,
                   "the engine answered but produced nothing: see the peer's log")
 
 
+MAX_VECTOR_ANSWER = 256 * 1024  # one embedding of a few thousand floats, as JSON
+
+
+async def one_vector(transport: PeerTransport, t: Target, model: str,
+                     timeout_s: float) -> LayerResult:
+    body = json.dumps({"model": model, "input": TOKEN_PROMPT}).encode()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with await transport.post(t.peer, "/mesh/v1/embeddings", body,
+                                            timeout_s=timeout_s,
+                                            headers={PROBE_HEADER: "1"}) as r:
+                raw = await r.content.read(MAX_VECTOR_ANSWER)
+                if r.status != 200:
+                    text = raw[:2048].decode(errors="replace")
+                    return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
+                                      f"{text[:200]}",
+                                  f"the engine took the request but could not answer: see "
+                                  f"the log of {t.label}")
+    except TimeoutError:
+        return failed(11, f"no vector from {model} on {t.label} within {timeout_s:.0f}s",
+                      "the engine is overloaded or stuck: see `covey status` there")
+    except (aiohttp.ClientError, PeerError) as exc:
+        return failed(11, f"the answer from {t.label} broke: {exc}",
+                      "the engine or the path failed mid-answer: see the peer's log")
+    if not _has_vector(raw):
+        return failed(11, f"{model} on {t.label} answered without a vector",
+                      "the engine answered but produced nothing: see the peer's log")
+    ms = (time.perf_counter() - started) * 1000
+    return passed(11, f"{model}: a vector in {ms:.0f} ms")
+
+
+def _has_vector(raw: bytes) -> bool:
+    """Pure: is `raw` an OpenAI embeddings answer with a non-empty vector of numbers?"""
+    try:
+        data = json.loads(raw)
+        vector = data["data"][0]["embedding"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+    return (isinstance(vector, list) and bool(vector)
+            and all(isinstance(x, int | float) for x in vector[:8]))
+
+
 async def diagnose(transport: PeerTransport, t: Target, timeout_s: float) -> list[LayerResult]:
     """Layers 6 and 7 on fresh connections, at the address that answered last (else each
     advertised address until one connects): where the path to the peer breaks."""
@@ -254,8 +301,10 @@ async def diagnose(transport: PeerTransport, t: Target, timeout_s: float) -> lis
 
 async def check_peer(transport: PeerTransport, t: Target, models: list[str],
                      token_models: list[str], timeout_s: float,
-                     large_bytes: int = LARGE_PROBE_BYTES) -> list[LayerResult]:
-    """Layers 6–11 in order, stopping at the first failure."""
+                     large_bytes: int = LARGE_PROBE_BYTES,
+                     embedding_models: frozenset[str] = frozenset()) -> list[LayerResult]:
+    """Layers 6–11 in order, stopping at the first failure. `embedding_models`: those
+    of `token_models` asked for a vector instead of a token."""
     small, answer = await mesh_probe(transport, t, 0, timeout_s)
     if small.ok:
         where = transport.address(t.peer.fingerprint) or t.address  # the one that answered
@@ -274,7 +323,8 @@ async def check_peer(transport: PeerTransport, t: Target, models: list[str],
     if results[-1].ok:
         for model in token_models:
             results = [r for r in results if r.layer != 11]
-            results.append(await one_token(transport, t, model, token_timeout(timeout_s)))
+            results.append(await one_token(transport, t, model, token_timeout(timeout_s),
+                                           embeddings=model in embedding_models))
             if not results[-1].ok:
                 break
     return results

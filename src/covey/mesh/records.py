@@ -63,6 +63,8 @@ class ModelAd(_Wire):
     slots: int = Field(default=1, ge=0, le=4096)
     queue_depth: int = Field(default=0, ge=0, le=1_000_000)
     state: Literal["starting", "ready", "failed", "stopped"] = "stopped"
+    # An embedding model: probed and routed for /v1/embeddings, never sent a chat.
+    embeddings_only: bool = False
 
 
 class ModelMetrics(_Wire):

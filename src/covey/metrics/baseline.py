@@ -95,8 +95,8 @@ def forget(data_dir: Path, key: str) -> None:
 async def measure_baseline(session: aiohttp.ClientSession, model: ServedModel,
                            max_tokens: int) -> Baseline | None:
     state = model.engine.state
-    if not isinstance(state, EngineReady):
-        return None
+    if not isinstance(state, EngineReady) or model.card.embeddings_only:
+        return None  # an embedding model decodes no tokens: there is no speed to measure
     ttfts: list[float] = []
     rates: list[float] = []
     body = deterministic_chat(model.upstream_name, max_tokens, model.engine.kind == "llama.cpp")
@@ -144,6 +144,9 @@ class BaselineKeeper:
                     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                         log.warning("model %s: fingerprint failed (%s)", self.model.id,
                                     type(exc).__name__)
+                if self.model.card.embeddings_only:
+                    # No chat to time (measure_baseline): the fingerprint was all there is.
+                    return
                 key = cache_key(self.model)
                 cached = load_cached(self.data_dir, key, time.time(), self.refresh_s) \
                     if key else None

@@ -61,5 +61,7 @@ def offers(model_ids: Iterable[str], table: ModelTable, peers: Sequence[NodeReco
             mid, ready=bool(serving) or (local is not None
                                          and isinstance(local.engine.state, EngineReady)),
             measured_tokens_per_s=percentile(rates, 50) if rates else None,
-            gossiped_tokens_per_s=max(gossiped) if gossiped else None))
+            gossiped_tokens_per_s=max(gossiped) if gossiped else None,
+            embeddings_only=(local.card.embeddings_only if local is not None else any(
+                ad.id == mid and ad.embeddings_only for r in serving for ad in r.models))))
     return out

@@ -158,6 +158,11 @@ class Relay:
         """Send `body` to the model's engine at `path`; raises CoveyError before any byte is
         sent to the client, and ends a started stream with an in-band error instead.
         `measure=False` (health probes) keeps the request out of the model's figures."""
+        if model.card.embeddings_only and path != "/embeddings":
+            # Its engine would answer 500 ("does not support logits"); this is the client's
+            # mistake, and every node serving the model would say the same.
+            raise BadRequest(f"model {model.id!r} serves embeddings only; use /v1/embeddings",
+                             code="embeddings_only", param="model")
         t_request = request[T_RECEIVED]
         meter = model.meter if measure else ModelMeter(window_s=1.0)
         # Waits here, in fair-share order, while a local engine's slots are all taken; that

@@ -159,10 +159,13 @@ class ModelTable:
         self.models.pop(model_id, None)
 
     def default(self) -> ServedModel | None:
-        for model in self.models.values():
+        """The first ready model, else the first; chat-capable models before embedding
+        models (a request that names no model is most often a chat)."""
+        ordered = sorted(self.models.values(), key=lambda m: m.card.embeddings_only)
+        for model in ordered:
             if isinstance(model.engine.state, EngineReady):
                 return model
-        return next(iter(self.models.values()), None)
+        return next(iter(ordered), None)
 
     def resolve(self, name: str | None) -> ServedModel:
         """The model a request names (exact id or alias), or the default when it names none."""

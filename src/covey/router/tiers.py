@@ -149,6 +149,7 @@ class Offer:
     ready: bool  # some node (this one or a live peer) can serve it now
     measured_tokens_per_s: float | None = None  # through the mesh from this node, p50
     gossiped_tokens_per_s: float | None = None  # the serving nodes' own p50, best of them
+    embeddings_only: bool = False  # an embedding model: never the default for a chat
 
 
 def default_model(offers: Sequence[Offer], policy: TierPolicy) -> str | None:
@@ -158,8 +159,9 @@ def default_model(offers: Sequence[Offer], policy: TierPolicy) -> str | None:
     this node; failing any measurement, the highest gossiped by the serving nodes; failing
     that, the first in `offers`' order. None when no daily-driver model is ready: the caller
     keeps its old choice (this node's default, else the first in the catalog). Ties go to
-    the earlier offer."""
-    daily = [o for o in offers if o.ready and policy.tier(o.id) == DAILY]
+    the earlier offer. Embedding models are never chosen: they answer no chat."""
+    daily = [o for o in offers
+             if o.ready and not o.embeddings_only and policy.tier(o.id) == DAILY]
     for measured in (True, False):
         rated = [(rate, -i, o.id) for i, o in enumerate(daily)
                  if (rate := o.measured_tokens_per_s if measured else o.gossiped_tokens_per_s)

@@ -78,7 +78,9 @@ def targets(table: ModelTable, peers: list[NodeRecord]) -> list[tuple[NodeRecord
     for record in peers:
         for ad in record.models:
             local = table.models.get(ModelId(ad.id))
+            # An embedding model answers no chat: nothing to audit this way.
             if (local is not None and local.card.path is not None and ad.state == "ready"
+                    and not local.card.embeddings_only
                     and isinstance(local.engine.state, EngineReady)):
                 out.append((record, local))
     return out

@@ -74,8 +74,9 @@ async def take(session: aiohttp.ClientSession, model: ServedModel) -> dict[str, 
     if model.card.path is None or not isinstance(state, EngineReady):
         return None
     facts = await asyncio.to_thread(file_facts, model.card.path)
-    probes = []
-    for prompt in PROMPTS:
+    probes: list[dict[str, Any]] = []
+    # An embedding model answers no chat: its fingerprint is its file alone.
+    for prompt in () if model.card.embeddings_only else PROMPTS:
         answer = await ask(session, state.base_url,
                            chat_body(model.upstream_name, prompt, FINGERPRINT_TOKENS, TOP_K, 42))
         if answer is None:
