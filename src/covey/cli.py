@@ -1,5 +1,5 @@
 """Command line: `covey serve | chat | status | doctor | models | invite | revoke | bench |
-ledger`."""
+ledger | memory`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from covey import __version__, config, event_loop
 from covey.engine import embedded
 from covey.errors import ConfigError
 from covey.ledger import cli as ledger_cli
+from covey.memory import cli as memory_cli
 
 DEFAULT_URL = "http://127.0.0.1:7272"
 
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help="where to keep the assembled model "
                        "(default: ~/.covey, or $COVEY_HOME)")
     ledger_cli.add_parser(sub)
+    memory_cli.add_parser(sub, client_flags)
     return p
 
 
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args, data_dir=_data_dir(args))
         if args.command == "ledger":
             return ledger_cli.run(args, _data_dir(args))
+        if args.command == "memory":
+            return memory_cli.run(args, _client_url(args),
+                                  args.api_key or os.environ.get("COVEY_API_KEY"))
         from covey import console
 
         url = _client_url(args)

@@ -23,6 +23,7 @@ from typing import Any
 
 from covey.engine import embedded
 from covey.errors import ConfigError
+from covey.memory.records import is_project_name
 from covey.mesh.addresses import MAX_ADDRESSES, check_address
 from covey.router.providers import ProviderConfig, parse_providers
 from covey.router.tiers import (
@@ -146,6 +147,16 @@ class Settings:
     checkpoint_interval_s: float = _opt(86400.0, "seconds between signed checkpoints of the "
                                                  "ledger (in <data dir>/checkpoints)")
 
+    # --- memory (issue 16; src/covey/memory) ---
+    memory: bool = _opt(True, "keep a memory store (<data dir>/memory.sqlite3) and serve "
+                              "/v1/memory on the client port")
+    memory_model: str = _opt("all-minilm-l6-v2", "embedding model for memories: an embedded "
+                             "model's name (started on first use), or the id of a model this "
+                             "node or a peer serves; changing it re-embeds in the background")
+    share_memory: tuple[str, ...] = _opt(
+        (), "PROJECT whose memories members may search, read-only (repeatable; `*` for every "
+        "project); nothing is shared by default", flag="share-memory")
+
     # --- verification of peers' models (issue 14; src/covey/verify) ---
     verify: str = _opt("observe", "off, observe (audit peers, log and show verdicts) or "
                                   "enforce (also demote a peer after failed audits in a row)")
@@ -196,6 +207,12 @@ class Settings:
             raise bad("verify_fails", "must be at least 2: one failed audit never convicts")
         if not self.verify_interval_s > 0 or not self.verify_demote_s > 0:
             raise bad("verify_interval_s", "intervals must be above zero")
+        for project in self.share_memory:
+            if project != "*" and not is_project_name(project):
+                raise bad("share_memory", f"{project!r} is not a project name (letters, "
+                                          "digits, . _ -, at most 64) or *")
+        if not 0 < len(self.memory_model) <= 128:
+            raise bad("memory_model", "must be a model name or id")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "must be debug, info, warning or error")
         for url in self.backends:

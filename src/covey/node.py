@@ -28,10 +28,15 @@ from covey.config import Settings
 from covey.engine import catalog, embedded
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
+from covey.errors import Unavailable
 from covey.health.monitor import HealthMonitor
 from covey.ledger.chain import Ledger
 from covey.ledger.credits import parameters_from_size_label
 from covey.ledger.service import LEDGER_FILE, LedgerService
+from covey.memory.embedder import Embedder
+from covey.memory.routes import MemoryRoutes
+from covey.memory.service import MemoryService
+from covey.memory.store import MemoryStore
 from covey.mesh import identity
 from covey.mesh.addresses import advertised, host_interfaces
 from covey.mesh.authority import AuthorityLink
@@ -61,6 +66,8 @@ from covey.web import routes as web_routes
 log = logging.getLogger(__name__)
 
 RUNTIME_FILE = "node.json"  # where a running node says which ports it got
+MEMORY_FILE = "memory.sqlite3"
+MEMORY_INDEX_FILE = "memory.usearch"
 
 
 @dataclass
@@ -99,6 +106,8 @@ class Node:
             mode="enforce" if settings.verify == "enforce" else "observe",
             fails_to_suspect=settings.verify_fails, demote_s=settings.verify_demote_s))
         self.fingerprints: dict[str, dict[str, Any]] = {}
+        self._memory: MemoryService | None = None  # issue 16
+        self._embedder_lock = asyncio.Lock()
 
     # --- building -------------------------------------------------------------------
 
@@ -244,6 +253,8 @@ class Node:
                         node, model, time.time()) == "suspect")
                 relay.receipts = self._ledger
             mesh.authority = link
+            if s.memory:
+                self._memory = await self._memory_service(session, transport, mesh)
             self._invites = InviteRoutes(mesh, link)
             health = HealthMonitor(mesh, s.health_interval_s, s.health_timeout_s)
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
@@ -252,7 +263,7 @@ class Node:
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
                                engines=self._engine_states, authority=link,
-                               ledger=self._ledger),
+                               ledger=self._ledger, memory=self._memory),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
@@ -303,6 +314,10 @@ class Node:
                         tasks.create_task(keep_running(auditor.run, "verify"), name="verify")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
+                    if (memory := self._memory) is not None:
+                        tasks.create_task(keep_running(
+                            lambda: memory.run(warm=bool(s.share_memory)), "memory"),
+                            name="memory")
                     await stop.wait()
                     log.info("stopping: letting in-flight requests finish (up to %.0fs)",
                              s.shutdown_grace_s)
@@ -317,9 +332,67 @@ class Node:
                 await peer_runner.cleanup()
                 if s.ledger:
                     self._ledger_db.close()  # after the peer listener: no receipt in flight
+                if self._memory is not None:
+                    self._memory.store.close()
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
         log.info("stopped")
+
+    # --- memory (issue 16) -----------------------------------------------------------
+
+    async def _memory_service(self, session: aiohttp.ClientSession,
+                              transport: HttpPeerTransport, mesh: MeshRuntime
+                              ) -> MemoryService:
+        s = self.settings
+        store = await asyncio.to_thread(MemoryStore, s.data_dir / MEMORY_FILE,
+                                        s.data_dir / MEMORY_INDEX_FILE)
+        named = embedded.find(s.memory_model)
+        model = named.model_id if named else s.memory_model
+        embedder = Embedder(session, lambda: f"{self.url}/v1", s.api_key, model,
+                            ready=self._embedder_ready)
+        return MemoryService(store, embedder, shared=frozenset(s.share_memory),
+                             node_id=self.identity.node_id, name=self.name,
+                             peers=lambda: mesh.peers(time.time()), transport=transport)
+
+    async def _embedder_ready(self) -> None:
+        """Have the memory's embedding model ready to answer: a model this node serves is
+        waited for; an embedded one (the default, all-MiniLM-L6-v2) is fetched and started
+        on first use, so a node that keeps no memories runs no extra engine; any other id
+        is left to the router (a peer serves it)."""
+        s = self.settings
+        named = embedded.find(s.memory_model)
+        model_id = ModelId(named.model_id if named else s.memory_model)
+        async with self._embedder_lock:
+            served = self.table.models.get(model_id)
+            if served is None and named is not None and self._tasks is not None:
+                try:
+                    path = await asyncio.to_thread(embedded.model_path, named, s.data_dir)
+                    card = await asyncio.to_thread(catalog.read_card, path)
+                except catalog.ModelFileError as exc:
+                    raise Unavailable(f"the memory's embedding model cannot be had: {exc}",
+                                      retry_after=30) from exc
+                engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
+                self._engines.append(engine)
+                served = ServedModel(card=card, engine=engine, upstream_name=card.id,
+                                     slots=s.parallel, max_queue=s.max_queue,
+                                     meter=self._meter())
+                self._add(served)
+                self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
+                                        name=f"engine:{card.id}")
+                log.info("memory: started the embedding model %s", card.id)
+            if served is None or not isinstance(served.engine, LocalEngine):
+                return
+            deadline = time.monotonic() + s.engine_start_timeout_s
+            # "stopped" until its task first runs, then "starting" until it loads. Engines
+            # report their state by attribute, not by event: polled, with a deadline.
+            while served.engine.state.kind in ("stopped", "starting") \
+                    and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            state = served.engine.state
+            if state.kind != "ready":
+                raise Unavailable(f"the memory's embedding model {model_id} is {state.kind}"
+                                  + (f": {state.reason}" if isinstance(state, EngineFailed)
+                                     else ""), retry_after=5)
 
     def _tier_policy(self, state: MeshState) -> MeshPolicy:
         """The mesh's tier policy: issued here on the mesh's creator, else learned from
@@ -346,6 +419,8 @@ class Node:
                          lambda: self.url or "").add_to(app)
         if self._invites is not None:
             self._invites.add_to(app)
+        if self._memory is not None:
+            MemoryRoutes(self._memory).add_to(app)
         web_routes.add_to(app)
         return app
 
@@ -390,6 +465,7 @@ class Node:
                 "baseline": baseline, "software_version": __version__,
                 "fingerprints": dict(list(self.fingerprints.items())[:64]),
                 "ledger": self._ledger.published_balances() if self._ledger else {},
+                "memory": self._memory.advert() if self._memory else None,
                 "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
                              catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
 

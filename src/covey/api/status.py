@@ -91,6 +91,7 @@ def peer_status(record: NodeRecord, health: HealthMonitor | None,
         "connections_opened": transport.opened(fp) if transport and fp else None,
         "hardware": record.hardware.model_dump(), "software_version": record.software_version,
         "last_seen": record.issued_at, "expires_at": record.expires_at,
+        "memory": record.memory.model_dump() if record.memory else None,
         "models": [{**ad.model_dump(), **(record.metrics[ad.id].model_dump()
                                           if ad.id in record.metrics else {}),
                     "baseline_tokens_per_s": record.baseline.get(ad.id)}

@@ -221,6 +221,11 @@ def _check_text(value: object) -> None:
         raise MemoryInputError("text", "must not be blank")
 
 
+def is_project_name(value: str) -> bool:
+    """A project name: 1..64 letters, digits, '.', '_' or '-' (settings check it too)."""
+    return len(value) <= MAX_PROJECT_CHARS and _PROJECT_RE.fullmatch(value) is not None
+
+
 def _check_project(field: str, value: object) -> None:
     project = _check_str(field, value, 1, MAX_PROJECT_CHARS)
     if _PROJECT_RE.fullmatch(project) is None:

@@ -19,6 +19,10 @@
     POST /mesh/ledger/receipts
                          signed; on the ledger's keeper: a countersigned receipt from one of
                          its two parties, for the mesh ledger; answers {"status"}
+    POST /mesh/memory/search
+                         signed; read-only search of the memories this node shares
+                         (memory/sharing.py): 503 when it shares none, 403 for a project
+                         it does not share, 409 for another embedding model
 
 Signed requests are checked in two steps: membership and freshness from the headers before
 the body is read (a stranger cannot make this node read a large one), then the signature over
@@ -41,6 +45,10 @@ from aiohttp import web
 from covey.errors import CoveyError, error_body
 from covey.ledger.receipts import ReceiptRejected
 from covey.ledger.service import COUNTERSIGN_PATH, KEEPER_PATH, LedgerService
+from covey.memory.records import MemoryInputError
+from covey.memory.service import PEER_PATH as MEMORY_PATH
+from covey.memory.service import MemoryService
+from covey.memory.sharing import Refused, parse_peer_query
 from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
 from covey.mesh.gossip import MAX_DIGEST, MAX_RECORDS_PER_EXCHANGE, plan_exchange
 from covey.mesh.membership import Contact, InviteBook, MembershipError
@@ -60,15 +68,17 @@ BODY = web.RequestKey("json", dict)  # the decoded JSON object body
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(error_body(message, "permission_error" if status == 403
-                                        else "invalid_request_error", code), status=status)
+    kind = ("permission_error" if status == 403 else "server_error" if status >= 500
+            else "invalid_request_error")
+    return web.json_response(error_body(message, kind, code), status=status)
 
 
 def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
                    serve: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
                    engines: Callable[[], dict[str, dict[str, Any]]] | None = None,
                    authority: AuthorityLink | None = None,
-                   ledger: LedgerService | None = None) -> web.Application:
+                   ledger: LedgerService | None = None,
+                   memory: MemoryService | None = None) -> web.Application:
     """The mesh listener's app. `audience` is this node's TLS fingerprint: signed requests
     must name it. `serve` handles peers' inference calls (/mesh/v1/...); `engines` tells
     probes each local model's state; `authority` reaches the mesh's creator (on members, to
@@ -256,7 +266,22 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(400, exc.reason, str(exc))
         return web.json_response({"status": status})
 
+    async def memory_search(request: web.Request) -> web.Response:
+        if memory is None:
+            return _refuse(503, "memory_off", "this node keeps no memory (started with "
+                                              "--no-memory)")
+        try:
+            body: dict[str, Any] = request[BODY]
+            query = parse_peer_query(body)
+            answer = await memory.answer_peer(query, request[PEER])
+        except MemoryInputError as exc:
+            return _refuse(400, "invalid_query", str(exc))
+        except Refused as exc:
+            return _refuse(exc.status, exc.code, exc.message)
+        return web.json_response(answer)
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app.router.add_post(MEMORY_PATH, memory_search)
     app.router.add_post(COUNTERSIGN_PATH, countersign)
     app.router.add_post(KEEPER_PATH, receipts)
     app.router.add_post("/mesh/probe", probe)

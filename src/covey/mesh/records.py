@@ -93,6 +93,14 @@ class Fingerprint(_Wire):
     probes: list[FingerprintProbe] = Field(default_factory=list, max_length=4)
 
 
+class MemoryAd(_Wire):
+    """Whether members may search this node's memory (memory/sharing.py), and which
+    embedding model made its vectors; the shared projects' names are not published."""
+
+    search: bool = False
+    model: str | None = Field(default=None, max_length=128)
+
+
 class NodeRecord(_Wire):
     protocol: int = Field(ge=1, le=2**16)
     mesh_id: str = _Id
@@ -116,6 +124,7 @@ class NodeRecord(_Wire):
     ledger: dict[Annotated[str, Field(min_length=1, max_length=64)],
                  Annotated[float, Field(ge=-MAX_BALANCE, le=MAX_BALANCE)]] = Field(
         default_factory=dict, max_length=1024)
+    memory: MemoryAd | None = None
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
