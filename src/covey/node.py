@@ -412,7 +412,8 @@ class Node:
         metrics = registry_for(self.table, self._share, lambda: self._ledger)
         StatusRoutes(self.table, metrics, self.identity.node_id, self.name,
                      s.metrics_window_s, routes, routes.mesh,
-                     baseline_tokens=s.baseline_max_tokens, share=self._share).add_to(app)
+                     baseline_tokens=s.baseline_max_tokens, share=self._share,
+                     memory=self._memory.status if self._memory else None).add_to(app)
         if routes.mesh is not None and routes.health is not None:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),

@@ -97,6 +97,7 @@ def test_cross_machine_search_latency(hosts: list[Host], tmp_path: Path,
     b_dir = seed_models(tmp_path / "b", embed_model_path)
     flags = ["--mesh-host", "0.0.0.0", "--no-default-model"]
     a = NsNode(ha.ns, a_dir, *flags)
+    a.wait_listening()
     invite = a.covey("invite", "--data-dir", str(a_dir)).strip()
     b = NsNode(hb.ns, b_dir, "--join", invite, *flags)
     rng = np.random.default_rng(1)

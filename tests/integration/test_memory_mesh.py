@@ -143,6 +143,20 @@ def test_memory_is_searchable_across_machines_only_when_shared(
                          address, path)
             assert out.stdout.strip() in ("404", "405"), (path, out.stdout, out.stderr)
         assert len(json.loads(a.covey("memory", "ls", "--json", *on_a))["data"]) == 2
+
+        # Export from A, import on B: JSON lines; a bad line is named and skipped, the rest
+        # land (exit code 2 says some were skipped).
+        exported = tmp_path / "a.jsonl"
+        a.covey("memory", "export", "-o", str(exported), *on_a)
+        lines = exported.read_text().splitlines()
+        assert sorted(json.loads(x)["project"] for x in lines) == ["home", "infra"]
+        exported.write_text("\n".join([*lines, "{not json", json.dumps({"text": ""})]) + "\n")
+        out = ns_run(hb.ns, sys.executable, "-m", "covey", "memory", "import", str(exported),
+                     "--data-dir", str(b.data_dir), timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert "line 3: not JSON" in out.stderr and "line 4" in out.stderr, out.stderr
+        listed = json.loads(b.covey("memory", "ls", "--json", "--data-dir", str(b.data_dir)))
+        assert listed["memory"]["count"] == 3
     except BaseException:
         for node in nodes:
             print(f"--- {node.ns} ---\n{node.log()[-3000:]}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -163,10 +164,13 @@ class StatusRoutes:
     def __init__(self, table: ModelTable, registry: CollectorRegistry, node_id: NodeId,
                  node_name: str, window_s: float, routes: OpenAIRoutes,
                  mesh: MeshRuntime | None = None, baseline_tokens: int = 128,
-                 share: ShareStore | None = None) -> None:
+                 share: ShareStore | None = None,
+                 memory: Callable[[], dict[str, Any]] | None = None) -> None:
         """`baseline_tokens`: the native baseline's chat length, for the efficiency rule.
-        `share`: the mesh share's counts (metrics/share.py), None where not kept."""
+        `share`: the mesh share's counts (metrics/share.py), None where not kept.
+        `memory`: the memory store's status (blocking: it counts rows in SQLite)."""
         self.table = table
+        self.memory = memory
         self.share = share
         self.baseline_tokens = baseline_tokens
         self.routes = routes
@@ -218,7 +222,10 @@ class StatusRoutes:
         }
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.snapshot())
+        snapshot = self.snapshot()
+        # Issue 16: the memory store (memory/); None on a node started with --no-memory.
+        snapshot["memory"] = await asyncio.to_thread(self.memory) if self.memory else None
+        return web.json_response(snapshot)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=render(self.registry),
