@@ -79,8 +79,8 @@ def fill(path: Path, n: int, rng: np.random.Generator) -> None:
     centres = rng.standard_normal((64, DIM)).astype(np.float32)
     store = MemoryStore(path, path.with_suffix(".usearch"))
     try:
-        for start in range(0, n, 5_000):
-            m = min(5_000, n - start)
+        for start in range(0, n, 1_000):
+            m = min(1_000, n - start)
             vectors = centres[rng.integers(0, 64, m)] + 0.6 * rng.standard_normal(
                 (m, DIM)).astype(np.float32)
             store.add([NewMemory(text=f"synthetic memory {start + i}", project="bench")
