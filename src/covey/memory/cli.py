@@ -175,6 +175,9 @@ async def _search(node: _Node, args: argparse.Namespace) -> int:
         return 0
     _table(got["data"], scored=True)
     if args.mesh:
+        if len(got.get("sources", [])) <= 1:
+            out.print("  no peer shares its memory (a peer turns it on with "
+                      "`covey serve --share-memory PROJECT`)", markup=False)
         for s in got.get("sources", []):
             why = f": {s['reason']}" if s.get("reason") else ""
             out.print(f"  {escape(s['name'])}: {s['status']}, {s['hits']} hits{escape(why)}")
