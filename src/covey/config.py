@@ -84,7 +84,7 @@ class Settings:
     health_timeout_s: float = _opt(3.0, "seconds each data-plane check layer may take")
 
     # --- what the node serves ---
-    models: tuple[Path, ...] = _opt(
+    models: tuple[str, ...] = _opt(
         (), "GGUF file to serve, or an embedded model by name or id: "
         f"{embedded.names_help()}. Repeatable; replaces the default "
         f"(default: {embedded.DEFAULT.name})", flag="model",
@@ -173,10 +173,7 @@ class Settings:
         s = dataclasses.replace(
             self,
             data_dir=self.data_dir.expanduser().resolve(),
-            # absolute(), not resolve(): the name the user gave (a symlink, say) is the model id.
-            # An embedded model's name stays a bare name; the node fetches it.
-            models=tuple(p if embedded.find(str(p)) else p.expanduser().absolute()
-                         for p in self.models),
+            models=tuple(resolve_model(str(m)) for m in self.models),
         )
         s._check()
         return s
@@ -262,6 +259,18 @@ class Settings:
         )
         base.update(overrides)
         return cls(**base)
+
+
+def resolve_model(value: str) -> str:
+    """A `--model` value as the node reads it: a file becomes its absolute path (absolute(),
+    not resolve(): the name the user gave, a symlink say, is the model id); an embedded
+    model's name, a URL (`https://…`, `hf:…`) and a bare model id stay as given."""
+    if embedded.find(value) or "://" in value or value.startswith("hf:"):
+        return value
+    path = Path(value).expanduser()
+    if "/" in value or value.lower().endswith(".gguf") or path.exists():
+        return str(path.absolute())
+    return value
 
 
 def is_loopback(host: str) -> bool:

@@ -130,7 +130,7 @@ class Node:
         the fix, like any bad file; the node and its other models keep serving."""
         s = self.settings
         chosen = ([embedded.DEFAULT] if s.serves_default_model
-                  else [embedded.find(str(path)) or path for path in s.models])
+                  else [embedded.find(value) or Path(value) for value in s.models])
         files: list[tuple[Path, catalog.ModelFileError | None]] = []
         for item in chosen:
             if isinstance(item, Path):

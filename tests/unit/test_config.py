@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -48,8 +49,8 @@ def test_layers_merge_field_by_field() -> None:
     ({"COVEY_HOST": "0.0.0.0"}, "host", "0.0.0.0"),
     ({"COVEY_API_KEY": "k"}, "api_key", "k"),
     ({"COVEY_DEFAULT_MODEL": "false"}, "default_model", False),
-    ({"COVEY_MODELS": "a.gguf,b.gguf"}, "models", (Path("a.gguf"), Path("b.gguf"))),
-    ({"COVEY_MODELS": "a.gguf,,b.gguf,"}, "models", (Path("a.gguf"), Path("b.gguf"))),
+    ({"COVEY_MODELS": "a.gguf,b.gguf"}, "models", ("a.gguf", "b.gguf")),
+    ({"COVEY_MODELS": "a.gguf,,b.gguf,"}, "models", ("a.gguf", "b.gguf")),
     ({"COVEY_BACKENDS": "http://x/v1"}, "backends", ("http://x/v1",)),
     ({"COVEY_ALLOWED_HOSTS": "a.lan,b.lan"}, "allowed_hosts", ("a.lan", "b.lan")),
     ({"COVEY_THREADS": "4"}, "threads", 4),
@@ -76,7 +77,7 @@ def test_bool_conversion(raw: object, value: bool) -> None:
 
 
 @pytest.mark.parametrize(("file", "field", "value"), [
-    ({"models": ["a.gguf", "b.gguf"]}, "models", (Path("a.gguf"), Path("b.gguf"))),
+    ({"models": ["a.gguf", "b.gguf"]}, "models", ("a.gguf", "b.gguf")),
     ({"allowed_hosts": "x.lan"}, "allowed_hosts", ("x.lan",)),
     ({"data_dir": "/srv/covey"}, "data_dir", Path("/srv/covey")),
     ({"port": "8080"}, "port", 8080),
@@ -166,12 +167,12 @@ def test_model_paths_keep_the_given_name(tmp_path: Path) -> None:
     target.write_bytes(b"GGUF")
     link = tmp_path / "alias-q4_0.gguf"
     link.symlink_to(target)
-    assert Settings(models=(link,)).resolved().models == (link,)
+    assert Settings(models=(str(link),)).resolved().models == (str(link),)
 
 
 def test_resolved_makes_paths_absolute() -> None:
-    s = Settings(models=(Path("rel.gguf"),)).resolved()
-    assert s.models[0].is_absolute() and s.models[0].name == "rel.gguf"
+    s = Settings(models=("rel.gguf",)).resolved()
+    assert Path(s.models[0]).is_absolute() and Path(s.models[0]).name == "rel.gguf"
     assert s.data_dir.is_absolute() and "~" not in str(s.data_dir)
 
 
@@ -180,10 +181,26 @@ def test_embedded_model_names_stay_names() -> None:
     the working directory; a path with a folder in it stays a path."""
     s = from_layers({}, {}, _flags("--model", "gemma-3-270m", "--model", "dir/gemma-3-270m",
                                    "--model", "smollm2-135m-instruct-q4_1")).resolved()
-    assert s.models[0] == Path("gemma-3-270m")
-    assert s.models[1].is_absolute() and s.models[1].name == "gemma-3-270m"
-    assert s.models[2] == Path("smollm2-135m-instruct-q4_1")
+    assert s.models[0] == "gemma-3-270m"
+    assert Path(s.models[1]).is_absolute() and Path(s.models[1]).name == "gemma-3-270m"
+    assert s.models[2] == "smollm2-135m-instruct-q4_1"
     assert not s.serves_default_model
+
+
+def test_urls_and_model_ids_stay_as_given(tmp_path: Path) -> None:
+    """Issue 12: a URL (`//` must survive: a Path would fold it), the hub's form and a model
+    id a peer serves are sources the node fetches; a bare name that is a file here is a file."""
+    (tmp_path / "local-model").write_bytes(b"GGUF")
+    values = ("https://host.example/m.gguf#sha256=" + "0" * 64, "hf:owner/repo/f.gguf@main",
+              "qwen2.5-7b-instruct-q4_k_m")
+    assert Settings(models=values).resolved().models == values
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert Settings(models=("local-model",)).resolved().models == (
+            str(tmp_path / "local-model"),)
+    finally:
+        os.chdir(cwd)
 
 
 # --- what is served -----------------------------------------------------------------------
@@ -241,12 +258,12 @@ def test_unset_flags_are_none_and_cover_every_field() -> None:
 def test_flags_round_trip() -> None:
     s = from_layers({}, {}, _flags("--model", "a.gguf", "--model", "b.gguf", "--no-default-model",
                                    "--port", "0", "--backend", "http://x/v1"))
-    assert s.models == (Path("a.gguf"), Path("b.gguf"))
+    assert s.models == ("a.gguf", "b.gguf")
     assert s.default_model is False and s.port == 0 and s.backends == ("http://x/v1",)
 
 
 @pytest.mark.parametrize(("argv", "field", "value"), [
-    (["--model", "a,b.gguf"], "models", (Path("a,b.gguf"),)),  # repeated flags are not split
+    (["--model", "a,b.gguf"], "models", ("a,b.gguf",)),  # repeated flags are not split
     (["--allowed-host", "a.lan", "--allowed-host", "b.lan"], "allowed_hosts",
      ("a.lan", "b.lan")),
     (["--api-key", "k"], "api_key", "k"),
