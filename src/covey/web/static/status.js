@@ -298,6 +298,21 @@
       : `<span class="muted">no models</span>`;
   }
 
+  // ---- credits (issue 15): given / used / balance per member -------------------------------
+  // The keeper's published balance is the mesh's figure; given and used come from this node's
+  // own ledger (its receipts with that member), which is all of them on the keeper.
+  function creditCell(p, ledger) {
+    if (!ledger) return `<span class="muted">no ledger</span>`;
+    const mine = (ledger.local || {})[p.id];
+    const published = (ledger.published || {})[p.id];
+    const balance = isNum(published) ? published : mine && isNum(mine.balance) ? mine.balance : null;
+    if (balance == null && !mine) return `<span class="muted">—</span>`;
+    const fmt = (v) => (isNum(v) ? v.toFixed(3) : "—");
+    const title = isNum(published) ? "balance published by the ledger's keeper" : "balance in this node's own ledger";
+    return `<div class="credit-balance ${balance < 0 ? "warn-text" : ""}" title="${esc(title)}">${esc(fmt(balance))}</div>`
+      + (mine ? `<small class="muted credit-flow">gave ${esc(fmt(mine.given))} · used ${esc(fmt(mine.used))}</small>` : "");
+  }
+
   function renderPeers(s, now) {
     const current = new Map((s.peers || []).map((p) => [p.id, p]));
     current.forEach((p, id) => seenPeers.set(id, { ...p, seenAt: now }));
@@ -329,6 +344,7 @@
         ${td("Last seen", `<span class="${stale ? "warn-text" : ""}">${age == null ? "—" : esc(ago(age))}</span>`, "last-seen")}
         ${td("Health", health(p), "health")}
         ${td("Verified", verdictCell(p, s, verdicts, now), "verified")}
+        ${td("Credits", creditCell(p, s.ledger), "num credits")}
       </tr>`;
     });
     fill("peers", body, "No other members yet. Run <code>covey invite</code> on the mesh's first node and join with <code>covey serve --join</code>.");
