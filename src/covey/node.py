@@ -33,6 +33,7 @@ from covey.health.monitor import HealthMonitor
 from covey.ledger.chain import Ledger
 from covey.ledger.credits import parameters_from_size_label
 from covey.ledger.service import LEDGER_FILE, LedgerService
+from covey.ledger.witness import Witness
 from covey.memory.embedder import Embedder
 from covey.memory.routes import MemoryRoutes
 from covey.memory.service import MemoryService
@@ -66,6 +67,7 @@ from covey.web import routes as web_routes
 log = logging.getLogger(__name__)
 
 RUNTIME_FILE = "node.json"  # where a running node says which ports it got
+WITNESS_INTERVAL_S = 10.0  # how often a member looks at the keeper's newest checkpoint
 MEMORY_FILE = "memory.sqlite3"
 MEMORY_INDEX_FILE = "memory.usearch"
 
@@ -250,7 +252,12 @@ class Node:
                     keeper_record=lambda: mesh_state.authority_record(time.time()),
                     facts=self._model_facts,
                     suspect=lambda node, model: s.verify != "off" and self.verdicts.status(
-                        node, model, time.time()) == "suspect")
+                        node, model, time.time()) == "suspect", data_dir=s.data_dir)
+                if mesh_state.authority is None:  # a member witnesses the keeper
+                    self._ledger.witness = Witness(
+                        mesh_state.info.mesh_id, self.identity, transport,
+                        lambda: mesh_state.authority_record(time.time()),
+                        lambda: mesh.peers(time.time()), s.data_dir)
                 relay.receipts = self._ledger
             mesh.authority = link
             if s.memory:
@@ -305,6 +312,10 @@ class Node:
                         tasks.create_task(keep_running(
                             lambda: ledger.checkpoints(s.data_dir, s.checkpoint_interval_s),
                             "ledger-checkpoints"), name="ledger-checkpoints")
+                    if ledger is not None and (witness := ledger.witness) is not None:
+                        tasks.create_task(keep_running(
+                            lambda: witness.run(WITNESS_INTERVAL_S), "ledger-witness"),
+                            name="ledger-witness")
                     if s.verify != "off" and routes.dispatcher is not None:
                         routes.dispatcher.verdicts = self.verdicts
                         auditor = Auditor(self.table, mesh.peers, transport, self.verdicts,
@@ -466,6 +477,9 @@ class Node:
                 "baseline": baseline, "software_version": __version__,
                 "fingerprints": dict(list(self.fingerprints.items())[:64]),
                 "ledger": self._ledger.published_balances() if self._ledger else {},
+                "ledger_checkpoint": self._ledger.latest_checkpoint if self._ledger else "",
+                "ledger_witnessed": (self._ledger.witness.published()
+                                     if self._ledger and self._ledger.witness else ""),
                 "memory": self._memory.advert() if self._memory else None,
                 "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
                              catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}

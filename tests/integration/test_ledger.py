@@ -63,7 +63,9 @@ def ledger_of(node: NsNode) -> dict[str, object]:
 def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: Path,
                                                   model_path: Path) -> None:
     ha, hb, hc = hosts
-    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model")
+    # Checkpoints every second here (a day by default), so the witnesses have some to sign.
+    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model",
+               "--checkpoint-interval-s", "1")
     nodes = [a]
     try:
         a.wait_listening()
@@ -105,6 +107,22 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
         balances = at_a["balances"]
         assert isinstance(balances, dict) and balances[b.node_id] > 0
         assert abs(sum(balances.values())) < 1e-6
+        # B and C witness the keeper's checkpoints: each checked its consistency and co-signed
+        # it; the keeper keeps their cosignatures on the checkpoint in its sink.
+        def witnessed() -> bool:
+            note = a.data_dir / "checkpoints" / "latest.note"
+            size = int(note.read_text().split("\n")[1]) if note.exists() else -1
+            views = [n.status()["ledger"]["witness"] for n in (b, c)]
+            return all(v and v["witnessed"] and v["witnessed"]["size"] == size
+                       and v["cosigned"] for v in views)
+
+        wait_for(witnessed, 60, "B and C to witness the keeper's newest checkpoint")
+        assert all(n.status()["ledger"]["witness"]["problem"] is None for n in (b, c))
+        latest = (a.data_dir / "checkpoints" / "latest.note").read_text()
+        for member in (b, c):
+            assert f"/witness/{member.node_id} " in latest, latest
+        assert a.status()["ledger"]["witness"] is None  # the keeper witnesses nobody
+
         # The keeper publishes them in its record: C reads B's standing from it.
         wait_for(lambda: c.status()["ledger"]["published"] == balances, 30,
                  "the keeper's balances to reach C in its record")

@@ -117,6 +117,20 @@ def load_checkpoint(data_dir: Path, size: int | None = None) -> str:
     return path.read_text()
 
 
+def replace_checkpoint(data_dir: Path, size: int, text: str) -> None:
+    """Keep `text` (the same checkpoint with more cosignature lines) in place of the kept
+    checkpoint of `size` entries, and of the latest when that is the one. Refuses another
+    tree: the body must be the kept one's."""
+    sink = _sink(data_dir)
+    kept, new = _load(sink / f"{size}.note"), parse_checkpoint(text)
+    if kept is None or new is None or new.body != kept.body:
+        raise CheckpointError(f"not the kept checkpoint of {size} entries")
+    _write(sink / f"{size}.note", text)
+    latest = _load(sink / LATEST)
+    if latest is not None and latest.body == kept.body:
+        _write(sink / LATEST, text)
+
+
 def inclusion_document(ledger: Ledger, checkpoint_text: str, seq: int,
                        public_key: bytes) -> dict[str, Any]:
     """An inclusion proof of entry `seq` in the checkpoint's tree (see the module docstring)."""

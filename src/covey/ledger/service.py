@@ -20,6 +20,7 @@ health probes make no receipt: probes are not measured, and an auditor never cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -31,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from covey.ledger.chain import Ledger
-from covey.ledger.checkpoints import CheckpointError, default_origin, write_checkpoint
+from covey.ledger.checkpoint import parse_checkpoint
+from covey.ledger.checkpoints import (
+    CheckpointError,
+    default_origin,
+    leaf_hashes,
+    load_checkpoint,
+    replace_checkpoint,
+    write_checkpoint,
+)
 from covey.ledger.receipts import (
     MAX_WIRE_BYTES,
     Observed,
@@ -41,9 +50,10 @@ from covey.ledger.receipts import (
     new_receipt,
     provider_sign,
 )
+from covey.ledger.witness import Witness, accept_cosignature, consistency_answer
 from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
-from covey.mesh.sealed import b64e
+from covey.mesh.sealed import SealError, b64d, b64e
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +96,8 @@ class LedgerService:
                  keeper_record: Callable[[], NodeRecord | None],
                  facts: Callable[[str], tuple[str | None, float | None]],
                  clock: Callable[[], float] = time.time,
-                 suspect: Callable[[str, str], bool] = lambda _node, _model: False) -> None:
+                 suspect: Callable[[str, str], bool] = lambda _node, _model: False,
+                 data_dir: Path | None = None) -> None:
         self.ledger = ledger
         self.mesh_id = mesh_id
         self.identity = identity
@@ -101,6 +112,11 @@ class LedgerService:
         self.suspect = suspect
         self._pending: OrderedDict[str, Relayed] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The keeper's newest signed checkpoint (its record carries it to the witnesses);
+        # on a member, its witness of the keeper's checkpoints (witness.py).
+        self.latest_checkpoint = ""
+        self.witness: Witness | None = None
+        self.data_dir = data_dir  # where the checkpoint sink is (checkpoints.py)
 
     # --- the consumer's side -------------------------------------------------------------
 
@@ -262,19 +278,61 @@ class LedgerService:
         in data_dir/checkpoints when it grew (checkpoints.py); runs until cancelled."""
         origin = default_origin(data_dir, self.identity.node_id)
         done = -1
+        if self.keeper:
+            with contextlib.suppress(CheckpointError):
+                self.latest_checkpoint = await asyncio.to_thread(load_checkpoint, data_dir)
         while True:
             await asyncio.sleep(interval_s)
             size = (await asyncio.to_thread(self.ledger.head))[0]
-            if size == done:
+            if size in (done, 0):  # nothing new, or nothing yet
                 continue
             try:
-                await asyncio.to_thread(write_checkpoint, self.ledger, data_dir,
-                                        self.identity.key, origin)
+                text = await asyncio.to_thread(write_checkpoint, self.ledger, data_dir,
+                                               self.identity.key, origin)
+                if self.keeper:
+                    self.latest_checkpoint = text
             except CheckpointError as exc:
                 log.error("ledger: no checkpoint: %s", exc)
                 continue
             done = size
             log.info("ledger: checkpoint of %d entries signed (%s)", size, origin)
+
+    def consistency(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the keeper: a consistency proof between two of its tree sizes, for a witness.
+        Blocking (reads every entry). Raises ReceiptRejected (400)."""
+        if not self.keeper:
+            raise ReceiptRejected("not_keeper", "this node does not keep the mesh ledger")
+        try:
+            return consistency_answer(leaf_hashes(self.ledger.entries()), body)
+        except (ValueError, CheckpointError) as exc:
+            raise ReceiptRejected("bad_sizes", str(exc)) from exc
+
+    def take_cosignature(self, body: dict[str, Any], caller: str) -> str:
+        """On the keeper: a member's cosignature of one of its checkpoints, checked against
+        the member's key and kept on that checkpoint in the sink. Blocking (files)."""
+        if not self.keeper:
+            raise ReceiptRejected("not_keeper", "this node does not keep the mesh ledger")
+        size, line = body.get("size"), body.get("cosignature")
+        key = self._key_of(caller)
+        if not isinstance(size, int) or isinstance(size, bool) or key is None \
+                or self.data_dir is None:
+            raise ReceiptRejected("malformed", "body must be {\"size\", \"cosignature\"} "
+                                               "from a live member")
+        try:
+            note = load_checkpoint(self.data_dir, size)
+            raw_key = b64d(key)
+        except (CheckpointError, SealError) as exc:
+            raise ReceiptRejected("unknown_checkpoint", f"no checkpoint of {size} entries "
+                                                        "here") from exc
+        signed = accept_cosignature(note, line, self.mesh_id, caller, raw_key)
+        if signed is None:
+            raise ReceiptRejected("bad_cosignature", "not a cosignature of this checkpoint "
+                                                     "by the caller's key")
+        replace_checkpoint(self.data_dir, size, signed)
+        if self.latest_checkpoint and size == _size_of(self.latest_checkpoint):
+            self.latest_checkpoint = signed
+        log.info("ledger: checkpoint of %d entries co-signed by %s", size, caller[:12])
+        return "cosigned"
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -314,6 +372,11 @@ def _json(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _size_of(note: str) -> int | None:
+    checkpoint = parse_checkpoint(note)
+    return checkpoint.size if checkpoint else None
+
+
 def ledger_status(service: object) -> dict[str, Any] | None:
     """The `ledger` section of /api/status: this node's ledger (on the keeper, the mesh's)
     and the balances the keeper publishes. None when this node keeps no ledger."""
@@ -326,4 +389,5 @@ def ledger_status(service: object) -> dict[str, Any] | None:
                              "balance": round(b.balance, 6)}
                       for node, b in service.ledger.balances().items()},
             "published": (service.published_balances() if service.keeper
-                          else dict(record.ledger) if record else {})}
+                          else dict(record.ledger) if record else {}),
+            "witness": service.witness.status() if service.witness else None}

@@ -125,6 +125,10 @@ class NodeRecord(_Wire):
                  Annotated[float, Field(ge=-MAX_BALANCE, le=MAX_BALANCE)]] = Field(
         default_factory=dict, max_length=1024)
     memory: MemoryAd | None = None
+    # On the ledger's keeper: its newest signed checkpoint of the mesh ledger (a C2SP note);
+    # on a member: the keeper's checkpoint it witnessed last (ledger/witness.py).
+    ledger_checkpoint: str = Field(default="", max_length=4096)
+    ledger_witnessed: str = Field(default="", max_length=4096)
     software_version: str = Field(default="", max_length=64)
     member_cert: str = Field(default="", max_length=4096)  # base64url authority-signed cert
     tls_fingerprint: str = Field(default="", max_length=64)  # hex SHA-256, pinned by callers
