@@ -146,6 +146,8 @@ class Settings:
                               "ledger)")
     checkpoint_interval_s: float = _opt(86400.0, "seconds between signed checkpoints of the "
                                                  "ledger (in <data dir>/checkpoints)")
+    checkpoint_sink_url: str | None = _opt(None, "also POST every signed checkpoint (its C2SP "
+                                                 "note, text/plain) to this http(s) URL")
 
     # --- memory (issue 16; src/covey/memory) ---
     memory: bool = _opt(True, "keep a memory store (<data dir>/memory.sqlite3) and serve "
@@ -210,6 +212,9 @@ class Settings:
                                           "digits, . _ -, at most 64) or *")
         if not 0 < len(self.memory_model) <= 128:
             raise bad("memory_model", "must be a model name or id")
+        if self.checkpoint_sink_url is not None and not self.checkpoint_sink_url.startswith(
+                ("http://", "https://")):
+            raise bad("checkpoint_sink_url", "must be an http:// or https:// URL")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "must be debug, info, warning or error")
         for url in self.backends:

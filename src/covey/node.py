@@ -310,7 +310,8 @@ class Node:
                     tasks.create_task(keep_running(share.run, "mesh-share"), name="mesh-share")
                     if (ledger := self._ledger) is not None:
                         tasks.create_task(keep_running(
-                            lambda: ledger.checkpoints(s.data_dir, s.checkpoint_interval_s),
+                            lambda: ledger.checkpoints(s.data_dir, s.checkpoint_interval_s,
+                                                       s.checkpoint_sink_url),
                             "ledger-checkpoints"), name="ledger-checkpoints")
                     if ledger is not None and (witness := ledger.witness) is not None:
                         tasks.create_task(keep_running(

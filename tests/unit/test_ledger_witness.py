@@ -246,3 +246,28 @@ def test_the_empty_tree_is_extended_by_any() -> None:
     empty = _cp(sign_note(checkpoint_body(ORIGIN, 0, merkle.root([])), ORIGIN, KEY))
     assert judge(empty, _cp(_note(KEY, HISTORY[:4])), None) == "first"
     assert compare(empty, _cp(_note(KEY, HISTORY[:4])), None) == "agree"
+
+
+async def test_checkpoints_go_to_an_http_sink(tmp_path: Path) -> None:
+    """--checkpoint-sink-url: each signed checkpoint is POSTed as its note text; a sink that
+    fails or is down is reported (False), never raised."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from covey.ledger.service import send_checkpoint
+
+    got: list[tuple[str, str]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        got.append((request.content_type, await request.text()))
+        return web.Response(status=201 if request.path == "/ok" else 500)
+
+    app = web.Application()
+    app.router.add_post("/{name}", take)
+    note = _note(KEY, HISTORY[:4])
+    async with TestServer(app) as server:
+        url = str(server.make_url("/ok"))
+        assert await send_checkpoint(url, note)
+        assert not await send_checkpoint(str(server.make_url("/broken")), note)
+    assert got[0] == ("text/plain", note)
+    assert not await send_checkpoint(url, note, timeout_s=2)  # the server is gone

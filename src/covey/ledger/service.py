@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from covey.ledger.chain import Ledger
 from covey.ledger.checkpoint import parse_checkpoint
 from covey.ledger.checkpoints import (
@@ -273,9 +275,11 @@ class LedgerService:
 
     # --- checkpoints ---------------------------------------------------------------------
 
-    async def checkpoints(self, data_dir: Path, interval_s: float) -> None:
+    async def checkpoints(self, data_dir: Path, interval_s: float,
+                          sink_url: str | None = None) -> None:
         """Every `interval_s` (a day by default), a signed checkpoint of this node's ledger
-        in data_dir/checkpoints when it grew (checkpoints.py); runs until cancelled."""
+        in data_dir/checkpoints when it grew (checkpoints.py), and POSTed to `sink_url` when
+        one is set; runs until cancelled."""
         origin = default_origin(data_dir, self.identity.node_id)
         done = -1
         if self.keeper:
@@ -296,6 +300,8 @@ class LedgerService:
                 continue
             done = size
             log.info("ledger: checkpoint of %d entries signed (%s)", size, origin)
+            if sink_url:
+                await send_checkpoint(sink_url, text)
 
     def consistency(self, body: dict[str, Any]) -> dict[str, Any]:
         """On the keeper: a consistency proof between two of its tree sizes, for a witness.
@@ -370,6 +376,22 @@ def _json(data: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+async def send_checkpoint(url: str, text: str, timeout_s: float = CALL_TIMEOUT_S) -> bool:
+    """POST a checkpoint note to an HTTP sink. A failure is logged, never raised: the file
+    sink has it, and the next checkpoint (which extends this one) is sent again."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
+                s.post(url, data=text.encode(),
+                       headers={"Content-Type": "text/plain; charset=utf-8"}) as r:
+            if r.status < 300:
+                return True
+            log.warning("ledger: the checkpoint sink %s answered HTTP %d", url, r.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("ledger: the checkpoint sink %s did not take the checkpoint (%s)", url,
+                    type(exc).__name__)
+    return False
 
 
 def _size_of(note: str) -> int | None:
