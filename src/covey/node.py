@@ -257,7 +257,8 @@ class Node:
                     self._ledger.witness = Witness(
                         mesh_state.info.mesh_id, self.identity, transport,
                         lambda: mesh_state.authority_record(time.time()),
-                        lambda: mesh.peers(time.time()), s.data_dir)
+                        lambda: mesh.peers(time.time()), s.data_dir,
+                        own_receipts=self._ledger.own_receipts)
                 relay.receipts = self._ledger
             mesh.authority = link
             if s.memory:

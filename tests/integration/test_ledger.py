@@ -118,6 +118,11 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
 
         wait_for(witnessed, 60, "B and C to witness the keeper's newest checkpoint")
         assert all(n.status()["ledger"]["witness"]["problem"] is None for n in (b, c))
+        # ... and audited the keeper against their own receipts: every one is in the tree
+        # they co-signed, as both parties signed it.
+        wait_for(lambda: b.status()["ledger"]["witness"]["audit"] == {"included": 5}
+                 and c.status()["ledger"]["witness"]["audit"] == {"included": 2}, 60,
+                 "B and C to find their receipts in the keeper's tree")
         latest = (a.data_dir / "checkpoints" / "latest.note").read_text()
         for member in (b, c):
             assert f"/witness/{member.node_id} " in latest, latest

@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 
+from covey.ledger.audit import inclusion_answer, receipts_of
 from covey.ledger.chain import Ledger
 from covey.ledger.checkpoint import parse_checkpoint
 from covey.ledger.checkpoints import (
@@ -312,6 +313,22 @@ class LedgerService:
             return consistency_answer(leaf_hashes(self.ledger.entries()), body)
         except (ValueError, CheckpointError) as exc:
             raise ReceiptRejected("bad_sizes", str(exc)) from exc
+
+    def inclusion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the keeper: entries of the asked receipts with inclusion proofs, for a member
+        auditing it (audit.py). Blocking (reads every entry). Raises ReceiptRejected."""
+        if not self.keeper:
+            raise ReceiptRejected("not_keeper", "this node does not keep the mesh ledger")
+        entries = self.ledger.entries()
+        try:
+            return inclusion_answer(entries, leaf_hashes(entries), body.get("size"),
+                                    body.get("request_ids"))
+        except (ValueError, CheckpointError) as exc:
+            raise ReceiptRejected("bad_request", str(exc)) from exc
+
+    def own_receipts(self) -> dict[str, dict[str, Any]]:
+        """This node's countersigned receipts (request id → receipt), for its audits."""
+        return receipts_of(self.ledger.entries())
 
     def take_cosignature(self, body: dict[str, Any], caller: str) -> str:
         """On the keeper: a member's cosignature of one of its checkpoints, checked against

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from covey.ledger import merkle
+from covey.ledger import audit, merkle
 from covey.ledger.checkpoint import (
     Checkpoint,
     cosign,
@@ -46,6 +46,7 @@ from covey.mesh.sealed import SealError, b64d
 log = logging.getLogger(__name__)
 
 CONSISTENCY_PATH = "/mesh/ledger/consistency"
+INCLUSION_PATH = "/mesh/ledger/inclusion"
 COSIGN_PATH = "/mesh/ledger/cosign"
 WITNESSED_FILE = "witnessed.note"  # in <data dir>/checkpoints: the last one this node checked
 MAX_NOTE = 4096
@@ -121,7 +122,8 @@ class Witness:
     def __init__(self, mesh_id: str, identity: Any, transport: PeerTransport,
                  keeper_record: Callable[[], NodeRecord | None],
                  records: Callable[[], list[NodeRecord]], data_dir: Path,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 own_receipts: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:
         self.mesh_id = mesh_id
         self.identity = identity
         self.transport = transport
@@ -134,6 +136,10 @@ class Witness:
         self.unsent = False  # the last witnessed checkpoint's cosignature is yet to reach it
         self.problem: str | None = None
         self._compared: dict[str, tuple[int, bytes]] = {}  # peer → the view found to agree
+        # Auditing the keeper against this member's own receipts (audit.py); blocking reads.
+        self.own_receipts = own_receipts
+        self.findings: dict[str, audit.Finding] = {}
+        self._audited_at = -1  # the witnessed size the last audit ran against
 
     def load(self) -> None:
         """The last witnessed checkpoint, kept across restarts (its signature was checked
@@ -157,7 +163,8 @@ class Witness:
     def status(self) -> dict[str, Any]:
         c = self.last.checkpoint if self.last else None
         return {"witnessed": {"size": c.size, "root": base64.b64encode(c.root).decode()}
-                if c else None, "cosigned": self.cosigned, "problem": self.problem}
+                if c else None, "cosigned": self.cosigned, "problem": self.problem,
+                "audit": _count(self.findings.values())}
 
     async def run(self, interval_s: float) -> None:
         await asyncio.to_thread(self.load)
@@ -175,6 +182,8 @@ class Witness:
         if self.unsent and self.last is not None:
             await self._cosign(record, self.last.checkpoint)
         await self._compare_views(record, key)
+        if self.last is not None and self.last.checkpoint.size != self._audited_at:
+            await self._audit(record, self.last.checkpoint)
 
     async def _witness(self, keeper: NodeRecord, key: bytes) -> None:
         text = keeper.ledger_checkpoint
@@ -245,6 +254,38 @@ class Witness:
                 continue
             self._compared[record.node_id] = (theirs.size, theirs.root)
 
+    async def _audit(self, keeper: NodeRecord, witnessed: Checkpoint) -> None:
+        """Check some of this member's receipts in the keeper's tree it witnessed: those
+        never checked first, then those missing or unproven before."""
+        if witnessed.size == 0:
+            return
+        mine = await asyncio.to_thread(self.own_receipts)
+        order = sorted(mine, key=lambda r: (r in self.findings, self.findings.get(r) != "missing"))
+        batch = [r for r in order if self.findings.get(r) != "included"][:audit.MAX_IDS]
+        self._audited_at = witnessed.size
+        if not batch:
+            return
+        try:
+            answer = await call_json(self.transport, peer_of(keeper), INCLUSION_PATH,
+                                     {"size": witnessed.size, "request_ids": batch},
+                                     CALL_TIMEOUT_S, max_bytes=4 * 1024 * 1024)
+        except PeerError as exc:
+            log.info("ledger: the keeper answered no audit: %s", exc)
+            self._audited_at = -1  # asked again next round
+            return
+        found = audit.check({r: mine[r] for r in batch}, answer, witnessed.size,
+                            witnessed.root)
+        self.findings.update(found)
+        altered = sorted(r for r, f in found.items() if f == "altered")
+        if altered:
+            self._alarm(f"the keeper's ledger holds {len(altered)} of this node's receipts "
+                        f"altered (request {altered[0][:8]}… and others): not what both "
+                        "parties signed")
+        else:
+            log.info("ledger: audited %d receipts in the keeper's tree of %d entries: %s",
+                     len(found), witnessed.size,
+                     ", ".join(f"{n} {f}" for f, n in _count(found.values()).items()))
+
     async def _proof(self, keeper: NodeRecord, old: int, new: int) -> list[bytes] | None:
         try:
             answer = await call_json(self.transport, peer_of(keeper), CONSISTENCY_PATH,
@@ -265,6 +306,13 @@ class Witness:
         if problem != self.problem:
             log.error("ledger: %s", problem)
         self.problem = problem
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
 
 
 def _key(record: NodeRecord | None) -> bytes | None:

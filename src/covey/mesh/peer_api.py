@@ -19,10 +19,11 @@
     POST /mesh/ledger/receipts
                          signed; on the ledger's keeper: a countersigned receipt from one of
                          its two parties, for the mesh ledger; answers {"status"}
-    POST /mesh/ledger/consistency, /mesh/ledger/cosign
+    POST /mesh/ledger/consistency, /mesh/ledger/cosign, /mesh/ledger/inclusion
                          signed; on the keeper: a consistency proof between two tree sizes
-                         for a witness, and a witness's cosignature of a checkpoint
-                         (ledger/witness.py)
+                         for a witness, a witness's cosignature of a checkpoint, and
+                         receipts' entries with inclusion proofs for a member's audit
+                         (ledger/witness.py, ledger/audit.py)
     POST /mesh/memory/search
                          signed; read-only search of the memories this node shares
                          (memory/sharing.py): 503 when it shares none, 403 for a project
@@ -49,7 +50,7 @@ from aiohttp import web
 from covey.errors import CoveyError, error_body
 from covey.ledger.receipts import ReceiptRejected
 from covey.ledger.service import COUNTERSIGN_PATH, KEEPER_PATH, LedgerService
-from covey.ledger.witness import CONSISTENCY_PATH, COSIGN_PATH
+from covey.ledger.witness import CONSISTENCY_PATH, COSIGN_PATH, INCLUSION_PATH
 from covey.memory.records import MemoryInputError
 from covey.memory.service import PEER_PATH as MEMORY_PATH
 from covey.memory.service import MemoryService
@@ -280,6 +281,15 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(409 if exc.reason == "bad_sizes" else 400, exc.reason, str(exc))
         return web.json_response(answer)
 
+    async def inclusion(request: web.Request) -> web.Response:
+        if ledger is None:
+            return _refuse(404, "no_ledger", "this node keeps no ledger")
+        try:
+            answer = await asyncio.to_thread(ledger.inclusion, request[BODY])
+        except ReceiptRejected as exc:
+            return _refuse(400, exc.reason, str(exc))
+        return web.json_response(answer)
+
     async def cosign(request: web.Request) -> web.Response:
         if ledger is None:
             return _refuse(404, "no_ledger", "this node keeps no ledger")
@@ -308,6 +318,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
     app.router.add_post(MEMORY_PATH, memory_search)
     app.router.add_post(CONSISTENCY_PATH, consistency)
     app.router.add_post(COSIGN_PATH, cosign)
+    app.router.add_post(INCLUSION_PATH, inclusion)
     app.router.add_post(COUNTERSIGN_PATH, countersign)
     app.router.add_post(KEEPER_PATH, receipts)
     app.router.add_post("/mesh/probe", probe)
