@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             from covey.bench.relay import run_bench
 
             return run_bench(args, data_dir=_data_dir(args))
+        if args.command == "ledger" and args.ledger_command == "grant":
+            from covey import console
+
+            return console.grant(_client_url(args),
+                                 args.api_key or os.environ.get("COVEY_API_KEY"), args.node,
+                                 args.credits, args.note)
         if args.command == "ledger":
             return ledger_cli.run(args, _data_dir(args))
         if args.command == "memory":

@@ -101,6 +101,19 @@ def invite(url: str, api_key: str | None, ttl_s: float) -> int:
     return 0
 
 
+def grant(url: str, api_key: str | None, node: str, credits: float, note: str) -> int:
+    """Ask the running node (the mesh's creator) to grant `node` credits."""
+    try:
+        got = asyncio.run(_post_json(url + "/api/ledger/grant", api_key,
+                                     {"node": node, "credits": credits, "note": note}))
+    except NodeUnreachable as exc:
+        err.print(f"covey: {exc}", markup=False)
+        return 1
+    print(f"entry {got['seq']}: {got['credits']:+g} credits to {got['node']} "
+          f"(balance {got['balance']:g})")
+    return 0
+
+
 def _error_message(body: Any, status: int) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return f"HTTP {status}: {body['error'].get('message')}"

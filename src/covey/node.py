@@ -22,6 +22,7 @@ from covey import __version__
 from covey.api.app import build_app
 from covey.api.doctor import DoctorRoutes
 from covey.api.invite import InviteRoutes
+from covey.api.ledger import LedgerRoutes
 from covey.api.openai import OpenAIRoutes
 from covey.api.status import StatusRoutes
 from covey.config import Settings
@@ -435,6 +436,8 @@ class Node:
             self._invites.add_to(app)
         if self._memory is not None:
             MemoryRoutes(self._memory).add_to(app)
+        if self._ledger is not None:
+            LedgerRoutes(self._ledger).add_to(app)
         web_routes.add_to(app)
         return app
 

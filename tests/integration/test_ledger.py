@@ -145,6 +145,17 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
         key = json.loads(proof_file.read_text())["verifier_key"]
         assert "proof holds" in a.covey("ledger", "verify-proof", str(proof_file), "--key", key)
 
+        # The creator grants C credits (an adjust entry, reason grant); the balance it
+        # publishes moves; a member that is not the creator cannot grant.
+        before = ledger_of(a)["balances"].get(c.node_id, 0.0)  # type: ignore[union-attr]
+        granted = a.covey("ledger", "grant", c.node_id, "2.5", "--note", "welcome", *data)
+        assert "+2.5 credits" in granted, granted
+        wait_for(lambda: c.status()["ledger"]["published"].get(c.node_id) == round(
+            before + 2.5, 6), 30, "the grant to reach C in the keeper's record")
+        refused = ns_run(hb.ns, sys.executable, "-m", "covey", "ledger", "grant", c.node_id,
+                         "1", "--data-dir", str(b.data_dir))
+        assert refused.returncode == 1 and "creator" in refused.stderr, refused.stderr
+
         # A restart loses nothing.
         b.stop()
         nodes.remove(b)

@@ -76,7 +76,16 @@ def add_parser(sub: Any) -> None:
     check.add_argument("--key", metavar="VERIFIER_KEY", help="the keeper's verifier key "
                        "(`covey ledger checkpoint` prints it); without it only the file's "
                        "own key is used")
-    for sp in (balance, show, verify, checkpoint, proof):
+    grant = cmds.add_parser("grant", help="on the mesh's creator: grant a member credits "
+                            "(negative: take them back), through the running node")
+    grant.add_argument("node", help="the member's node id")
+    grant.add_argument("credits", type=float)
+    grant.add_argument("--note", default="", help="why (kept in the entry)")
+    grant.add_argument("--url", help="the node to ask (default: the one running from "
+                       "--data-dir)")
+    grant.add_argument("--api-key", help="API key, if the node requires one "
+                       "(default: $COVEY_API_KEY)")
+    for sp in (balance, show, verify, checkpoint, proof, grant):
         data_dir_flag(sp)
 
 
