@@ -69,12 +69,12 @@ def run_pull(args: argparse.Namespace, data_dir: Path, env: Mapping[str, str]) -
     source = parse_source(args.source)
     if isinstance(source, LocalFile):
         err.print(f"covey: {source.path} is a local file: serve it with "
-                  f"`covey serve --model {source.path}`", markup=False)
+                  f"`covey serve --model {source.path}`", markup=False, soft_wrap=True)
         return 2
     if isinstance(source, PeerModel):
         err.print(f"covey: {source.model_id!r} is a model id: a node fetches it from the "
                   f"mesh peers that serve it (`covey serve --model {source.model_id}`); "
-                  f"`covey pull` takes {SOURCES_HELP}", markup=False)
+                  f"`covey pull` takes {SOURCES_HELP}", markup=False, soft_wrap=True)
         return 2
     _log_to_stderr()
     if isinstance(source, Embedded):
@@ -86,8 +86,7 @@ def run_pull(args: argparse.Namespace, data_dir: Path, env: Mapping[str, str]) -
         if found_or_none is None:
             return 1
         found = found_or_none
-    out.print(f"model id: {found.id}\nfile:     {found.path}\nsha256:   {found.sha256}",
-              markup=False)
+    print(f"model id: {found.id}\nfile:     {found.path}\nsha256:   {found.sha256}")
     return 0
 
 
@@ -110,11 +109,11 @@ def run_rm(args: argparse.Namespace, data_dir: Path, api_key: str | None) -> int
     except FetchError as exc:
         err.print(f"covey: {exc.message}", markup=False, soft_wrap=True)
         return 1
-    out.print(f"removed {removed}", markup=False)
+    print(f"removed {removed}")
     url = _running_node(data_dir)
     if url and model_id and model_id in _served(url, api_key):
-        out.print(f"the node at {url} still serves {model_id} from memory until it stops "
-                  "(the file is gone: it will not load it again)", markup=False)
+        print(f"the node at {url} still serves {model_id} from memory until it stops "
+              "(the file is gone: it will not load it again)")
     return 0
 
 
