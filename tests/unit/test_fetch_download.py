@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import shutil
 import socket
@@ -125,13 +126,13 @@ async def test_too_little_disk_is_refused_before_any_byte(
     with pytest.raises(FetchError, match="disk space") as caught:
         await download(served.url, target)
     assert str(SIZE) in caught.value.message and str(free) in caught.value.message
-    assert not target.exists()
-    assert part_path(target).stat().st_size == 0
+    assert not target.exists() and not part_path(target).exists()
 
 
 async def test_missing_file_names_the_status(served: Served, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="404"):
         await download(f"{served.server.url}/nothing.gguf", tmp_path / "m.gguf")
+    assert os.listdir(tmp_path) == ["www"]
 
 
 async def test_a_host_that_never_answers_fails_without_retrying(tmp_path: Path) -> None:

@@ -96,7 +96,12 @@ async def fetch_file(url: str, target: Path, *, sha256: str | None = None,
                                  f"({part} is locked)") from exc
             job = _Job(client, URL(url), dict(headers or {}), target, f, sha256, sha256_from_hub,
                        progress)
-            await job.run(retry_delays_s)
+            try:
+                await job.run(retry_delays_s)
+            except BaseException:
+                if job.size == 0:  # nothing to resume from: leave no empty .part behind
+                    part.unlink(missing_ok=True)
+                raise
             await asyncio.to_thread(_sync, f)
         digest = job.verify()
         os.replace(part, target)
