@@ -1,5 +1,5 @@
 """Command line: `covey serve | chat | status | doctor | models | invite | revoke | bench |
-ledger | memory`."""
+ledger | memory | pull | rm`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from covey import __version__, config, event_loop
 from covey.engine import embedded
 from covey.errors import ConfigError
+from covey.fetch import cli as fetch_cli
 from covey.ledger import cli as ledger_cli
 from covey.memory import cli as memory_cli
 
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
         client_flags(sp)
+        if name == "models":
+            sp.add_argument("--local", action="store_true", help="list the model files in "
+                            "<data-dir>/models instead (source, sha256); no node needed")
 
     doctor = sub.add_parser("doctor", help="check every layer from this node to each peer's "
                             "model, name the first that fails and its fix")
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: ~/.covey, or $COVEY_HOME)")
     ledger_cli.add_parser(sub)
     memory_cli.add_parser(sub, client_flags)
+    fetch_cli.add_parsers(sub)
     return p
 
 
@@ -120,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                                  args.credits, args.note)
         if args.command == "ledger":
             return ledger_cli.run(args, _data_dir(args))
+        if args.command == "pull":
+            return fetch_cli.run_pull(args, _data_dir(args), fetch_cli.environment())
+        if args.command == "rm":
+            return fetch_cli.run_rm(args, _data_dir(args), os.environ.get("COVEY_API_KEY"))
+        if args.command == "models" and args.local:
+            return fetch_cli.run_local(_data_dir(args), as_json=args.json)
         if args.command == "memory":
             return memory_cli.run(args, _client_url(args),
                                   args.api_key or os.environ.get("COVEY_API_KEY"))

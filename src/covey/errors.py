@@ -10,7 +10,9 @@
     ├── Busy                        429: every slot busy and the queue full (Retry-After)
     ├── UpstreamFailed              502: the engine failed or vanished mid-request
     ├── Unavailable                 503: the model exists but cannot serve now (Retry-After)
-    └── ConfigError                 a setting has a bad value; never reaches HTTP
+    ├── ConfigError                 a setting has a bad value; never reaches HTTP
+    └── FetchError                  a model file could not be fetched (network, disk space,
+                                    sha256 mismatch); never reaches HTTP
 
 Third-party errors are translated to these at the boundary that meets them
 (`raise Unavailable(...) from exc`); status codes are chosen by class, never by message text.
@@ -107,6 +109,11 @@ class Unavailable(CoveyError):
 
 class ConfigError(CoveyError):
     """A setting has a bad value. Raised before anything listens; the CLI prints it."""
+
+
+class FetchError(CoveyError):
+    """A model file could not be fetched: the server refused or vanished, the disk is too
+    full, or the bytes do not match the sha256. The message says which, and what to do."""
 
 
 def error_body(
