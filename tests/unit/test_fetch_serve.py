@@ -84,3 +84,22 @@ async def test_refusals_and_a_changed_file(tmp_path: Path) -> None:
     assert info.value.status == 409
     with pytest.raises(ValueError):
         share.register("nope", path)
+
+
+
+def test_settings_share_models_flags() -> None:
+    import argparse
+
+    from covey.config import add_flags, flag_values, from_layers
+    from covey.errors import ConfigError
+
+    def flags(*argv: str) -> dict[str, object]:
+        parser = argparse.ArgumentParser()
+        add_flags(parser)
+        return flag_values(parser.parse_args(list(argv)))
+
+    s = from_layers({}, {}, flags("--no-share-models", "--share-models-mbps", "200"))
+    assert s.share_models is False and s.share_models_mbps == 200.0
+    assert from_layers({}, {}, flags()).share_models is True
+    with pytest.raises(ConfigError, match="share_models_mbps"):
+        from_layers({}, {}, flags("--share-models-mbps", "-1"))
