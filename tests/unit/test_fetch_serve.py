@@ -102,4 +102,4 @@ def test_settings_share_models_flags() -> None:
     assert s.share_models is False and s.share_models_mbps == 200.0
     assert from_layers({}, {}, flags()).share_models is True
     with pytest.raises(ConfigError, match="share_models_mbps"):
-        from_layers({}, {}, flags("--share-models-mbps", "-1"))
+        from_layers({}, {}, flags("--share-models-mbps", "-1"))._check()
