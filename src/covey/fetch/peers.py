@@ -135,6 +135,8 @@ class _Run:
         self.last_flush = 0.0
         self.flushing = False
         self.threads: set[asyncio.Future[Any]] = set()
+        self.whole = hashlib.sha256()  # of chunks 0..hashed-1, in order
+        self.hashed = 0
 
     # --- the whole run --------------------------------------------------------------------
 
@@ -185,6 +187,7 @@ class _Run:
         self._report()
         runners = [asyncio.create_task(self._source(p, asks[p.fingerprint], reference))
                    for p in self.sources if p.fingerprint not in self.failed_early]
+        runners.append(asyncio.create_task(self._hash_prefix()))
         try:
             while not (plan.finished or plan.stuck):
                 for task in runners:
@@ -294,6 +297,32 @@ class _Run:
                 await self._maybe_flush()
             self.signal.fire()
 
+    async def _hash_prefix(self) -> None:
+        """Feed the whole-file hash with the verified chunks at the front of the file while
+        the rest arrive (read back from the page cache), so little is left for the end."""
+        plan = self.plan
+        assert plan is not None
+        while True:
+            upto = self.hashed
+            while upto in plan.done:
+                upto += 1
+            if upto > self.hashed:
+                await self._in_thread(self._hash_chunks, upto)
+            else:
+                await self.signal.wait()
+
+    def _hash_chunks(self, upto: int) -> None:
+        """Hash chunks `self.hashed`..`upto` (all verified and written) into the whole."""
+        manifest = self.manifest
+        assert manifest is not None
+        while self.hashed < upto:
+            offset, length = manifest.span(self.hashed)
+            data = os.pread(self.fd, length, offset)
+            if len(data) != length:
+                raise FetchError(f"{self.part} is shorter than what was written to it")
+            self.whole.update(data)
+            self.hashed += 1
+
     async def _get_chunk(self, peer: Peer, index: int, length: int) -> bytearray:
         body = json.dumps({"sha256": self.sha256, "index": index}).encode()
         loop = asyncio.get_running_loop()
@@ -308,12 +337,13 @@ class _Run:
                     if declared is not None and declared != str(length):
                         raise _SourceFailed(f"announced {declared[:20]} bytes for chunk "
                                             f"{index} of {length}")
-                    data = bytearray()
+                    data, got = bytearray(length), 0
                     async for piece in r.content.iter_any():
-                        data += piece
-                        if len(data) > length:
+                        if got + len(piece) > length:
                             raise _SourceFailed(f"sent more than chunk {index}'s {length} "
                                                 "bytes")
+                        data[got:got + len(piece)] = piece
+                        got += len(piece)
                         deadline.reschedule(loop.time() + self.idle_timeout_s)
         except TimeoutError as exc:
             raise _SourceFailed(f"sent nothing for {self.idle_timeout_s:g}s") from exc
@@ -321,8 +351,8 @@ class _Run:
         # refusal as PeerError; both are one failed attempt for this source.
         except (PeerError, aiohttp.ClientError) as exc:
             raise _SourceFailed(f"{type(exc).__name__}: {exc}"[:300]) from exc
-        if len(data) != length:
-            raise _SourceFailed(f"sent {len(data)} of chunk {index}'s {length} bytes")
+        if got != length:
+            raise _SourceFailed(f"sent {got} of chunk {index}'s {length} bytes")
         return data
 
     # --- the files ----------------------------------------------------------------------
@@ -386,7 +416,8 @@ class _Run:
 
     def _finish(self, manifest: Manifest) -> None:
         os.fsync(self.fd)
-        whole = _sha256_of(self.part)
+        self._hash_chunks(len(manifest.chunks))
+        whole = self.whole.hexdigest()
         if whole != manifest.sha256:
             self.part.unlink(missing_ok=True)
             self.record.unlink(missing_ok=True)
@@ -447,14 +478,6 @@ def _chunk_matches(path: Path, manifest: Manifest, index: int) -> bool:
     with path.open("rb") as f:
         f.seek(offset)
         return hashlib.sha256(f.read(length)).hexdigest() == manifest.chunks[index]
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while block := f.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(result: FetchResult) -> dict[str, Any]:

@@ -25,7 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from covey.fetch.manifest import Manifest, ManifestError, build_manifest, is_sha256
+from covey.fetch.manifest import (
+    CHUNK_SIZE,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    is_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +114,13 @@ class FileShare:
 
     def __init__(self, *, enabled: bool = True, mbps: float = 0.0,
                  peer_mbps: float | None = None, clock: Clock = time.monotonic,
-                 piece_bytes: int = PIECE_BYTES) -> None:
+                 piece_bytes: int = PIECE_BYTES, chunk_size: int = CHUNK_SIZE) -> None:
         if not (mbps >= 0 and (peer_mbps is None or peer_mbps >= 0)):
             raise ValueError("share rates must be 0 (unlimited) or more megabits per second")
         self.enabled = enabled
         self._clock = clock
         self._piece = piece_bytes
+        self._chunk_size = chunk_size
         self._rate = mbps_to_bytes(mbps)
         self._peer_rate = self._rate if peer_mbps is None else mbps_to_bytes(peer_mbps)
         self._overall = TokenBucket(self._rate, max(piece_bytes, self._rate / 4))
@@ -161,7 +168,8 @@ class FileShare:
                 st = await asyncio.to_thread(os.stat, shared.path)
                 stamp = (st.st_size, st.st_mtime_ns)
                 if shared.manifest is None or shared.stamp != stamp:
-                    shared.manifest = await asyncio.to_thread(build_manifest, shared.path)
+                    shared.manifest = await asyncio.to_thread(build_manifest, shared.path,
+                                                             self._chunk_size)
                     shared.stamp = stamp
             # The file went away or changed under us: not servable, and not our caller's fault.
             except (OSError, ManifestError) as exc:
@@ -197,15 +205,17 @@ class FileShare:
             except OSError as exc:
                 raise ShareRefused(409, "file_unavailable", "the shared file cannot be "
                                    f"read: {type(exc).__name__}") from exc
+            read: asyncio.Future[bytes] | None = None
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = length
             try:
-                response = web.StreamResponse(
-                    headers={"Content-Type": "application/octet-stream"})
-                response.content_length = length
                 await response.prepare(request)
                 done = 0
                 while done < length:
                     n = min(self._piece, length - done)
-                    piece = await asyncio.to_thread(os.pread, fd, n, offset + done)
+                    read = asyncio.ensure_future(
+                        asyncio.to_thread(os.pread, fd, n, offset + done))
+                    piece = await asyncio.shield(read)
                     if len(piece) != n:  # truncated under us: the peer sees a short answer
                         break
                     if wait := self._reserve(peer, n):
@@ -214,9 +224,18 @@ class FileShare:
                     done += n
                     self.sent[peer] = self.sent.get(peer, 0) + n
                 await response.write_eof()
-                return response
+            # Why: the peer hung up (it had the chunk from another source first, or went
+            # away); aiohttp finishes the exchange, there is nobody left to tell.
+            except ConnectionResetError:
+                pass
             finally:
-                os.close(fd)
+                # A read still running in its thread (this handler was cancelled) must not
+                # find its descriptor closed, or reused for another file.
+                if read is not None and not read.done():
+                    read.add_done_callback(lambda _f: os.close(fd))
+                else:
+                    os.close(fd)
+            return response
         finally:
             self._in_flight[peer] -= 1
             if not self._in_flight[peer]:
