@@ -21,11 +21,12 @@ import os
 import ssl
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -42,6 +43,7 @@ from covey.mesh.state import MeshState
 from covey.mesh.transport import tls_identity
 
 MB = 1_000_000
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -49,7 +51,7 @@ class _Member:
     state: MeshState
     peer: Peer
     runner: web.AppRunner
-    transport: HttpPeerTransport
+    transport: HttpPeerTransport | None
 
 
 async def _serve(state: MeshState, data_dir: Path, files: FileShare) -> _Member:
@@ -61,16 +63,42 @@ async def _serve(state: MeshState, data_dir: Path, files: FileShare) -> _Member:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
     address = f"127.0.0.1:{runner.addresses[0][1]}"
-    return _Member(state, Peer(tls.fingerprint, (address,), data_dir.name), runner,
-                   HttpPeerTransport(signer_for(state)))
+    return _Member(state, Peer(tls.fingerprint, (address,), data_dir.name), runner, None)
 
 
-async def _mesh(root: Path, names: list[str], files: dict[str, FileShare]) -> list[_Member]:
-    """The first name creates a mesh; the others join it by invite."""
+class _Loop:
+    """Where the serving side runs: this loop, or its own loop in a thread (the servers and
+    the fetcher then use two cores, as two machines would; ssl releases the GIL)."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        if threaded:
+            self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+            self.thread.start()
+
+    async def run(self, work: Coroutine[Any, Any, _T]) -> _T:
+        if self.loop is None:
+            return await work
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    def close(self) -> None:
+        if self.loop is not None and self.thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()
+
+
+async def _mesh(root: Path, names: list[str], files: dict[str, FileShare],
+                servers: _Loop) -> list[_Member]:
+    """The first name creates a mesh; the others join it by invite. Every member serves in
+    `servers`; the transports are used from the calling loop."""
     (root / names[0]).mkdir()
     ident = identity.load_or_create(root / names[0])
-    founder = await _serve(MeshState.load_or_create(root / names[0], ident, time.time()),
-                           root / names[0], files[names[0]])
+    founder = await servers.run(_serve(
+        MeshState.load_or_create(root / names[0], ident, time.time()), root / names[0],
+        files[names[0]]))
     members = [founder]
     assert founder.state.authority is not None
     async with HttpPeerTransport(lambda audience, path, body: {}) as joining:
@@ -83,7 +111,9 @@ async def _mesh(root: Path, names: list[str], files: dict[str, FileShare]) -> li
             ident = identity.load_or_create(root / name)
             state, _ = await redeem(joining, parse_invite(token), ident, root / name,
                                     time.time())
-            members.append(await _serve(state, root / name, files[name]))
+            members.append(await servers.run(_serve(state, root / name, files[name])))
+    for m in members:
+        m.transport = HttpPeerTransport(signer_for(m.state))  # bound to the calling loop
     return members
 
 
@@ -108,7 +138,16 @@ async def _http_get(url: str, target: Path) -> None:
 
 
 async def run(size_mb: int, runs: int, chunk_size: int, parallel: int,
-              piece_bytes: int) -> dict[str, Any]:
+              piece_bytes: int, threaded: bool = True) -> dict[str, Any]:
+    servers = _Loop(threaded)
+    try:
+        return await _run(size_mb, runs, chunk_size, parallel, piece_bytes, servers)
+    finally:
+        servers.close()
+
+
+async def _run(size_mb: int, runs: int, chunk_size: int, parallel: int, piece_bytes: int,
+               servers: _Loop) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="covey-bench-fetch-") as tmp:
         root = Path(tmp)
         source = root / "model.gguf"
@@ -121,19 +160,20 @@ async def run(size_mb: int, runs: int, chunk_size: int, parallel: int,
                  for n in ("a", "b", "c")}
         for name in ("a", "c"):
             files[name].register(sha, source)
-        a, b, c = await _mesh(root, ["a", "b", "c"], files)
-        await files["a"].prepare()  # the manifest is built once; both sources share it
-        await files["c"].prepare()
-        static, url = await _static(source)
+        a, b, c = await _mesh(root, ["a", "b", "c"], files, servers)
+        assert b.transport is not None
+        fetcher = b.transport
+        await servers.run(files["a"].prepare())  # built once; both sources read the sidecar
+        await servers.run(files["c"].prepare())
+        static, url = await servers.run(_static(source))
         target = root / "b" / "got.gguf"
 
         async def one() -> None:
-            await fetch_from_peers(sha, size, [a.peer], b.transport, target,
-                                   parallel=parallel)
+            await fetch_from_peers(sha, size, [a.peer], fetcher, target, parallel=parallel)
 
         async def two() -> None:
-            result = await fetch_from_peers(sha, size, [a.peer, c.peer], b.transport,
-                                            target, parallel=parallel)
+            result = await fetch_from_peers(sha, size, [a.peer, c.peer], fetcher, target,
+                                            parallel=parallel)
             assert not result.dropped, result.dropped
 
         async def plain() -> None:
@@ -156,12 +196,14 @@ async def run(size_mb: int, runs: int, chunk_size: int, parallel: int,
                         assert await asyncio.to_thread(_sha256, target) == sha
                     target.unlink()
         finally:
-            await static.cleanup()
+            await servers.run(static.cleanup())
             for m in (a, b, c):
-                await m.transport.close()
-                await m.runner.cleanup()
+                if m.transport is not None:
+                    await m.transport.close()
+                await servers.run(m.runner.cleanup())
     rates = {k: size / MB / statistics.median(v) for k, v in times.items()}
-    return {"size_mb": size / MB, "runs": runs, "chunk_size": chunk_size,
+    return {"size_mb": size / MB, "runs": runs, "servers_in_thread": servers.loop is not None,
+            "chunk_size": chunk_size,
             "parallel": parallel, "piece_bytes": piece_bytes,
             "mb_per_s": {k: round(v, 1) for k, v in rates.items()},
             "ratio_1_source": round(rates["peer_1_source"] / rates["http_get"], 3),
@@ -189,9 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parallel", type=int, default=PARALLEL, help="requests per source")
     ap.add_argument("--piece-kb", type=int, default=PIECE_BYTES // 1024,
                     help="bytes the server reads and sends at a time, KiB")
+    ap.add_argument("--one-loop", action="store_true",
+                    help="run the servers on the fetcher's event loop (default: their own "
+                         "loop in a thread, as another machine would)")
     args = ap.parse_args(argv)
     result = asyncio.run(run(args.size_mb, args.runs, int(args.chunk_mb * 2**20),
-                             args.parallel, args.piece_kb * 1024))
+                             args.parallel, args.piece_kb * 1024, not args.one_loop))
     if args.json:
         print(json.dumps(result))
         return
