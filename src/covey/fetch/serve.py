@@ -226,7 +226,7 @@ class FileShare:
                 await response.write_eof()
             # Why: the peer hung up (it had the chunk from another source first, or went
             # away); aiohttp finishes the exchange, there is nobody left to tell.
-            except ConnectionResetError:
+            except ConnectionError:
                 pass
             finally:
                 # A read still running in its thread (this handler was cancelled) must not
