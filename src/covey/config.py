@@ -159,6 +159,13 @@ class Settings:
         (), "PROJECT whose memories members may search, read-only (repeatable; `*` for every "
         "project); nothing is shared by default", flag="share-memory")
 
+    # --- model files from peers (issue 12; src/covey/fetch) ---
+    share_models: bool = _opt(True, "offer the files of the models this node serves to "
+                                    "members, chunked and verified (--no-share-models: off)")
+    share_models_mbps: float = _opt(0.0, "megabits per second at most for sharing model "
+                                         "files, all members together and each one; 0 is "
+                                         "unlimited")
+
     # --- verification of peers' models (issue 14; src/covey/verify) ---
     verify: str = _opt("observe", "off, observe (audit peers, log and show verdicts) or "
                                   "enforce (also demote a peer after failed audits in a row)")
@@ -210,6 +217,8 @@ class Settings:
             if project != "*" and not is_project_name(project):
                 raise bad("share_memory", f"{project!r} is not a project name (letters, "
                                           "digits, . _ -, at most 64) or *")
+        if not (math.isfinite(self.share_models_mbps) and self.share_models_mbps >= 0):
+            raise bad("share_models_mbps", "must be 0 (unlimited) or a positive number")
         if not 0 < len(self.memory_model) <= 128:
             raise bad("memory_model", "must be a model name or id")
         if self.checkpoint_sink_url is not None and not self.checkpoint_sink_url.startswith(

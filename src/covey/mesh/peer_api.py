@@ -28,6 +28,10 @@
                          signed; read-only search of the memories this node shares
                          (memory/sharing.py): 503 when it shares none, 403 for a project
                          it does not share, 409 for another embedding model
+    POST /mesh/files/manifest, /mesh/files/chunk
+                         signed; a shared model file's manifest, and one chunk's raw bytes
+                         (fetch/serve.py): 403 when sharing is off, 404 for a file this
+                         node does not share
 
 Signed requests are checked in two steps: membership and freshness from the headers before
 the body is read (a stranger cannot make this node read a large one), then the signature over
@@ -48,6 +52,14 @@ from typing import Any
 from aiohttp import web
 
 from covey.errors import CoveyError, error_body
+from covey.fetch.serve import (
+    CHUNK_PATH,
+    MANIFEST_PATH,
+    FileShare,
+    ShareRefused,
+    parse_chunk_ask,
+    parse_manifest_ask,
+)
 from covey.ledger.receipts import ReceiptRejected
 from covey.ledger.service import COUNTERSIGN_PATH, KEEPER_PATH, LedgerService
 from covey.ledger.witness import CONSISTENCY_PATH, COSIGN_PATH, INCLUSION_PATH
@@ -84,11 +96,12 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
                    engines: Callable[[], dict[str, dict[str, Any]]] | None = None,
                    authority: AuthorityLink | None = None,
                    ledger: LedgerService | None = None,
-                   memory: MemoryService | None = None) -> web.Application:
+                   memory: MemoryService | None = None,
+                   files: FileShare | None = None) -> web.Application:
     """The mesh listener's app. `audience` is this node's TLS fingerprint: signed requests
     must name it. `serve` handles peers' inference calls (/mesh/v1/...); `engines` tells
     probes each local model's state; `authority` reaches the mesh's creator (on members, to
-    forward joins and renewals)."""
+    forward joins and renewals); `files` offers this node's model files to members."""
     verifier = RequestVerifier(state.info.mesh_id, state.is_member, audience)
 
     def refused(exc: PeerRefused) -> web.Response:
@@ -314,7 +327,27 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(exc.status, exc.code, exc.message)
         return web.json_response(answer)
 
+    async def file_manifest(request: web.Request) -> web.Response:
+        if files is None:
+            return _refuse(404, "not_shared", "this node shares no model files")
+        try:
+            manifest = await files.manifest(parse_manifest_ask(request[BODY]))
+        except ShareRefused as exc:
+            return _refuse(exc.status, exc.code, exc.message)
+        return web.json_response(manifest.to_json())
+
+    async def file_chunk(request: web.Request) -> web.StreamResponse:
+        if files is None:
+            return _refuse(404, "not_shared", "this node shares no model files")
+        try:
+            sha256, index = parse_chunk_ask(request[BODY])
+            return await files.send_chunk(request, sha256, index, request[PEER])
+        except ShareRefused as exc:  # raised before the answer started
+            return _refuse(exc.status, exc.code, exc.message)
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app.router.add_post(MANIFEST_PATH, file_manifest)
+    app.router.add_post(CHUNK_PATH, file_chunk)
     app.router.add_post(MEMORY_PATH, memory_search)
     app.router.add_post(CONSISTENCY_PATH, consistency)
     app.router.add_post(COSIGN_PATH, cosign)
