@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -12,6 +13,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,12 @@ from covey.config import Settings
 from covey.engine import catalog, embedded
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
-from covey.errors import Unavailable
+from covey.errors import ConfigError, FetchError, Unavailable
+from covey.fetch import inventory
+from covey.fetch.pull import pull
+from covey.fetch.serve import FileShare
+from covey.fetch.sources import Embedded, HttpFile, HubFile, LocalFile, parse_source
+from covey.fetch.wanted import WantedModel
 from covey.health.monitor import HealthMonitor
 from covey.ledger.chain import Ledger
 from covey.ledger.credits import parameters_from_size_label
@@ -110,6 +117,11 @@ class Node:
             fails_to_suspect=settings.verify_fails, demote_s=settings.verify_demote_s))
         self.fingerprints: dict[str, dict[str, Any]] = {}
         self._memory: MemoryService | None = None  # issue 16
+        # Issue 12: models whose file comes from peers, the files offered to members, and
+        # each local file's sha256 (published in model ads before any fingerprint).
+        self._wanted: dict[ModelId, WantedModel] = {}
+        self._files = FileShare(enabled=settings.share_models, mbps=settings.share_models_mbps)
+        self._file_sha: dict[ModelId, str] = {}
         self._embedder_lock = asyncio.Lock()
 
     # --- building -------------------------------------------------------------------
@@ -125,25 +137,58 @@ class Node:
                              backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s)
 
     def _model_files(self) -> list[tuple[Path, catalog.ModelFileError | None]]:
-        """The GGUFs to serve: `--model` files, embedded models named there, or the default
-        embedded model; each with the error that kept it from being had, if any.
+        """The GGUFs to serve: `--model` files, embedded models named there, files pulled
+        from a URL or the hub's URL form, or the default embedded model; each with the error
+        that kept it from being had, if any. A bare model id no file here holds is fetched
+        from peers once the mesh is up (`self._wanted`).
 
-        Embedded models are fetched or assembled into the data dir on first use (blocking).
-        One that cannot be had (no network, a hash mismatch) becomes a failed row naming
-        the fix, like any bad file; the node and its other models keep serving."""
+        Embedded models are fetched or assembled into the data dir on first use, and URLs
+        downloaded (blocking, with progress). One that cannot be had (no network, a hash
+        mismatch) becomes a failed row naming the fix; the node and its other models keep
+        serving."""
         s = self.settings
-        chosen = ([embedded.DEFAULT] if s.serves_default_model
-                  else [embedded.find(value) or Path(value) for value in s.models])
+        chosen = [embedded.DEFAULT.name] if s.serves_default_model else list(s.models)
         files: list[tuple[Path, catalog.ModelFileError | None]] = []
-        for item in chosen:
-            if isinstance(item, Path):
-                files.append((item, None))
-                continue
+        for value in chosen:
             try:
-                files.append((embedded.model_path(item, s.data_dir, self.progress), None))
-            except catalog.ModelFileError as exc:
-                files.append((s.data_dir / "models" / item.file_name, exc))
+                source = parse_source(value)
+            except ConfigError as exc:
+                files.append((Path(value), catalog.ModelFileError(str(exc))))
+                continue
+            if isinstance(source, LocalFile):
+                files.append((source.path, None))
+            elif isinstance(source, Embedded):
+                item = source.model
+                try:
+                    files.append((embedded.model_path(item, s.data_dir, self.progress), None))
+                except catalog.ModelFileError as exc:
+                    files.append((s.data_dir / "models" / item.file_name, exc))
+            elif isinstance(source, HttpFile | HubFile):
+                try:
+                    files.append((self._pull(source, value), None))
+                except (FetchError, ConfigError) as exc:
+                    files.append((Path(value.split("#")[0].rsplit("/", 1)[-1]),
+                                  catalog.ModelFileError(f"cannot fetch {value}: {exc}")))
+            elif (held := inventory.find(s.data_dir, source.model_id)) is not None:
+                files.append((held, None))  # pulled or fetched before: served by its id
+            else:
+                self._wanted[ModelId(source.model_id)] = WantedModel(
+                    source.model_id, s.data_dir, lambda: [], None, self._serve_fetched)
         return files
+
+    def _pull(self, source: HttpFile | HubFile, text: str) -> Path:
+        """Download a `--model URL` into the data dir (or find it there), blocking: on its
+        own event loop in a worker thread, so it works with or without a running loop."""
+        def progress(done: int, total: int | None) -> None:
+            if self.progress is not None:
+                self.progress(done, total or 0)
+
+        def work() -> Path:
+            return asyncio.run(pull(source, text, self.settings.data_dir, env=os.environ,
+                                    progress=progress)).path
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(work).result()
 
     def prepare(self) -> None:
         """Read every configured GGUF; a bad one becomes a failed row, never a dead node.
@@ -175,12 +220,17 @@ class Node:
             self._engines.append(engine)
             self._add(ServedModel(card=card, engine=engine, upstream_name=card.id,
                                   slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+        for mid, wanted in self._wanted.items():
+            card = ModelCard(id=mid, path=None, size_bytes=None, quantization=None,
+                             architecture=None, context_length=None)
+            self._add(ServedModel(card=card, engine=wanted, upstream_name=mid,
+                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
         for url in s.backends:
             self._backends.append(RemoteBackend(url, on_models=self._sync_backend_models))
 
     def _add(self, model: ServedModel) -> None:
         self.table.add(model)
-        if self.settings.baseline and not isinstance(model.engine, BrokenEngine):
+        if self.settings.baseline and not isinstance(model.engine, BrokenEngine | WantedModel):
             self._keepers[model.id] = None
             self._start_keepers()
 
@@ -272,7 +322,7 @@ class Node:
             peer_runner = web.AppRunner(
                 build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
                                engines=self._engine_states, authority=link,
-                               ledger=self._ledger, memory=self._memory),
+                               ledger=self._ledger, memory=self._memory, files=self._files),
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
@@ -328,6 +378,13 @@ class Node:
                         tasks.create_task(keep_running(auditor.run, "verify"), name="verify")
                     if discovery is not None:
                         tasks.create_task(keep_running(discovery.run, "mdns"), name="mdns")
+                    tasks.create_task(keep_running(self._offer_files, "file-share"),
+                                      name="file-share")
+                    for mid, wanted in self._wanted.items():
+                        wanted.peers = lambda: mesh.peers(time.time())
+                        wanted.transport = transport
+                        tasks.create_task(keep_running(wanted.run, f"fetch:{mid}"),
+                                          name=f"fetch:{mid}")
                     if (memory := self._memory) is not None:
                         tasks.create_task(keep_running(
                             lambda: memory.run(warm=bool(s.share_memory)), "memory"),
@@ -351,6 +408,50 @@ class Node:
                 with contextlib.suppress(OSError):
                     (s.data_dir / RUNTIME_FILE).unlink()
         log.info("stopped")
+
+    # --- model files (issue 12) --------------------------------------------------------
+
+    async def _serve_fetched(self, path: Path) -> None:
+        """A model fetched from peers landed at `path`: serve it like any GGUF."""
+        s = self.settings
+        try:
+            card = await asyncio.to_thread(catalog.read_card, path)
+            catalog.check_fits(card, catalog.fast_memory_bytes(s.fast_memory_bytes))
+        except catalog.ModelFileError as exc:
+            log.error("model %s: %s", path.name, exc)
+            wanted = self._wanted.get(ModelId(path.stem))
+            if wanted is not None:
+                wanted.state = EngineFailed(str(exc))
+            return
+        engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
+        self._engines.append(engine)
+        self.table.remove(card.id)
+        self._add(ServedModel(card=card, engine=engine, upstream_name=card.id,
+                              slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+        if self._tasks is not None:
+            self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
+                                    name=f"engine:{card.id}")
+        await self._offer(card.id, path)
+
+    async def _offer_files(self) -> None:
+        """Learn each local model file's sha256 (from its sidecar, else by reading it once)
+        and offer it to members; the first peer asking then finds its manifest ready."""
+        for m in list(self.table.models.values()):
+            if isinstance(m.engine, LocalEngine) and m.card.path is not None:
+                await self._offer(m.id, m.card.path)
+
+    async def _offer(self, model_id: ModelId, path: Path) -> None:
+        try:
+            facts = await asyncio.to_thread(inventory.describe, path, datetime.now(UTC))
+        except OSError as exc:
+            log.warning("model %s: cannot read its file to offer it: %s", model_id, exc)
+            return
+        self._file_sha[model_id] = facts.sha256
+        self._files.register(facts.sha256, path)
+        await self._files.prepare()
+
+    def _fetch_status(self) -> dict[str, Any]:
+        return {str(mid): w.progress for mid, w in self._wanted.items()}
 
     # --- memory (issue 16) -----------------------------------------------------------
 
@@ -427,7 +528,8 @@ class Node:
         StatusRoutes(self.table, metrics, self.identity.node_id, self.name,
                      s.metrics_window_s, routes, routes.mesh,
                      baseline_tokens=s.baseline_max_tokens, share=self._share,
-                     memory=self._memory.status if self._memory else None).add_to(app)
+                     memory=self._memory.status if self._memory else None,
+                     fetches=self._fetch_status).add_to(app)
         if routes.mesh is not None and routes.health is not None:
             DoctorRoutes(self.table, routes.mesh, routes.health,
                          s.mdns and bool(lan_addresses(s.mesh_host)),
@@ -507,7 +609,7 @@ class Node:
 
     def _sha(self, model_id: str) -> str | None:
         fp = self.fingerprints.get(model_id)
-        return fp.get("sha256") if fp else None
+        return fp.get("sha256") if fp else self._file_sha.get(ModelId(model_id))
 
     def _write_runtime(self, port: int, mesh_addresses: list[str]) -> None:
         # "mesh": the first address, for readers older than "mesh_addresses".

@@ -165,12 +165,14 @@ class StatusRoutes:
                  node_name: str, window_s: float, routes: OpenAIRoutes,
                  mesh: MeshRuntime | None = None, baseline_tokens: int = 128,
                  share: ShareStore | None = None,
-                 memory: Callable[[], dict[str, Any]] | None = None) -> None:
+                 memory: Callable[[], dict[str, Any]] | None = None,
+                 fetches: Callable[[], dict[str, Any]] | None = None) -> None:
         """`baseline_tokens`: the native baseline's chat length, for the efficiency rule.
         `share`: the mesh share's counts (metrics/share.py), None where not kept.
         `memory`: the memory store's status (blocking: it counts rows in SQLite)."""
         self.table = table
         self.memory = memory
+        self.fetches = fetches  # models being fetched from peers (fetch/wanted.py)
         self.share = share
         self.baseline_tokens = baseline_tokens
         self.routes = routes
@@ -217,6 +219,8 @@ class StatusRoutes:
             "verification": verification_status(
                 self.routes.dispatcher.verdicts if self.routes.dispatcher else None,
                 time.time()),
+            # Issue 12: models whose file this node fetches from peers, with progress.
+            "fetches": self.fetches() if self.fetches else {},
             # Issue 15: credits given and used per member (ledger/).
             "ledger": ledger_status(self.routes.relay.receipts),
         }
