@@ -28,21 +28,22 @@ _HUB = re.compile(r"/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)")
 
 class FileServer:
     def __init__(self, folder: Path, *, port: int = 0, hub_cdn: str | None = None,
-                 ignore_range: bool = False) -> None:
+                 ignore_range: bool = False, host: str = "127.0.0.1") -> None:
         self.folder = folder
         self.hub_cdn = hub_cdn
         self.ignore_range = ignore_range
         self.cut_once: dict[str, int] = {}  # file name -> bytes sent before the first cut
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
 
     def __enter__(self) -> FileServer:
         self._thread.start()
@@ -154,7 +155,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("folder", type=Path)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
-    with FileServer(args.folder, port=args.port) as s:
+    with FileServer(args.folder, port=args.port, host=args.host) as s:
         print(s.url, flush=True)
         threading.Event().wait()

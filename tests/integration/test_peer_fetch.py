@@ -128,3 +128,34 @@ async def test_member_fetches_outsider_refused(nodes: tuple[Node, Node, Node],
             assert "turned model sharing off" in json.loads(await r.read())["error"]["message"]
     with pytest.raises(PeerError, match="turned model sharing off"):
         await call_json(b.transport, a.callee, MANIFEST_PATH, {"sha256": sha}, 10)
+
+
+async def test_a_member_sending_a_bad_chunk_is_dropped(nodes: tuple[Node, Node, Node],
+                                                       tmp_path: Path) -> None:
+    """Two sources over real TLS, one of them (B) sending every chunk with a flipped byte
+    under the honest manifest: B is dropped at its first chunk (asked at once, beside A's
+    first, so long before A alone could finish six), the file completes from A, whole."""
+    a, b, _ = nodes
+    model = tmp_path / "a" / "model.gguf"
+    model.write_bytes(os.urandom(SIZE))
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    for n in (a, b):
+        n.files.register(sha, model)
+        await n.files.prepare()
+
+    async def corrupting(request: web.Request, sha256: str, index: int,
+                         peer: str) -> web.StreamResponse:
+        offset, length = (await b.files.manifest(sha256)).span(index)
+        with model.open("rb") as f:
+            f.seek(offset)
+            data = bytearray(f.read(length))
+        data[100] ^= 0xFF
+        return web.Response(body=bytes(data), content_type="application/octet-stream")
+
+    b.files.send_chunk = corrupting  # type: ignore[method-assign]
+    target = tmp_path / "a" / "fetched" / "model.gguf"
+    result = await fetch_from_peers(sha, SIZE, [b.callee, a.callee], a.transport, target,
+                                    parallel=1)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    assert "b" in result.dropped and "a" in result.bytes_from, result
+    assert result.bytes_from["a"] > 0
