@@ -9,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from covey.engine.catalog import sha256_file
+from tests.conftest import NodeProcess
 from tests.file_server import FileServer
 
 
@@ -79,3 +81,22 @@ def test_pull_refuses_a_wrong_sha256_and_keeps_no_partial_file(www: Path,
     assert pulled.returncode == 1
     assert "sha256 mismatch" in pulled.stderr and wrong in pulled.stderr
     assert sorted(os.listdir(data / "models")) == []
+
+
+def test_serve_a_url_then_by_its_id(www: Path, model_path: Path, tmp_path: Path,
+                                    start_node: Callable[..., NodeProcess]) -> None:
+    """`covey serve --model URL#sha256=…` pulls the file at start and serves it; started
+    again with the model id alone, the node serves the file it pulled (no peer, no fetch)."""
+    sha = sha256_file(model_path)
+    data = tmp_path / "served"
+    with FileServer(www) as server:
+        node = start_node("--model", f"{server.url}/gemma.gguf#sha256={sha}",
+                          data_dir=data)
+        node.wait_listening()
+        node.wait_ready("gemma-q4_k_m")
+        assert len(server.requests) == 1
+    node.stop()
+    again = start_node("--model", "gemma-q4_k_m", data_dir=data)
+    again.wait_listening()
+    again.wait_ready("gemma-q4_k_m")
+    assert again.status()["fetches"] == {}
