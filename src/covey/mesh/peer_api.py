@@ -285,33 +285,24 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(400, exc.reason, str(exc))
         return web.json_response({"status": status})
 
-    async def consistency(request: web.Request) -> web.Response:
-        if ledger is None:
-            return _refuse(404, "no_ledger", "this node keeps no ledger")
-        try:
-            answer = await asyncio.to_thread(ledger.consistency, request[BODY])
-        except ReceiptRejected as exc:
-            return _refuse(409 if exc.reason == "bad_sizes" else 400, exc.reason, str(exc))
-        return web.json_response(answer)
+    def keeper_call(work: Callable[[LedgerService, web.Request], Any]
+                    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A witness's call to the keeper (ledger/witness.py): blocking ledger work in a
+        thread; its refusals are 400s, but sizes it cannot prove are a 409."""
+        async def handle(request: web.Request) -> web.Response:
+            if ledger is None:
+                return _refuse(404, "no_ledger", "this node keeps no ledger")
+            try:
+                answer = await asyncio.to_thread(work, ledger, request)
+            except ReceiptRejected as exc:
+                return _refuse(409 if exc.reason == "bad_sizes" else 400, exc.reason,
+                               str(exc))
+            return web.json_response(answer)
+        return handle
 
-    async def inclusion(request: web.Request) -> web.Response:
-        if ledger is None:
-            return _refuse(404, "no_ledger", "this node keeps no ledger")
-        try:
-            answer = await asyncio.to_thread(ledger.inclusion, request[BODY])
-        except ReceiptRejected as exc:
-            return _refuse(400, exc.reason, str(exc))
-        return web.json_response(answer)
-
-    async def cosign(request: web.Request) -> web.Response:
-        if ledger is None:
-            return _refuse(404, "no_ledger", "this node keeps no ledger")
-        try:
-            status = await asyncio.to_thread(ledger.take_cosignature, request[BODY],
-                                             request[PEER])
-        except ReceiptRejected as exc:
-            return _refuse(400, exc.reason, str(exc))
-        return web.json_response({"status": status})
+    consistency = keeper_call(lambda lg, r: lg.consistency(r[BODY]))
+    inclusion = keeper_call(lambda lg, r: lg.inclusion(r[BODY]))
+    cosign = keeper_call(lambda lg, r: {"status": lg.take_cosignature(r[BODY], r[PEER])})
 
     async def memory_search(request: web.Request) -> web.Response:
         if memory is None:
