@@ -140,6 +140,27 @@ def _fetch_status(url: str, api_key: str | None) -> dict[str, Any] | None:
     return snap
 
 
+def fetch_lines(fetches: dict[str, Any]) -> list[str]:
+    """One line per model whose file this node fetches from peers (issue 12)."""
+    lines = []
+    for model, f in sorted(fetches.items()):
+        state = f.get("state", "?")
+        if state == "fetching" and f.get("total"):
+            done, total = f.get("done", 0), f["total"]
+            lines.append(f"{model}: fetching from {', '.join(f.get('sources', []))}: "
+                         f"{100 * done / total:.0f}% of {_size(total)}")
+        elif state == "fetched":
+            dropped = f.get("dropped") or {}
+            lines.append(f"{model}: fetched from peers in {f.get('seconds')}s ("
+                         + ", ".join(f"{k} {_size(v)}" for k, v in
+                                     (f.get("bytes_from") or {}).items() if v)
+                         + (f"; dropped {', '.join(dropped)}" if dropped else "") + ")")
+        else:
+            why = f": {f['reason']}" if f.get("reason") else ""
+            lines.append(f"{model}: {state}{why}")
+    return lines
+
+
 def status(url: str, api_key: str | None, as_json: bool) -> int:
     snap = _fetch_status(url, api_key)
     if snap is None:
@@ -166,6 +187,8 @@ def status(url: str, api_key: str | None, as_json: bool) -> int:
                       _fmt(base["tokens_per_s"] if base else None, "tok/s"),
                       str(m["tokens_per_s"]["count"]))
     out.print(table)
+    for line in fetch_lines(snap.get("fetches") or {}):
+        out.print(line, markup=False)
     if snap.get("catalog"):
         out.print(_catalog_table(snap["catalog"], snap.get("default_model")))
     mesh = snap.get("mesh") or {}
