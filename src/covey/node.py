@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -31,11 +30,9 @@ from covey.config import Settings
 from covey.engine import catalog, embedded
 from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
-from covey.errors import ConfigError, FetchError, Unavailable
-from covey.fetch import inventory
-from covey.fetch.pull import pull
+from covey.errors import Unavailable
+from covey.fetch import inventory, resolve
 from covey.fetch.serve import FileShare
-from covey.fetch.sources import Embedded, HttpFile, HubFile, LocalFile, parse_source
 from covey.fetch.wanted import WantedModel
 from covey.health.monitor import HealthMonitor
 from covey.ledger.chain import Ledger
@@ -137,58 +134,17 @@ class Node:
                              backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s)
 
     def _model_files(self) -> list[tuple[Path, catalog.ModelFileError | None]]:
-        """The GGUFs to serve: `--model` files, embedded models named there, files pulled
-        from a URL or the hub's URL form, or the default embedded model; each with the error
-        that kept it from being had, if any. A bare model id no file here holds is fetched
-        from peers once the mesh is up (`self._wanted`).
-
-        Embedded models are fetched or assembled into the data dir on first use, and URLs
-        downloaded (blocking, with progress). One that cannot be had (no network, a hash
-        mismatch) becomes a failed row naming the fix; the node and its other models keep
-        serving."""
+        """The GGUFs to serve (fetch/resolve.py): `--model` values, or the default embedded
+        model; each with the error that kept it from being had. Model ids no file here has
+        become rows fetched from peers once the mesh is up (`self._wanted`). Blocking:
+        embedded models are put in place and URLs downloaded, with progress."""
         s = self.settings
         chosen = [embedded.DEFAULT.name] if s.serves_default_model else list(s.models)
-        files: list[tuple[Path, catalog.ModelFileError | None]] = []
-        for value in chosen:
-            try:
-                source = parse_source(value)
-            except ConfigError as exc:
-                files.append((Path(value), catalog.ModelFileError(str(exc))))
-                continue
-            if isinstance(source, LocalFile):
-                files.append((source.path, None))
-            elif isinstance(source, Embedded):
-                item = source.model
-                try:
-                    files.append((embedded.model_path(item, s.data_dir, self.progress), None))
-                except catalog.ModelFileError as exc:
-                    files.append((s.data_dir / "models" / item.file_name, exc))
-            elif isinstance(source, HttpFile | HubFile):
-                try:
-                    files.append((self._pull(source, value), None))
-                except (FetchError, ConfigError) as exc:
-                    files.append((Path(value.split("#")[0].rsplit("/", 1)[-1]),
-                                  catalog.ModelFileError(f"cannot fetch {value}: {exc}")))
-            elif (held := inventory.find(s.data_dir, source.model_id)) is not None:
-                files.append((held, None))  # pulled or fetched before: served by its id
-            else:
-                self._wanted[ModelId(source.model_id)] = WantedModel(
-                    source.model_id, s.data_dir, lambda: [], None, self._serve_fetched)
+        files, wanted = resolve.model_files(chosen, s.data_dir, self.progress)
+        for mid in wanted:
+            self._wanted[ModelId(mid)] = WantedModel(mid, s.data_dir, lambda: [], None,
+                                                     self._serve_fetched)
         return files
-
-    def _pull(self, source: HttpFile | HubFile, text: str) -> Path:
-        """Download a `--model URL` into the data dir (or find it there), blocking: on its
-        own event loop in a worker thread, so it works with or without a running loop."""
-        def progress(done: int, total: int | None) -> None:
-            if self.progress is not None:
-                self.progress(done, total or 0)
-
-        def work() -> Path:
-            return asyncio.run(pull(source, text, self.settings.data_dir, env=os.environ,
-                                    progress=progress)).path
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(work).result()
 
     def prepare(self) -> None:
         """Read every configured GGUF; a bad one becomes a failed row, never a dead node.
@@ -411,27 +367,35 @@ class Node:
 
     # --- model files (issue 12) --------------------------------------------------------
 
+    async def _launch(self, path: Path) -> ServedModel:
+        """Serve the GGUF at `path` now, while the node runs (a model fetched from peers,
+        the memory's embedder started on first use), in place of any placeholder row for
+        its id. Raises catalog.ModelFileError for a file that cannot be served here."""
+        s = self.settings
+        card = await asyncio.to_thread(catalog.read_card, path)
+        catalog.check_fits(card, catalog.fast_memory_bytes(s.fast_memory_bytes))
+        engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
+        self._engines.append(engine)
+        self.table.remove(card.id)
+        served = ServedModel(card=card, engine=engine, upstream_name=card.id,
+                             slots=s.parallel, max_queue=s.max_queue, meter=self._meter())
+        self._add(served)
+        if self._tasks is not None:
+            self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
+                                    name=f"engine:{card.id}")
+        return served
+
     async def _serve_fetched(self, path: Path) -> None:
         """A model fetched from peers landed at `path`: serve it like any GGUF."""
-        s = self.settings
         try:
-            card = await asyncio.to_thread(catalog.read_card, path)
-            catalog.check_fits(card, catalog.fast_memory_bytes(s.fast_memory_bytes))
+            served = await self._launch(path)
         except catalog.ModelFileError as exc:
             log.error("model %s: %s", path.name, exc)
             wanted = self._wanted.get(ModelId(path.stem))
             if wanted is not None:
                 wanted.state = EngineFailed(str(exc))
             return
-        engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
-        self._engines.append(engine)
-        self.table.remove(card.id)
-        self._add(ServedModel(card=card, engine=engine, upstream_name=card.id,
-                              slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
-        if self._tasks is not None:
-            self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
-                                    name=f"engine:{card.id}")
-        await self._offer(card.id, path)
+        await self._offer(served.id, path)
 
     async def _offer_files(self) -> None:
         """Learn each local model file's sha256 (from its sidecar, else by reading it once)
@@ -482,19 +446,11 @@ class Node:
             if served is None and named is not None and self._tasks is not None:
                 try:
                     path = await asyncio.to_thread(embedded.model_path, named, s.data_dir)
-                    card = await asyncio.to_thread(catalog.read_card, path)
+                    served = await self._launch(path)
                 except catalog.ModelFileError as exc:
                     raise Unavailable(f"the memory's embedding model cannot be had: {exc}",
                                       retry_after=30) from exc
-                engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
-                self._engines.append(engine)
-                served = ServedModel(card=card, engine=engine, upstream_name=card.id,
-                                     slots=s.parallel, max_queue=s.max_queue,
-                                     meter=self._meter())
-                self._add(served)
-                self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
-                                        name=f"engine:{card.id}")
-                log.info("memory: started the embedding model %s", card.id)
+                log.info("memory: started the embedding model %s", served.id)
             if served is None or not isinstance(served.engine, LocalEngine):
                 return
             deadline = time.monotonic() + s.engine_start_timeout_s
