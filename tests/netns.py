@@ -43,6 +43,29 @@ def ns_run(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProce
                           timeout=timeout)
 
 
+# A POST with no member signature (anyone on the LAN): prints the HTTP status it got.
+_UNSIGNED = """
+import ssl, sys, urllib.error, urllib.request
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),
+                             headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=10, context=ctx)
+    print(200)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+def unsigned_post(ns: str, url: str, body: str) -> int:
+    """The status a stranger in namespace `ns` gets for POSTing `body` to a mesh listener."""
+    out = ns_run(ns, sys.executable, "-c", _UNSIGNED, url, body)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
 @dataclass(frozen=True)
 class Host:
     ns: str  # the namespace name

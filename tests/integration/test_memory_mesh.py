@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import seed_models, wait_for
-from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, unsigned_post, unusable_reason
 
 pytestmark = [pytest.mark.skipif(unusable_reason() is not None,
                                  reason=unusable_reason() or ""), pytest.mark.engine]
@@ -26,21 +26,7 @@ README_MESH = ["--mesh-host", "0.0.0.0"]
 FACT = "The staging database runs on the host called tern, port 5433."
 QUERY = "where is the staging db?"
 
-# An unsigned call to the mesh listener, and a signed one as a member to a path that
-# would write: both must be refused.
-RAW_CALL = """
-import json, ssl, sys, urllib.request
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-req = urllib.request.Request(sys.argv[1], data=json.dumps({"text": "x"}).encode(),
-                             headers={"Content-Type": "application/json"})
-try:
-    urllib.request.urlopen(req, timeout=10, context=ctx)
-    print(200)
-except urllib.error.HTTPError as e:
-    print(e.code)
-"""
+# A member's signed call to a path that would write: there is none.
 SIGNED_CALL = """
 import asyncio, json, sys, time
 from pathlib import Path
@@ -135,8 +121,7 @@ def test_memory_is_searchable_across_machines_only_when_shared(
         # Not a member: refused before any work. A member writing through the mesh: no
         # such endpoint.
         mesh_url = f"https://{ha.address}:{a.wait_listening()['mesh_addresses'][0].split(':')[-1]}"
-        out = ns_run(hb.ns, sys.executable, "-c", RAW_CALL, mesh_url + "/mesh/memory/search")
-        assert out.stdout.strip() == "403", out.stderr
+        assert unsigned_post(hb.ns, mesh_url + "/mesh/memory/search", '{"k": 1}') == 403
         address = f"{ha.address}:{mesh_url.rsplit(':', 1)[1]}"
         for path in ("/mesh/memory", "/mesh/v1/memory"):
             out = ns_run(hb.ns, sys.executable, "-c", SIGNED_CALL, str(b.data_dir), str(a.data_dir),

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, unsigned_post, unusable_reason
 
 pytestmark = [pytest.mark.skipif(unusable_reason() is not None,
                                  reason=unusable_reason() or ""), pytest.mark.engine]
@@ -38,19 +38,6 @@ req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=body,
 with urllib.request.urlopen(req, timeout=120) as r:
     print(json.dumps({"by": r.headers["x-covey-served-by"].split()[0],
                       "text": json.loads(r.read())["choices"][0]["message"]["content"]}))
-"""
-RAW_CALL = """
-import json, ssl, sys, urllib.request
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-req = urllib.request.Request(sys.argv[1], data=json.dumps({"sha256": sys.argv[2]}).encode(),
-                             headers={"Content-Type": "application/json"})
-try:
-    urllib.request.urlopen(req, timeout=10, context=ctx)
-    print(200)
-except urllib.error.HTTPError as e:
-    print(e.code)
 """
 
 
@@ -127,9 +114,8 @@ def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path:
 
         # Not a member: refused before any work.
         port = a.wait_listening()["mesh_addresses"][0].rsplit(":", 1)[1]
-        out = ns_run(hc.ns, sys.executable, "-c", RAW_CALL,
-                     f"https://{ha.address}:{port}/mesh/files/manifest", want)
-        assert out.stdout.strip() == "403", (out.stdout, out.stderr)
+        assert unsigned_post(hc.ns, f"https://{ha.address}:{port}/mesh/files/manifest",
+                             json.dumps({"sha256": want})) == 403
     except BaseException:
         for node in nodes:
             print(f"--- {node.ns} ---\n{node.log()[-4000:]}")
