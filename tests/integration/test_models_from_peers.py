@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,5 +122,58 @@ def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path:
             print(f"--- {node.ns} ---\n{node.log()[-4000:]}")
         raise
     finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.mark.timeout(420)
+def test_a_member_sending_bad_chunks_is_dropped(hosts: list[Host], tmp_path: Path,
+                                                model_path: Path) -> None:
+    """A lying member (a real process in its own namespace, tests/liar_peer.py) claims the
+    model under the honest sha256 and manifest and flips a byte in every chunk it sends: C
+    drops it at its first chunk, says so, and completes the file from A."""
+    ha, hl, hc = hosts
+    source = tmp_path / "files" / f"{MODEL}.gguf"
+    source.parent.mkdir()
+    try:
+        os.link(model_path, source)
+    except OSError:
+        shutil.copyfile(model_path, source)
+    want = _sha256(source)
+    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--node-name", "a", "--model", str(source))
+    nodes = [a]
+    liar = None
+    try:
+        a.wait_listening()
+        wait_for(lambda: _ready_here(a), 120, "A's model to be ready")
+        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+        liar = subprocess.Popen(["ip", "netns", "exec", hl.ns, sys.executable, "-m",
+                                 "tests.liar_peer", str(tmp_path / "liar"), invite, hl.address,
+                                 MODEL, str(source)], stdout=subprocess.PIPE, text=True)
+        assert liar.stdout is not None and liar.stdout.readline().strip() == "ready"
+        wait_for(lambda: any(p["name"] == "liar" and any(m["id"] == MODEL for m in p["models"])
+                             for p in a.status()["peers"]), 30, "A to hear the liar's claim")
+        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+        c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH, "--node-name", "c",
+                   "--model", MODEL)
+        nodes.append(c)
+        c.wait_listening()
+        fetched = wait_for(lambda: (f := c.status()["fetches"].get(MODEL, {})).get("state")
+                           == "fetched" and f, 240, "C to fetch the model")
+        assert "liar" in fetched["dropped"], fetched
+        assert fetched["bytes_from"]["a"] == fetched["size"] - fetched["resumed_bytes"]
+        assert _sha256(c.data_dir / "models" / f"{MODEL}.gguf") == want
+        assert "liar" in c.log() and "dropped" in c.log()
+        wait_for(lambda: _ready_here(c), 120, "C to serve the fetched model")
+    except BaseException:
+        for node in nodes:
+            print(f"--- {node.ns} ---\n{node.log()[-4000:]}")
+        raise
+    finally:
+        if liar is not None:
+            liar.terminate()
+            liar.wait(10)
+            if liar.stdout is not None:
+                liar.stdout.close()
         for node in nodes:
             node.stop()
