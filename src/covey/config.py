@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -144,6 +145,9 @@ class Settings:
     ledger: bool = _opt(True, "make and countersign receipts for work served between members, "
                               "kept in ledger.sqlite3 (the mesh's creator keeps the mesh "
                               "ledger)")
+    ledger_keeper: str = _opt("", "on the mesh's creator: the member (its node id, as `covey "
+                                  "status` shows it) that keeps the mesh ledger; empty: the "
+                                  "creator keeps it. Members send it their receipts")
     checkpoint_interval_s: float = _opt(86400.0, "seconds between signed checkpoints of the "
                                                  "ledger (in <data dir>/checkpoints)")
     checkpoint_sink_url: str | None = _opt(None, "also POST every signed checkpoint (its C2SP "
@@ -221,6 +225,9 @@ class Settings:
             raise bad("share_models_mbps", "must be 0 (unlimited) or a positive number")
         if not 0 < len(self.memory_model) <= 128:
             raise bad("memory_model", "must be a model name or id")
+        if self.ledger_keeper and not re.fullmatch(r"[a-z2-7]{16}", self.ledger_keeper):
+            raise bad("ledger_keeper", "must be a node id (16 characters, as `covey status` "
+                                       "shows it)")
         if self.checkpoint_sink_url is not None and not self.checkpoint_sink_url.startswith(
                 ("http://", "https://")):
             raise bad("checkpoint_sink_url", "must be an http:// or https:// URL")

@@ -37,6 +37,7 @@ from covey.fetch.wanted import WantedModel
 from covey.health.monitor import HealthMonitor
 from covey.ledger.chain import Ledger
 from covey.ledger.credits import parameters_from_size_label
+from covey.ledger.handover import Handover
 from covey.ledger.service import LEDGER_FILE, LedgerService
 from covey.ledger.witness import Witness
 from covey.memory.embedder import Embedder
@@ -72,6 +73,7 @@ from covey.web import routes as web_routes
 log = logging.getLogger(__name__)
 
 RUNTIME_FILE = "node.json"  # where a running node says which ports it got
+HANDOVER_INTERVAL_S = 5.0  # how often a node looks whether the ledger's keeper changed
 WITNESS_INTERVAL_S = 10.0  # how often a member looks at the keeper's newest checkpoint
 MEMORY_FILE = "memory.sqlite3"
 MEMORY_INDEX_FILE = "memory.usearch"
@@ -107,6 +109,7 @@ class Node:
         self._invites: InviteRoutes | None = None
         self._share: ShareStore | None = None
         self._ledger: LedgerService | None = None  # issue 15: receipts and the ledger
+        self._handover: Handover | None = None  # sends a new keeper this node's receipts
         self._ledger_db: Ledger
         # Issue 14: this node's verdicts on peers' models and its own models' fingerprints.
         self.verdicts = VerdictBook(Policy(
@@ -255,17 +258,22 @@ class Node:
                 self._ledger = LedgerService(
                     self._ledger_db, mesh_state.info.mesh_id, self.identity, transport,
                     records=lambda: mesh.peers(time.time()),
-                    keeper=mesh_state.authority is not None,
-                    keeper_record=lambda: mesh_state.authority_record(time.time()),
+                    keeper=lambda: mesh_state.keeper_id(time.time()) == self.identity.node_id,
+                    keeper_record=lambda: mesh_state.keeper_record(time.time()),
                     facts=self._model_facts,
                     suspect=lambda node, model: s.verify != "off" and self.verdicts.status(
                         node, model, time.time()) == "suspect", data_dir=s.data_dir)
-                if mesh_state.authority is None:  # a member witnesses the keeper
-                    self._ledger.witness = Witness(
-                        mesh_state.info.mesh_id, self.identity, transport,
-                        lambda: mesh_state.authority_record(time.time()),
-                        lambda: mesh.peers(time.time()), s.data_dir,
-                        own_receipts=self._ledger.own_receipts)
+                # Every member but the keeper witnesses it (the policy may move the keeper).
+                self._ledger.witness = Witness(
+                    mesh_state.info.mesh_id, self.identity, transport,
+                    lambda: mesh_state.keeper_record(time.time()),
+                    lambda: mesh.peers(time.time()), s.data_dir,
+                    own_receipts=self._ledger.own_receipts)
+                self._handover = Handover(
+                    self.identity.node_id, s.data_dir,
+                    lambda: mesh_state.keeper_id(time.time()),
+                    lambda: mesh_state.keeper_record(time.time()),
+                    self._ledger_db.entries, self._ledger.send_receipt)
                 relay.receipts = self._ledger
             mesh.authority = link
             if s.memory:
@@ -325,6 +333,10 @@ class Node:
                         tasks.create_task(keep_running(
                             lambda: witness.run(WITNESS_INTERVAL_S), "ledger-witness"),
                             name="ledger-witness")
+                    if (handover := self._handover) is not None:
+                        tasks.create_task(keep_running(
+                            lambda: handover.run(HANDOVER_INTERVAL_S), "ledger-handover"),
+                            name="ledger-handover")
                     if s.verify != "off" and routes.dispatcher is not None:
                         routes.dispatcher.verdicts = self.verdicts
                         auditor = Auditor(self.table, mesh.peers, transport, self.verdicts,
@@ -469,7 +481,11 @@ class Node:
         """The mesh's tier policy: issued here on the mesh's creator, else learned from
         records (this node's own until then). The mesh state carries it in our records."""
         own = self.settings.tier_policy()
-        state.policy = (MeshPolicy.issue(own, state.authority, state.data_dir, time.time())
+        if self.settings.ledger_keeper and state.authority is None:
+            log.warning("ledger: --ledger-keeper ignored: only the mesh's creator designates "
+                        "the keeper")
+        state.policy = (MeshPolicy.issue(own, state.authority, state.data_dir, time.time(),
+                                         ledger_keeper=self.settings.ledger_keeper)
                         if state.authority is not None else
                         MeshPolicy(own, mesh_id=state.info.mesh_id,
                                    authority_public_key=state.info.authority_public_key))
@@ -540,9 +556,11 @@ class Node:
                 "baseline": baseline, "software_version": __version__,
                 "fingerprints": dict(list(self.fingerprints.items())[:64]),
                 "ledger": self._ledger.published_balances() if self._ledger else {},
-                "ledger_checkpoint": self._ledger.latest_checkpoint if self._ledger else "",
+                "ledger_checkpoint": (self._ledger.latest_checkpoint
+                                      if self._ledger and self._ledger.keeper else ""),
                 "ledger_witnessed": (self._ledger.witness.published()
-                                     if self._ledger and self._ledger.witness else ""),
+                                     if self._ledger and self._ledger.witness
+                                     and not self._ledger.keeper else ""),
                 "memory": self._memory.advert() if self._memory else None,
                 "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
                              catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}

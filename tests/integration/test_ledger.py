@@ -154,7 +154,7 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
             before + 2.5, 6), 30, "the grant to reach C in the keeper's record")
         refused = ns_run(hb.ns, sys.executable, "-m", "covey", "ledger", "grant", c.node_id,
                          "1", "--data-dir", str(b.data_dir))
-        assert refused.returncode == 1 and "creator" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "keeper" in refused.stderr, refused.stderr
 
         # A restart loses nothing.
         b.stop()

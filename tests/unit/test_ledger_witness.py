@@ -166,7 +166,7 @@ async def test_an_honest_keeper_is_witnessed_and_cosigned(tmp_path: Path) -> Non
     assert _cp(witness.published()).size == 7
     # Kept across a restart.
     again = _witness(tmp_path, keeper, [])
-    again.load()
+    again.load(keeper.record())
     assert again.last is not None and again.last.checkpoint.size == 7
 
 
@@ -271,3 +271,43 @@ async def test_checkpoints_go_to_an_http_sink(tmp_path: Path) -> None:
         assert not await send_checkpoint(str(server.make_url("/broken")), note)
     assert got[0] == ("text/plain", note)
     assert not await send_checkpoint(url, note, timeout_s=2)  # the server is gone
+
+
+async def test_a_new_keeper_starts_afresh_and_the_old_view_is_kept_for_the_old_one(
+        tmp_path: Path) -> None:
+    """The mesh policy moved the keeper: the new one's smaller, other history is its first
+    checkpoint, not a rewrite; cosignatures go to the new keeper. Back to the first keeper
+    (a restart of the witness), its kept view is set aside only if another keeper signed it."""
+    first = Keeper(HISTORY, 7)
+    second_key = Ed25519PrivateKey.generate()
+    second_history = _leaves(4, b"second")
+    second_cosignatures: list[str] = []
+
+    def second_record() -> NodeRecord:
+        return _record("keeper-2", OTHER_FP, second_key,
+                       ledger_checkpoint=_note(second_key, second_history))
+
+    async def second_handle(path: str, headers: Mapping[str, str], body: bytes
+                            ) -> tuple[int, list[bytes]]:
+        second_cosignatures.append(json.loads(body)["cosignature"])
+        return 200, [b'{"status": "cosigned"}']
+
+    current = [first.record]
+    transport = MemoryTransport(lambda *_: {}, {KEEPER_FP: first.handle,
+                                               OTHER_FP: second_handle})
+    witness = Witness(MESH, Identity("node-b", Ed25519PrivateKey.generate()), transport,
+                      lambda: current[0](), lambda: [], tmp_path)
+    await witness.step()
+    assert _cp(witness.published()).size == 7 and len(first.cosignatures) == 1
+    current[0] = second_record
+    await witness.step()
+    assert witness.problem is None, witness.problem
+    assert _cp(witness.published()).size == 4 and len(second_cosignatures) == 1
+    assert witness.keeper_id == "keeper-2"
+    # A restart: the kept view is the second keeper's, and it verifies against its key only.
+    again = Witness(MESH, Identity("node-b", Ed25519PrivateKey.generate()), transport,
+                    lambda: current[0](), lambda: [], tmp_path)
+    again.load(second_record())
+    assert again.last is not None and again.last.checkpoint.size == 4
+    again.load(first.record())
+    assert again.last is None

@@ -180,8 +180,8 @@ def test_the_creator_issues_a_newer_policy_after_a_restart(tmp_path: Path,
     assert changed.current() == _policy((("gemma-*", CAPACITY),))
 
 
-def test_records_carry_the_policy_to_members(tmp_path: Path) -> None:
-    now = time.time()
+def _three_nodes(tmp_path: Path, now: float) -> tuple[MeshState, MeshState, MeshState]:
+    """The creator A (its policy issued) and members B and C (their own, none heard yet)."""
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
     a = MeshState.load_or_create(tmp_path / "a", identity.load_or_create(tmp_path / "a"), now)
@@ -195,9 +195,53 @@ def test_records_carry_the_policy_to_members(tmp_path: Path) -> None:
         state.policy = MeshPolicy(TierPolicy(), mesh_id=a.info.mesh_id,
                                   authority_public_key=a.info.authority_public_key)
         members.append(state)
-    b, c = members
+    return a, members[0], members[1]
+
+
+def test_records_carry_the_policy_to_members(tmp_path: Path) -> None:
+    now = time.time()
+    a, b, c = _three_nodes(tmp_path, now)
     b.accept(a.publish(now), now)
     assert b.policy is not None and b.policy.current().tier("gemma-3") == DAILY
     # c never hears the creator: b's record passes the policy on.
     c.accept(b.publish(now), now)
     assert c.policy is not None and c.policy.current().tier("qwen2.5-72b") == CAPACITY
+
+
+def test_the_policy_designates_the_ledger_keeper(tmp_path: Path) -> None:
+    """Nobody designated: the creator keeps the mesh ledger (members find it by its authority
+    proof). The creator names member B: every member, B included, and the creator agree,
+    even a member that heard the policy only from another member's record."""
+    now = time.time()
+    a, b, c = _three_nodes(tmp_path, now)
+    a_id, b_id = a.identity.node_id, b.identity.node_id
+    assert c.keeper_id(now) is None and c.keeper_record(now) is None  # knows nobody yet
+    for member in (b, c):
+        member.accept(a.publish(now), now)
+    assert a.keeper_id(now) == b.keeper_id(now) == c.keeper_id(now) == a_id
+    keeper = c.keeper_record(now)
+    assert keeper is not None and keeper.node_id == a_id and a.keeper_record(now) is None
+
+    a.policy = MeshPolicy.issue(_policy(), a.authority, a.data_dir, now + 1,
+                                ledger_keeper=b_id)
+    b.accept(a.publish(now + 1), now + 1)
+    c.accept(b.publish(now + 1), now + 1)  # c hears the new policy from b only
+    assert a.keeper_id(now + 1) == b.keeper_id(now + 1) == c.keeper_id(now + 1) == b_id
+    keeper = c.keeper_record(now + 1)
+    assert keeper is not None and keeper.node_id == b_id
+    assert b.keeper_record(now + 1) is None  # B keeps it: no record to send to
+    a.accept(b.publish(now + 1), now + 1)
+    keeper = a.keeper_record(now + 1)
+    assert keeper is not None and keeper.node_id == b_id
+
+
+def test_a_keeper_that_is_not_a_node_id_is_refused(authority: Authority) -> None:
+    envelope = seal_policy(authority, _policy(), 1, NOW, ledger_keeper="b" * 16)
+    signed, _ = verify_policy(envelope, mesh_id=authority.mesh_id,
+                              authority_public_key=authority.public_key)
+    assert signed.ledger_keeper == "b" * 16
+    bad = seal(POLICY_DOMAIN, {"mesh_id": authority.mesh_id, "seq": 2, "issued_at": NOW,
+                               "ledger_keeper": "../../etc"}, authority.key)
+    with pytest.raises(PolicyRefused) as refused:
+        verify_policy(bad, mesh_id=authority.mesh_id, authority_public_key=authority.public_key)
+    assert refused.value.reason == "malformed"

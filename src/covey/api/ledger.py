@@ -32,9 +32,10 @@ class LedgerRoutes:
     async def grant(self, request: web.Request) -> web.Response:
         if not self.service.keeper:
             keeper = self.service.keeper_record()
-            raise Forbidden("only the mesh's creator keeps the mesh ledger and grants "
-                            "credits" + (f": run this on {keeper.name or keeper.node_id}"
-                                         if keeper else ""), code="not_keeper")
+            raise Forbidden("only the keeper of the mesh ledger (the mesh's creator, or the "
+                            "member it designates) grants credits"
+                            + (f": run this on {keeper.name or keeper.node_id}"
+                               if keeper else ""), code="not_keeper")
         raw = await request.content.read(MAX_BODY + 1)
         try:
             data = json.loads(raw)

@@ -42,6 +42,7 @@ from covey.ledger.checkpoint import (
     verify_checkpoint,
 )
 from covey.ledger.entries import ENTRY_DOMAIN
+from covey.ledger.handover import SYNCED_FILE
 from covey.mesh.identity import node_id_for
 
 CHECKPOINT_DIR = "checkpoints"
@@ -54,10 +55,12 @@ class CheckpointError(ValueError):
     """A checkpoint or proof that cannot be made: the message says why, for people."""
 
 
-def default_origin(data_dir: Path, node_id: str) -> str:
-    """`covey.mesh/<mesh_id>/ledger` on the mesh's creator (the keeper of the mesh ledger);
-    a member's own copy is another log, so another origin: `covey.mesh/<mesh_id>/node/<node
-    id>/ledger`; `covey.local/<node_id>/ledger` with no mesh in the data dir."""
+def default_origin(data_dir: Path, node_id: str, keeper: bool | None = None) -> str:
+    """`covey.mesh/<mesh_id>/ledger` on the keeper of the mesh ledger; a member's own copy is
+    another log, so another origin: `covey.mesh/<mesh_id>/node/<node id>/ledger`;
+    `covey.local/<node_id>/ledger` with no mesh in the data dir. `keeper` None: this node
+    keeps the mesh ledger if the keeper it last synced with is itself (handover.py), or,
+    before any, if it created the mesh."""
     try:
         mesh_id = json.loads((data_dir / "mesh.json").read_text())["mesh_id"]
     # No mesh joined or created from this data dir (or an unreadable file): a local log.
@@ -65,7 +68,12 @@ def default_origin(data_dir: Path, node_id: str) -> str:
         mesh_id = None
     if not isinstance(mesh_id, str) or not mesh_id.isalnum():
         return f"covey.local/{node_id}/ledger"
-    if (data_dir / "authority.key").exists():
+    if keeper is None:
+        try:
+            keeper = (data_dir / SYNCED_FILE).read_text().strip() == node_id
+        except OSError:
+            keeper = (data_dir / "authority.key").exists()
+    if keeper:
         return f"covey.mesh/{mesh_id}/ledger"
     return f"covey.mesh/{mesh_id}/node/{node_id}/ledger"
 

@@ -63,7 +63,7 @@ def add_parser(sub: Any) -> None:
     checkpoint = cmds.add_parser("checkpoint", help="sign a Merkle tree head of every entry "
                                  "(C2SP tlog-checkpoint) and keep it")
     checkpoint.add_argument("--origin", help="the log's name (default: covey.mesh/<mesh "
-                            "id>/ledger on the mesh's creator)")
+                            "id>/ledger on the keeper of the mesh ledger)")
     checkpoint.add_argument("--out", type=Path, metavar="FILE", help="also write it here")
     proof = cmds.add_parser("proof", help="print a proof (JSON) against the latest checkpoint")
     proof.add_argument("seq", nargs="?", type=int, help="the entry to prove included")
@@ -76,8 +76,8 @@ def add_parser(sub: Any) -> None:
     check.add_argument("--key", metavar="VERIFIER_KEY", help="the keeper's verifier key "
                        "(`covey ledger checkpoint` prints it); without it only the file's "
                        "own key is used")
-    grant = cmds.add_parser("grant", help="on the mesh's creator: grant a member credits "
-                            "(negative: take them back), through the running node")
+    grant = cmds.add_parser("grant", help="on the keeper of the mesh ledger: grant a member "
+                            "credits (negative: take them back), through the running node")
     grant.add_argument("node", help="the member's node id")
     grant.add_argument("credits", type=float)
     grant.add_argument("--note", default="", help="why (kept in the entry)")

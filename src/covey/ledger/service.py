@@ -9,8 +9,10 @@ receipts.py and chain.py):
    asks C to countersign it (POST /mesh/ledger/countersign). C countersigns only a receipt
    for a request it relayed to P, with the counts it saw, once.
 3. Both keep the countersigned receipt in their own ledger; P sends it to the keeper (the
-   mesh's creator, POST /mesh/ledger/receipts), which checks both signatures against the
-   members' keys and keeps the mesh ledger. The keeper publishes balances in its record.
+   mesh's creator, or the member its signed mesh policy designates; POST
+   /mesh/ledger/receipts), which checks both signatures against the members' keys and keeps
+   the mesh ledger. The keeper publishes balances in its record. When the keeper changes,
+   every member sends the new one its receipts (handover.py).
 
 A receipt C would not countersign stays `unconfirmed` at P and counts nowhere. Audits and
 health probes make no receipt: probes are not measured, and an auditor never countersigns
@@ -53,7 +55,12 @@ from covey.ledger.receipts import (
     new_receipt,
     provider_sign,
 )
-from covey.ledger.witness import Witness, accept_cosignature, consistency_answer
+from covey.ledger.witness import (
+    Witness,
+    accept_cosignature,
+    consistency_answer,
+    mesh_origin,
+)
 from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.sealed import SealError, b64d, b64e
@@ -90,12 +97,13 @@ def request_id_of(headers: Any) -> str | None:
 
 
 class LedgerService:
-    """This node's part in the ledger. `keeper` is True on the node that keeps the mesh
-    ledger (the creator); `facts(model_id)` gives a local model's (sha256, parameters in
+    """This node's part in the ledger. `keeper` says whether this node keeps the mesh
+    ledger now (the creator, or the member its mesh policy designates): a bool, or a
+    callable asked each time; `facts(model_id)` gives a local model's (sha256, parameters in
     billions)."""
 
     def __init__(self, ledger: Ledger, mesh_id: str, identity: Any, transport: PeerTransport,
-                 records: Callable[[], list[NodeRecord]], keeper: bool,
+                 records: Callable[[], list[NodeRecord]], keeper: bool | Callable[[], bool],
                  keeper_record: Callable[[], NodeRecord | None],
                  facts: Callable[[str], tuple[str | None, float | None]],
                  clock: Callable[[], float] = time.time,
@@ -106,7 +114,7 @@ class LedgerService:
         self.identity = identity
         self.transport = transport
         self.records = records
-        self.keeper = keeper
+        self._keeper = keeper if callable(keeper) else (lambda: keeper)
         self.keeper_record = keeper_record
         self.facts = facts
         self.clock = clock
@@ -120,6 +128,14 @@ class LedgerService:
         self.latest_checkpoint = ""
         self.witness: Witness | None = None
         self.data_dir = data_dir  # where the checkpoint sink is (checkpoints.py)
+
+    @property
+    def keeper(self) -> bool:
+        return self._keeper()
+
+    async def send_receipt(self, record: NodeRecord, wire: bytes) -> None:
+        """One countersigned receipt to the keeper `record` (PeerError if not taken)."""
+        await self._post(record, KEEPER_PATH, wire)
 
     # --- the consumer's side -------------------------------------------------------------
 
@@ -281,7 +297,6 @@ class LedgerService:
         """Every `interval_s` (a day by default), a signed checkpoint of this node's ledger
         in data_dir/checkpoints when it grew (checkpoints.py), and POSTed to `sink_url` when
         one is set; runs until cancelled."""
-        origin = default_origin(data_dir, self.identity.node_id)
         done = -1
         if self.keeper:
             with contextlib.suppress(CheckpointError):
@@ -291,6 +306,10 @@ class LedgerService:
             size = (await asyncio.to_thread(self.ledger.head))[0]
             if size in (done, 0):  # nothing new, or nothing yet
                 continue
+            # The mesh ledger's name on the keeper, this node's own log's elsewhere; asked
+            # each time, as the mesh policy may move the keeper.
+            origin = (mesh_origin(self.mesh_id) if self.keeper
+                      else default_origin(data_dir, self.identity.node_id, keeper=False))
             try:
                 text = await asyncio.to_thread(write_checkpoint, self.ledger, data_dir,
                                                self.identity.key, origin)
@@ -429,4 +448,5 @@ def ledger_status(service: object) -> dict[str, Any] | None:
                       for node, b in service.ledger.balances().items()},
             "published": (service.published_balances() if service.keeper
                           else dict(record.ledger) if record else {}),
-            "witness": service.witness.status() if service.witness else None}
+            "witness": (service.witness.status() if service.witness and not service.keeper
+                        else None)}

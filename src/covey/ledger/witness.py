@@ -1,8 +1,9 @@
 """Members witness the keeper's checkpoints, so a keeper cannot quietly rewrite the mesh
 ledger or show two histories (C2SP tlog-witness, cut to the size of a mesh).
 
-The keeper (the mesh's creator) publishes its newest signed checkpoint of the mesh ledger in
-its record (`ledger_checkpoint`). Every member:
+The keeper (the mesh's creator, or the member its mesh policy designates) publishes its
+newest signed checkpoint of the mesh ledger in its record (`ledger_checkpoint`). Every other
+member:
 
 1. checks the keeper's signature on it (the keeper's node key, origin
    `covey.mesh/<mesh id>/ledger`);
@@ -35,7 +36,6 @@ from covey.ledger import audit, merkle
 from covey.ledger.checkpoint import (
     Checkpoint,
     cosign,
-    parse_checkpoint,
     verify_checkpoint,
     verify_cosignature,
 )
@@ -131,6 +131,7 @@ class Witness:
         self.records = records
         self.path = data_dir / "checkpoints" / WITNESSED_FILE
         self.clock = clock
+        self.keeper_id: str | None = None  # the keeper `last` is a checkpoint of
         self.last: View | None = None
         self.cosigned = 0
         self.unsent = False  # the last witnessed checkpoint's cosignature is yet to reach it
@@ -141,20 +142,23 @@ class Witness:
         self.findings: dict[str, audit.Finding] = {}
         self._audited_at = -1  # the witnessed size the last audit ran against
 
-    def load(self) -> None:
-        """The last witnessed checkpoint, kept across restarts (its signature was checked
-        when it was taken; a damaged file is set aside, and the next one starts afresh)."""
+    def load(self, keeper: NodeRecord) -> None:
+        """Start witnessing `keeper`: the checkpoint this node witnessed last, kept across
+        restarts, if that keeper signed it. Another keeper's (the mesh policy designated a
+        new one), or a damaged file, is set aside: the new keeper's first checkpoint starts
+        afresh. Blocking (reads the file)."""
+        self.keeper_id = keeper.node_id
+        self.last, self.unsent, self._compared = None, False, {}
+        self.findings, self._audited_at = {}, -1
         try:
             text = self.path.read_text()
         except OSError:
             return
-        record = self.keeper_record()
-        key = _key(record)
+        key = _key(keeper)
         checkpoint = (verify_checkpoint(text, mesh_origin(self.mesh_id), key)
                       if key is not None else None)
-        parsed = checkpoint or parse_checkpoint(text)
-        if parsed is not None:
-            self.last = View(text, parsed)
+        if checkpoint is not None:
+            self.last = View(text, checkpoint)
 
     def published(self) -> str:
         """For this member's record: the keeper checkpoint it witnessed last."""
@@ -167,15 +171,18 @@ class Witness:
                 "audit": _count(self.findings.values())}
 
     async def run(self, interval_s: float) -> None:
-        await asyncio.to_thread(self.load)
         while True:
             await self.step()
             await asyncio.sleep(interval_s)
 
     async def step(self) -> None:
-        record = self.keeper_record()
+        record = self.keeper_record()  # None on the keeper itself: it witnesses nobody
         key = _key(record)
-        if record is None or key is None or not record.ledger_checkpoint:
+        if record is None or key is None:
+            return
+        if record.node_id != self.keeper_id:
+            await asyncio.to_thread(self.load, record)
+        if not record.ledger_checkpoint:
             return
         if self.last is None or record.ledger_checkpoint != self.last.text:
             await self._witness(record, key)

@@ -1,5 +1,6 @@
-"""The mesh's tier policy: the creator's rules and targets, signed with the authority key and
-carried in every record, so every member sorts models into the same tiers.
+"""The mesh's policy: the creator's tier rules and targets, and the member it designates to
+keep the credit ledger, signed with the authority key and carried in every record, so every
+member sorts models into the same tiers and sends its receipts to the same keeper.
 
 The creator seals its own settings' policy with a sequence number above any it used before
 (kept in `<data_dir>/policy_seq`, so a restart with a changed config wins over the old one).
@@ -75,6 +76,9 @@ class SignedPolicy(_Wire):
     # Per tier; a tier this reader does not know is ignored (protocols evolve).
     targets: dict[Annotated[str, Field(max_length=32)], WireTargets] = Field(
         default_factory=dict, max_length=16)
+    # The member the creator designates to keep the mesh ledger (ledger/service.py); empty:
+    # the creator keeps it. A node id (mesh/identity.py: 16 base32 characters).
+    ledger_keeper: str = Field(default="", pattern=r"^([a-z2-7]{16})?$")
 
     def policy(self) -> TierPolicy:
         """The policy it carries (PolicyError if a rule or target cannot be used)."""
@@ -84,11 +88,12 @@ class SignedPolicy(_Wire):
                      for tier, t in self.targets.items() if tier in TIERS})
 
 
-def seal_policy(authority: Authority, policy: TierPolicy, seq: int, now: float) -> bytes:
+def seal_policy(authority: Authority, policy: TierPolicy, seq: int, now: float,
+                ledger_keeper: str = "") -> bytes:
     """The authority's signed envelope for `policy` (its mesh rules; a member's own rules
-    never travel)."""
+    never travel) and the member it designates to keep the mesh ledger ("" for itself)."""
     body = SignedPolicy(
-        mesh_id=authority.mesh_id, seq=seq, issued_at=now,
+        mesh_id=authority.mesh_id, seq=seq, issued_at=now, ledger_keeper=ledger_keeper,
         rules=[f"{pattern}={tier}" for pattern, tier in policy.rules],
         targets={tier: WireTargets(ttft_s=t.ttft_s, tokens_per_s=t.tokens_per_s)
                  for tier, t in policy.targets.items()})
@@ -146,12 +151,13 @@ class MeshPolicy:
 
     @classmethod
     def issue(cls, own: TierPolicy, authority: Authority, data_dir: Path,
-              now: float) -> MeshPolicy:
+              now: float, ledger_keeper: str = "") -> MeshPolicy:
         """On the mesh's creator: its own policy, sealed as the mesh's (blocking: writes the
         sequence file)."""
         policy = cls(own, mesh_id=authority.mesh_id,
                      authority_public_key=authority.public_key)
-        envelope = seal_policy(authority, own, next_seq(data_dir / SEQ_FILE, now), now)
+        envelope = seal_policy(authority, own, next_seq(data_dir / SEQ_FILE, now), now,
+                               ledger_keeper)
         policy.signed, _ = verify_policy(envelope, mesh_id=authority.mesh_id,
                                          authority_public_key=authority.public_key)
         policy.envelope, policy.issuer = envelope, True
@@ -159,6 +165,12 @@ class MeshPolicy:
 
     def current(self) -> TierPolicy:
         return self._current
+
+    @property
+    def ledger_keeper(self) -> str:
+        """The member designated to keep the mesh ledger; "" when the creator keeps it (or
+        no policy has been heard yet)."""
+        return self.signed.ledger_keeper if self.signed is not None else ""
 
     def wire(self) -> str:
         """The envelope for this node's record (base64url), or "" while it holds none."""

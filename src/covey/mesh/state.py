@@ -170,6 +170,28 @@ class MeshState:
                 return record
         return None
 
+    def keeper_id(self, now: float) -> str | None:
+        """The node that keeps the mesh's credit ledger: the member the mesh policy
+        designates, else the creator (this node when it holds the authority key); None while
+        this node knows neither."""
+        designated = self.policy.ledger_keeper if self.policy is not None else ""
+        if designated:
+            return designated
+        if self.authority is not None:
+            return self.identity.node_id
+        record = self.authority_record(now)
+        return record.node_id if record is not None else None
+
+    def keeper_record(self, now: float) -> NodeRecord | None:
+        """The keeper's live record (None when this node is the keeper or knows none)."""
+        keeper = self.keeper_id(now)
+        if keeper is None or keeper == self.identity.node_id:
+            return None
+        if not (self.policy is not None and self.policy.ledger_keeper):
+            return self.authority_record(now)
+        return next((r for r in self.table.records()
+                     if r.node_id == keeper and r.expires_at > now), None)
+
     def own_cert(self, now: float) -> MemberCert:
         """This node's certificate, checked (MembershipError when expired or foreign)."""
         return self._check_cert(self.cert, now)
