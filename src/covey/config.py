@@ -100,6 +100,9 @@ class Settings:
     # --- engine (llama.cpp) ---
     ctx_size: int = _opt(2048, "context length per slot, in tokens")
     parallel: int = _opt(4, "parallel slots per model (continuous batching)")
+    headroom: float = _opt(0.5, "share of a local model's slots that peers with no credit leave "
+                                "free while this node's own clients or members in credit are "
+                                "about (fair share; 0 turns it off)")
     threads: int | None = _opt(None, "CPU threads per engine (default: llama.cpp decides)")
     gpu_layers: int | None = _opt(None, "layers to offload to the GPU on CUDA/Metal wheels")
     embeddings: bool = _opt(False, "start every engine in embedding mode, chat models too "
@@ -225,6 +228,8 @@ class Settings:
             raise bad("share_models_mbps", "must be 0 (unlimited) or a positive number")
         if not 0 < len(self.memory_model) <= 128:
             raise bad("memory_model", "must be a model name or id")
+        if not (math.isfinite(self.headroom) and 0 <= self.headroom < 1):
+            raise bad("headroom", "must be at least 0 and below 1")
         if self.ledger_keeper and not re.fullmatch(r"[a-z2-7]{16}", self.ledger_keeper):
             raise bad("ledger_keeper", "must be a node id (16 characters, as `covey status` "
                                        "shows it)")

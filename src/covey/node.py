@@ -61,6 +61,7 @@ from covey.metrics.export import registry_for
 from covey.metrics.samples import ModelMeter
 from covey.metrics.share import ShareStore
 from covey.router.budget import Budget
+from covey.router.fairshare import Policy as FairShare
 from covey.router.fallback import Fallback
 from covey.router.proxy import Relay
 from covey.router.table import ModelTable, ServedModel
@@ -188,6 +189,7 @@ class Node:
             self._backends.append(RemoteBackend(url, on_models=self._sync_backend_models))
 
     def _add(self, model: ServedModel) -> None:
+        model.admission.policy = FairShare(headroom_share=self.settings.headroom)
         self.table.add(model)
         if self.settings.baseline and not isinstance(model.engine, BrokenEngine | WantedModel):
             self._keepers[model.id] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -208,4 +209,41 @@ async def test_many_requests_cancelled_at_random_leak_nothing() -> None:
             held.remove(t)
             m.release()
         await turn()
+    assert _idle(m)
+
+
+async def test_the_rest_leave_headroom_while_a_contributor_is_about() -> None:
+    """Four slots, a headroom of two: with this node's own client about, a stranger takes a
+    second slot but not a third; a member arriving then enters at once, past it; when the
+    contributors' window lapses the timer lets the stranger in without any release."""
+    clock = Clock()
+    timers: list[tuple[float, Callable[[], None]]] = []
+    m = _model(clock, slots=4)
+    m.admission = Admission(Policy(age_step_s=10.0, headroom_window_s=5.0), clock=clock,
+                            schedule=lambda t, fn: timers.append((t, fn)))
+    await m.acquire()  # this node's own client
+    first = await _queue(m, ["stranger"])
+    assert first[0].done() and m.admission.running == 2
+    held = await _queue(m, ["stranger"])
+    assert not held[0].done() and m.admission.running == 2
+    assert [t for t, _ in timers] == [5.0]  # the window lapses 5 s after the own request
+    member = await _queue(m, ["rich"])
+    assert member[0].done() and m.admission.running == 3 and not held[0].done()
+    assert len(timers) == 1  # the pending timer still comes first
+    clock.now = 5.0
+    timers[0][1]()
+    await turn()
+    assert held[0].done() and m.admission.running == 4
+    for _ in range(4):
+        m.release()
+    assert _idle(m)
+
+
+async def test_without_contributors_the_rest_use_every_slot() -> None:
+    m = _model(Clock(), slots=4)
+    m.admission = Admission(Policy(age_step_s=10.0), clock=Clock())
+    tasks = await _queue(m, ["stranger", "broke", "stranger", "stranger2"])
+    assert all(t.done() for t in tasks) and m.admission.running == 4
+    for _ in range(4):
+        m.release()
     assert _idle(m)

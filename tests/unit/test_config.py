@@ -136,6 +136,7 @@ def test_wrong_toml_types_are_refused(file: dict[str, object], message: str) -> 
     ({"tier": ("=capacity",)}, "write MODEL_OR_GLOB=TIER"),
     ({"daily_driver_ttft_s": 0.0}, "daily_driver_ttft_s=0.0: must be a positive number"),
     ({"capacity_tokens_per_s": float("nan")}, "capacity_tokens_per_s=nan"),
+    ({"headroom": 1.0}, "headroom=1.0: must be at least 0 and below 1"),
     ({"ledger_keeper": "node-b"}, "ledger_keeper='node-b': must be a node id"),
     # A target the mesh's policy could not carry is refused here, not at the creator's start.
     ({"capacity_ttft_s": 1e9}, "capacity_ttft_s=1000000000.0: must be a positive number, at "

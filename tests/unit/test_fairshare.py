@@ -14,10 +14,14 @@ from covey.router.fairshare import (
     Policy,
     Waiter,
     classify,
+    headroom,
+    held_back,
     pick,
+    pick_allowed,
     priority,
     promote,
     rank,
+    release_at,
     wait_bound,
 )
 
@@ -88,7 +92,7 @@ def test_pick_needs_a_waiter() -> None:
         pick([], 0.0)
 
 
-@pytest.mark.parametrize("field", ["age_step_s", "share_credits"])
+@pytest.mark.parametrize("field", ["age_step_s", "share_credits", "headroom_window_s"])
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf])
 def test_policy_refuses_bad_knobs(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
@@ -167,3 +171,43 @@ def test_without_age_the_flood_starves_the_victim() -> None:
     served = _simulate(random.Random(0), 4, 16, 4.0, "own", horizon=900.0,
                        policy=Policy(age_step_s=1e9))
     assert not any(w.consumer == "victim" for w, _ in served)
+
+
+def test_a_bad_headroom_share_is_refused() -> None:
+    for value in (-0.1, 1.0, math.nan):
+        with pytest.raises(ValueError, match="headroom_share"):
+            Policy(headroom_share=value)
+
+
+@pytest.mark.parametrize(("slots", "share", "expected"), [
+    (1, 0.5, 0), (2, 0.5, 1), (3, 0.5, 2), (4, 0.5, 2), (8, 0.5, 4), (4, 0.75, 3),
+    (4, 0.99, 3), (4, 0.0, 0)])
+def test_headroom_is_a_share_of_the_slots_rounded_up_leaving_the_rest_one(
+        slots: int, share: float, expected: int) -> None:
+    assert headroom(Policy(headroom_share=share), slots) == expected
+
+
+def test_only_the_rest_are_held_back_and_only_while_a_contributor_is_about() -> None:
+    p = Policy(age_step_s=10.0, headroom_share=0.5, headroom_window_s=30.0)
+    rest = Waiter("rest", None, 100.0, 1, "free")
+    seen = 95.0  # a contributor's last request; 4 slots, a headroom of 2
+    assert not held_back(rest, 1, 4, seen, 100.0, p)  # it leaves two free
+    assert held_back(rest, 2, 4, seen, 100.0, p)  # it would leave one
+    assert not held_back(Waiter("member", 5.0, 100.0, 2, "m"), 3, 4, seen, 100.0, p)
+    assert not held_back(Waiter("own", None, 100.0, 3), 3, 4, seen, 100.0, p)
+    assert not held_back(rest, 3, 4, None, 100.0, p)  # no contributor yet
+    assert not held_back(rest, 3, 4, 69.0, 100.0, p)  # the last one is 31 s ago
+    assert held_back(rest, 3, 4, seen, 109.9, p)
+    assert not held_back(rest, 3, 4, seen, 110.0, p)  # it has headed its line age_step_s
+    assert release_at(rest, seen, p) == 110.0 and release_at(rest, 75.0, p) == 105.0
+    assert not held_back(rest, 0, 1, seen, 100.0, p)  # a one-slot engine keeps no headroom
+
+
+def test_pick_allowed_skips_whole_lines() -> None:
+    waiters = [Waiter("rest", None, 0.0, 0, "free"), Waiter("rest", None, 1.0, 1, "free"),
+               Waiter("member", 5.0, 2.0, 2, "m")]
+    def not_rest(w: Waiter) -> bool:
+        return w.klass != "rest"
+    assert pick_allowed(waiters, 3.0, POLICY, not_rest) == 2
+    assert pick_allowed(waiters[:2], 3.0, POLICY, not_rest) is None
+    assert pick_allowed(waiters, 3.0, POLICY, lambda w: True) == pick(waiters, 3.0, POLICY)

@@ -21,11 +21,10 @@ outstanding (closed loop, no pause: it alone would saturate the engine).
 Printed per run and client: requests served and refused (Busy), queue wait p50/p95/max (s).
 The issue's goal: contributors' p50 wait within 1.5× of the uncontended run, the free-rider
 still served with its max wait bounded (`fairshare.wait_bound()` per line head, times its
-line's length). The queue neither preempts
-a running answer nor keeps a slot idle for a member who may come: with the free-rider
-filling every slot, a contributor who alone would have found one free waits for the next
-slot to end (on average the shortest of `slots` remaining answer times). That part of the
-wait is what the latency ratio (wait + answer) puts in proportion.
+line's length). The queue preempts no running answer; what keeps contributors from waiting
+behind the free-rider is the headroom (`--headroom`, `fairshare.held_back()`): while they are
+about, the free-rider leaves a share of the slots free. docs/bench.md has the figures across
+loads and headrooms.
 """
 
 from __future__ import annotations
@@ -79,18 +78,28 @@ class _Sim:
     """A discrete-event run: an event heap on a simulated clock, the admission queue's
     tasks on a real event loop (each event, then one loop turn for the tasks it woke)."""
 
-    def __init__(self, slots: int, max_queue: int, policy: Policy, rng: random.Random,
+    def __init__(self, slots: int, max_queue: int, policy: Policy, seed: int,
                  service_s: Callable[[random.Random], float]) -> None:
         self.now = 0.0
         self.slots, self.max_queue = slots, max_queue
-        self.rng, self.service_s = rng, service_s
-        self.admission = Admission(policy, clock=lambda: self.now)
+        self.seed, self.service_s = seed, service_s
+        # One random stream per client (its arrivals and its answers' lengths), so a
+        # contributor's traffic is the same request for request in every run, whoever else
+        # is there: the runs differ only in what the queue does.
+        self.rngs: dict[str, random.Random] = {}
+        self.admission = Admission(policy, clock=lambda: self.now,
+                                   schedule=lambda t, fn: self.at(t, fn))
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
         self.tallies: dict[str, Tally] = {}
         self.in_flight = 0
         self.longest_answer_s = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
+
+    def rng(self, client: Client) -> random.Random:
+        if client.name not in self.rngs:
+            self.rngs[client.name] = random.Random(f"{self.seed}:{client.name}")
+        return self.rngs[client.name]
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.events, (t, next(self.seq), fn))
@@ -100,7 +109,7 @@ class _Sim:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         if client.rate_per_s is not None:
-            self.at(self.now + self.rng.expovariate(client.rate_per_s),
+            self.at(self.now + self.rng(client).expovariate(client.rate_per_s),
                     lambda: self.arrive(client))
 
     async def request(self, client: Client) -> None:
@@ -113,7 +122,7 @@ class _Sim:
         self.in_flight += 1
         await self.admission.enter(self.slots, client.name, client.standing)
         tally.waits.append(self.now - arrived)
-        service = self.service_s(self.rng)
+        service = self.service_s(self.rng(client))
         tally.latencies.append(self.now - arrived + service)
         self.longest_answer_s = max(self.longest_answer_s, service)
         self.at(self.now + service, lambda: self.done(client))
@@ -130,7 +139,7 @@ class _Sim:
     async def run(self, clients: list[Client], horizon_s: float) -> dict[str, Tally]:
         for c in clients:
             for _ in range(c.users or 1):
-                self.at(self.rng.uniform(0, 1), lambda c=c: self.arrive(c))  # type: ignore[misc]
+                self.at(self.rng(c).uniform(0, 1), lambda c=c: self.arrive(c))  # type: ignore[misc]
         while self.events and self.events[0][0] <= horizon_s:
             t, _, fn = heapq.heappop(self.events)
             self.now = t
@@ -171,11 +180,13 @@ def run(seed: int = 1, hours: float = 1.0, slots: int = 4, max_queue: int = 64,
                    "contributor_load": contributor_load,
                    "contributor_rate_per_s": _r(rate),
                    "free_rider_users": free_rider_users,
-                   "age_step_s": policy.age_step_s, "share_credits": policy.share_credits},
+                   "age_step_s": policy.age_step_s, "share_credits": policy.share_credits,
+                   "headroom_share": policy.headroom_share,
+                   "headroom_window_s": policy.headroom_window_s},
         "runs": {}}
     longest = 0.0
     for name, clients in runs.items():
-        sim = _Sim(slots, max_queue, policy, random.Random(seed), service)
+        sim = _Sim(slots, max_queue, policy, seed, service)
         tallies = asyncio.run(sim.run(clients, hours * 3600))
         longest = max(longest, sim.longest_answer_s)
         out["runs"][name] = {c: t.summary() for c, t in sorted(tallies.items())}
@@ -237,9 +248,16 @@ def main() -> None:
                    help="requests the free-rider keeps outstanding")
     p.add_argument("--age-step", type=float, default=Policy().age_step_s,
                    help="seconds of waiting that lift a request one class")
+    p.add_argument("--headroom", type=float, default=Policy().headroom_share,
+                   help="share of the slots the free-rider leaves free while contributors "
+                        "are about (0: none)")
+    p.add_argument("--headroom-window", type=float, default=Policy().headroom_window_s,
+                   help="seconds after a contributor's request that the headroom is kept")
     args = p.parse_args()
+    policy = Policy(age_step_s=args.age_step, headroom_share=args.headroom,
+                    headroom_window_s=args.headroom_window)
     result = run(args.seed, args.hours, contributor_load=args.contributor_load,
-                 free_rider_users=args.free_rider_users, policy=Policy(age_step_s=args.age_step))
+                 free_rider_users=args.free_rider_users, policy=policy)
     if args.json:
         print(json.dumps(result))
     else:

@@ -33,6 +33,16 @@ has one head: `h` enters the engine by the `C`-th slot release after it, `C` the
 lines (at most `max_queue`). With `slots` slots and no answer longer than `T`, a head waits
 at most `MAX_RANK·age_step_s + ceil(C / slots)·T` (`wait_bound()`), and the k-th request in
 a line at most k times that (tests/unit/test_fairshare.py checks both).
+
+Headroom: the queue preempts no answer, so with a free-rider in every slot a contributor
+(this node's own client or a member in credit) who alone would have found a slot free waits
+for one to end. So while a contributor arrived less than `headroom_window_s` ago, a request
+of class "rest" enters only if it leaves `headroom()` slots free (`held_back()`): a slot
+a contributor finds free, not one it waits for. The engine then runs below its slots while
+the rest wait; that is the price of contributors served as if the rest were not there. A rest
+head is held back at most `age_step_s` (after that it has risen out of the rest class), and
+never once the window lapses (`release_at()`), so the bound above still holds: holding back
+ends within the overtaking window it already allows for.
 """
 
 from __future__ import annotations
@@ -66,12 +76,22 @@ class Policy:
     age_step_s: float = 60.0
     # credits of balance that halve a member's distance to the head of the member class
     share_credits: float = 100.0
+    # the share of an engine's slots the rest leave free while contributors are about (see
+    # `held_back`), rounded up; 0 turns the headroom off. The rest always keep one slot.
+    headroom_share: float = 0.5
+    # seconds after the last contributor's request during which the headroom is kept: long
+    # against the gap between one contributor's requests, short enough that slots soon serve
+    # the rest again once the contributors go quiet
+    headroom_window_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("age_step_s", "share_credits"):
+        for name in ("age_step_s", "share_credits", "headroom_window_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"fair-share {name} must be a positive number, not {value!r}")
+        if not (math.isfinite(self.headroom_share) and 0 <= self.headroom_share < 1):
+            raise ValueError("fair-share headroom_share must be at least 0 and below 1, not "
+                             f"{self.headroom_share!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +155,40 @@ def pick(waiters: Sequence[Waiter], now: float, policy: Policy = Policy()) -> in
     if not waiters:
         raise ValueError("pick() needs at least one waiter")
     return min(heads(waiters), key=lambda i: priority(waiters[i], now, policy))
+
+
+def pick_allowed(waiters: Sequence[Waiter], now: float, policy: Policy,
+                 allowed: Callable[[Waiter], bool]) -> int | None:
+    """As `pick()`, among the line heads `allowed` accepts; None when it accepts none. A line
+    whose head may not enter waits whole: its later requests do not jump their own head."""
+    ok = [i for i in heads(waiters) if allowed(waiters[i])]
+    return min(ok, key=lambda i: priority(waiters[i], now, policy)) if ok else None
+
+
+def headroom(policy: Policy, slots: int) -> int:
+    """Slots the rest leave free while contributors are about: `headroom_share` of them,
+    rounded up, leaving the rest at least one (so none on a one-slot engine)."""
+    if policy.headroom_share <= 0:
+        return 0
+    return max(0, min(math.ceil(slots * policy.headroom_share), slots - 1))
+
+
+def held_back(waiter: Waiter, running: int, slots: int, contributor_seen: float | None,
+              now: float, policy: Policy = Policy()) -> bool:
+    """Must `waiter` leave a free slot alone? Only a request of class rest that has headed
+    its line for less than `age_step_s`, while a contributor arrived (at `contributor_seen`)
+    within `headroom_window_s`, when entering would leave fewer than `headroom()` slots
+    free with `running` requests in the engine."""
+    if waiter.klass != "rest" or contributor_seen is None or now >= release_at(
+            waiter, contributor_seen, policy):
+        return False
+    return running >= slots - headroom(policy, slots)
+
+
+def release_at(waiter: Waiter, contributor_seen: float, policy: Policy = Policy()) -> float:
+    """When `held_back()` stops holding `waiter` back, unless another contributor comes."""
+    return min(contributor_seen + policy.headroom_window_s,
+               waiter.aging_from + policy.age_step_s)
 
 
 def promote(waiters: Sequence[Waiter], gone: Waiter, now: float) -> int | None:
