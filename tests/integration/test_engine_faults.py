@@ -197,20 +197,24 @@ def test_client_disconnect_frees_the_slot(shared_node: NodeProcess) -> None:
 
 def test_shutdown_finishes_streams_and_leaves_no_orphans(
         start_node: Callable[..., NodeProcess], model_path: Path, tmp_path: Path) -> None:
-    node = start_node("--model", str(model_path), "--no-baseline")
+    # A grace no loaded machine runs out of (24 tokens took over FAST's 3 s on a busy 2-core
+    # runner): what is tested is that the stream is finished, not how fast.
+    node = start_node("--model", str(model_path), "--no-baseline", "--shutdown-grace-s", "60")
     node.wait_listening()
     node.wait_ready()
     engine_pids = node.engine_pids()
     assert engine_pids
     conn, resp = _open_stream(node.url, {**LONG, "max_tokens": 24})
-    resp.read1(1024)  # type: ignore[attr-defined]
-    node.proc.send_signal(signal.SIGTERM)
-    rest = resp.read().decode()  # the stream finishes within the grace period
-    resp.close()  # type: ignore[attr-defined]
-    conn.close()
+    try:
+        resp.read1(1024)  # type: ignore[attr-defined]
+        node.proc.send_signal(signal.SIGTERM)
+        rest = resp.read().decode()  # the stream finishes within the grace period
+    finally:
+        resp.close()  # type: ignore[attr-defined]
+        conn.close()
     assert rest.rstrip().endswith("data: [DONE]")
     assert '"finish_reason":"length"' in rest
-    assert node.proc.wait(20) == 0
+    assert node.proc.wait(60) == 0
     for pid in engine_pids:
         wait_for(lambda pid=pid: not psutil.pid_exists(pid), 10, f"engine {pid} to exit")
     assert not (node.data_dir / "node.json").exists()

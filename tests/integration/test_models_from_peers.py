@@ -88,10 +88,16 @@ def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path:
         assert set(fetched["bytes_from"]) == {"a"} and not fetched["dropped"], fetched
         assert _sha256(b.data_dir / "models" / f"{MODEL}.gguf") == want
         assert not list((b.data_dir / "models").glob("*.part*"))
-        out = ns_run(hb.ns, sys.executable, "-c", CHAT, b.wait_listening()["url"], MODEL,
-                     timeout=180)
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["by"] == b.node_id
+
+        def answered_by_b() -> bool:
+            out = ns_run(hb.ns, sys.executable, "-c", CHAT, b.wait_listening()["url"], MODEL,
+                         timeout=180)
+            assert out.returncode == 0, out.stderr
+            return bool(json.loads(out.stdout)["by"] == b.node_id)
+
+        # B's router sends a chat where it expects the answer soonest: A (measured) may get
+        # the first ones while B's own copy has no measurement yet; B's engine answers soon.
+        wait_for(answered_by_b, 120, "B's own copy to answer a chat")
 
         # C fetches once B serves it too: from both at once.
         wait_for(lambda: any(m["id"] == MODEL and m["state"] == "ready" and m["sha256"] == want

@@ -71,7 +71,7 @@ def hosts() -> Iterator[list[Host]]:
         yield made
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
 def test_audits_flag_impostors_never_the_honest_peer(
         hosts: list[Host], tmp_path: Path, model_path: Path, chat_model_path: Path) -> None:
     h_entry, h_busy, h_smol, h_pert, h_canned = hosts
@@ -122,7 +122,9 @@ def test_audits_flag_impostors_never_the_honest_peer(
                             for c in ("smollm2", "perturbed", "canned")))
 
         try:
-            wait_for(settled, 240, "audits to verify the honest peer and flag the cheats")
+            # About half the audits ask for log-probabilities, the only ones that can pass;
+            # on a loaded runner the busy honest peer gets few in 240 s (1 pass in 10 seen).
+            wait_for(settled, 360, "audits to verify the honest peer and flag the cheats")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; verdicts: {json.dumps(verdicts(), indent=1)}") \
                 from None
