@@ -167,3 +167,19 @@ class NsNode:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def running(nodes: list[NsNode], tail: int = 3000) -> Iterator[list[NsNode]]:
+    """Stop every node in `nodes` at the end (the list may change inside: nodes restarted
+    or added); when the body fails, print each node's log tail first, so the failure says
+    what the nodes saw."""
+    try:
+        yield nodes
+    except BaseException:
+        for node in nodes:
+            print(f"--- {node.ns} ---\n{node.log()[-tail:]}")
+        raise
+    finally:
+        for node in nodes:
+            node.stop()

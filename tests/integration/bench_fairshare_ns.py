@@ -33,7 +33,7 @@ import pytest
 from covey.metrics.samples import percentile
 from tests.conftest import wait_for
 from tests.integration.test_ledger import README_MESH
-from tests.netns import Host, NsNode, lan, unusable_reason
+from tests.netns import Host, NsNode, lan, running, unusable_reason
 
 pytestmark = pytest.mark.skipif(unusable_reason() is not None,
                                 reason=unusable_reason() or "")
@@ -136,6 +136,16 @@ def _run(provider: NsNode, clients: list[tuple[str, NsNode, str, float, int]]
     return out
 
 
+def _report(run: str, r: dict[str, Any]) -> None:
+    waits = r["queue_wait_ms"]
+    print(f"\n  {run}: P's queue wait (ms) member {waits['member']}, rest {waits['rest']}")
+    for name in ("contributor-a", "contributor-b", "free-rider"):
+        if name in r:
+            lat = r[name]["latencies"]
+            print(f"    {name:14} served {len(lat):4} errors {len(r[name]['errors'])}  "
+                  f"latency s {_spread(lat)}")
+
+
 @pytest.mark.timeout(1200)
 def test_bench_fair_share_on_real_nodes(hosts: list[Host], tmp_path: Path) -> None:
     hp, ha, hb, hf = hosts
@@ -143,56 +153,45 @@ def test_bench_fair_share_on_real_nodes(hosts: list[Host], tmp_path: Path) -> No
     flags = [*README_MESH, "--no-default-model", "--no-baseline", "--backend", engine_url,
              "--parallel", str(SLOTS), "--max-queue", "64"]
     p = NsNode(hp.ns, tmp_path / "p", *flags)
-    nodes = [p]
     try:
-        p.wait_listening()
-        members = {}
-        for name, host in (("a", ha), ("b", hb), ("f", hf)):
-            invite = p.covey("invite", "--data-dir", str(p.data_dir)).strip()
-            members[name] = NsNode(host.ns, tmp_path / name, "--join", invite, *README_MESH,
-                                   "--no-default-model")
-            nodes.append(members[name])
-        a, b, f = members["a"], members["b"], members["f"]
-        for member in (a, b):
-            member.wait_listening()
-            p.covey("ledger", "grant", member.node_id, "100", "--data-dir", str(p.data_dir))
-        f.wait_listening()
-        contributors = [("contributor-a", a, "poisson", CONTRIBUTOR_RATE, 1),
-                        ("contributor-b", b, "poisson", CONTRIBUTOR_RATE, 2)]
-        free_rider = ("free-rider", f, "closed", float(FREE_RIDER_USERS), 3)
-        results = {}
-        for run, extra, clients in (("alone", [], contributors),
-                                    ("headroom 0.5", [], [*contributors, free_rider]),
-                                    ("headroom 0", ["--headroom", "0"],
-                                     [*contributors, free_rider])):
-            p.stop()
-            nodes.remove(p)
-            p = NsNode(hp.ns, tmp_path / "p", *flags, *extra)
-            nodes.append(p)
+        with running([p]) as nodes:
             p.wait_listening()
-            results[run] = r = _run(p, clients)
-            waits = r["queue_wait_ms"]
-            print(f"\n  {run}: P's queue wait (ms) member {waits['member']}, rest "
-                  f"{waits['rest']}")
-            for name in ("contributor-a", "contributor-b", "free-rider"):
-                if name in r:
-                    print(f"    {name:14} served {len(r[name]['latencies']):4} errors "
-                          f"{len(r[name]['errors'])}  latency s {_spread(r[name]['latencies'])}")
-        print(f"\nfair share on real nodes: {SLOTS} slots, answers {TOKENS * TOKEN_S:.1f} s, "
-              f"contributors {2 * CONTRIBUTOR_RATE:.2f} req/s together (half the capacity), "
-              f"free-rider {FREE_RIDER_USERS} users, {SECONDS:.0f} s per run")
-        alone, fair, before = (results[k]["queue_wait_ms"]["member"]["p50"]
-                               for k in ("alone", "headroom 0.5", "headroom 0"))
-        print(f"  member p50 wait: alone {alone} ms, with the free-rider {fair} ms "
-              f"(headroom 0: {before} ms)")
-        assert results["headroom 0.5"]["queue_wait_ms"]["rest"]["count"] > 0  # still served
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
-        raise
+            members = {}
+            for name, host in (("a", ha), ("b", hb), ("f", hf)):
+                invite = p.covey("invite", "--data-dir", str(p.data_dir)).strip()
+                members[name] = NsNode(host.ns, tmp_path / name, "--join", invite, *README_MESH,
+                                       "--no-default-model")
+                nodes.append(members[name])
+            a, b, f = members["a"], members["b"], members["f"]
+            for member in (a, b):
+                member.wait_listening()
+                p.covey("ledger", "grant", member.node_id, "100", "--data-dir", str(p.data_dir))
+            f.wait_listening()
+            contributors = [("contributor-a", a, "poisson", CONTRIBUTOR_RATE, 1),
+                            ("contributor-b", b, "poisson", CONTRIBUTOR_RATE, 2)]
+            free_rider = ("free-rider", f, "closed", float(FREE_RIDER_USERS), 3)
+            results = {}
+            for run, extra, clients in (("alone", [], contributors),
+                                        ("headroom 0.5", [], [*contributors, free_rider]),
+                                        ("headroom 0", ["--headroom", "0"],
+                                         [*contributors, free_rider])):
+                p.stop()
+                nodes.remove(p)
+                p = NsNode(hp.ns, tmp_path / "p", *flags, *extra)
+                nodes.append(p)
+                p.wait_listening()
+                results[run] = _run(p, clients)
+                _report(run, results[run])
+            print(f"\nfair share on real nodes: {SLOTS} slots, answers "
+                  f"{TOKENS * TOKEN_S:.1f} s, contributors {2 * CONTRIBUTOR_RATE:.2f} req/s "
+                  f"together (half the capacity), free-rider {FREE_RIDER_USERS} users, "
+                  f"{SECONDS:.0f} s per run")
+            alone, fair, before = (results[k]["queue_wait_ms"]["member"]["p50"]
+                                   for k in ("alone", "headroom 0.5", "headroom 0"))
+            print(f"  member p50 wait: alone {alone} ms, with the free-rider {fair} ms "
+                  f"(headroom 0: {before} ms)")
+            assert results["headroom 0.5"]["queue_wait_ms"]["rest"]["count"] > 0  # still served
     finally:
-        for node in nodes:
-            node.stop()
         engine.terminate()
         engine.wait(10)
         if engine.stdout is not None:

@@ -19,7 +19,7 @@ import pytest
 
 from covey.ledger.chain import Ledger
 from tests.conftest import wait_for
-from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, running, unusable_reason
 
 pytestmark = pytest.mark.skipif(unusable_reason() is not None,
                                 reason=unusable_reason() or "")
@@ -66,8 +66,7 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
     # Checkpoints every second here (a day by default), so the witnesses have some to sign.
     a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model",
                "--checkpoint-interval-s", "1")
-    nodes = [a]
-    try:
+    with running([a]) as nodes:
         a.wait_listening()
         invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
         b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
@@ -164,10 +163,3 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
         nodes.append(b)
         b.wait_listening()
         assert ledger_of(b) == at_b
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
-        raise
-    finally:
-        for node in nodes:
-            node.stop()

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.integration.test_ledger import ASK, README_MESH, ledger_of
-from tests.netns import Host, NsNode, lan, ns_run, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, running, unusable_reason
 
 pytestmark = pytest.mark.skipif(unusable_reason() is not None,
                                 reason=unusable_reason() or "")
@@ -50,8 +50,7 @@ def test_the_creator_moves_the_ledger_to_a_member(hosts: list[Host], tmp_path: P
                                                   model_path: Path) -> None:
     ha, hb, hc = hosts
     a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model", *CHECKPOINTS)
-    nodes = [a]
-    try:
+    with running([a]) as nodes:
         a.wait_listening()
         invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
         b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
@@ -122,10 +121,3 @@ def test_the_creator_moves_the_ledger_to_a_member(hosts: list[Host], tmp_path: P
         refused = ns_run(ha.ns, sys.executable, "-m", "covey", "ledger", "grant", b.node_id,
                          "1", "--data-dir", str(a.data_dir))
         assert refused.returncode == 1 and "keeper" in refused.stderr, refused.stderr
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
-        raise
-    finally:
-        for node in nodes:
-            node.stop()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import seed_models, wait_for
-from tests.netns import Host, NsNode, lan, ns_run, unsigned_post, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, running, unsigned_post, unusable_reason
 
 pytestmark = [pytest.mark.skipif(unusable_reason() is not None,
                                  reason=unusable_reason() or ""), pytest.mark.engine]
@@ -69,8 +69,7 @@ def test_memory_is_searchable_across_machines_only_when_shared(
     ha, hb = hosts
     dirs = {n: seed_models(tmp_path / n, embed_model_path) for n in "ab"}
     a = NsNode(ha.ns, dirs["a"], *README_MESH, "--no-default-model")
-    nodes = [a]
-    try:
+    with running([a]) as nodes:
         a.wait_listening()
         invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
         b = NsNode(hb.ns, dirs["b"], "--join", invite, *README_MESH, "--no-default-model")
@@ -142,10 +141,3 @@ def test_memory_is_searchable_across_machines_only_when_shared(
         assert "line 3: not JSON" in out.stderr and "line 4" in out.stderr, out.stderr
         listed = json.loads(b.covey("memory", "ls", "--json", "--data-dir", str(b.data_dir)))
         assert listed["memory"]["count"] == 3
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-3000:]}")
-        raise
-    finally:
-        for node in nodes:
-            node.stop()
