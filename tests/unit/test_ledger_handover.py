@@ -7,9 +7,18 @@ The keeper is a real LedgerService; `post` calls its `accept` as the peer API wo
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
-from covey.ledger.handover import LATER_ROUNDS, SYNCED_FILE, Handover, party_receipts
+import pytest
+
+from covey.ledger.handover import (
+    LATER_ROUNDS,
+    SYNCED_FILE,
+    UNHEARD_ROUNDS,
+    Handover,
+    party_receipts,
+)
 from covey.ledger.receipts import ReceiptRejected, new_request_id
 from covey.ledger.service import LedgerService
 from covey.mesh.peer_transport import PeerError
@@ -137,3 +146,17 @@ async def test_only_receipts_this_node_is_a_party_to(tmp_path: Path) -> None:
     assert len(party_receipts(entries, IDS[CONSUMER])) == 2
     assert len(party_receipts(entries, IDS[PROVIDER])) == 2
     assert party_receipts(entries, IDS[STRANGER]) == []  # the keeper holds them, party to none
+
+
+async def test_a_keeper_never_heard_from_is_named_once(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A typo in the creator's --ledger-keeper: no such member ever shows up."""
+    (tmp_path / "keeper").mkdir()
+    consumer, keeper = service(CONSUMER, tmp_path), Keeper(tmp_path)
+    handover = Handover(IDS[CONSUMER], tmp_path, lambda: "b" * 16, lambda: None,
+                        consumer.ledger.entries, keeper.post)
+    with caplog.at_level(logging.WARNING, logger="covey.ledger.handover"):
+        for _ in range(UNHEARD_ROUNDS * 2):
+            assert not await handover.step()
+    named = [r for r in caplog.records if "b" * 16 in r.getMessage()]
+    assert len(named) == 1 and "--ledger-keeper" in named[0].getMessage()

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SYNCED_FILE = "ledger_keeper"  # in the data dir: the keeper this node's receipts reached
 LATER_ROUNDS = 30  # rounds a receipt the keeper could not check yet is sent again
+UNHEARD_ROUNDS = 12  # rounds without the keeper's record before this node says so
 
 
 def party_receipts(entries: Sequence[Entry], node_id: str) -> list[bytes]:
@@ -68,6 +69,7 @@ class Handover:
         self.synced: str | None = None
         self.later: list[bytes] = []  # receipts the keeper could not check yet
         self.later_rounds = 0
+        self.unheard_rounds: dict[str, int] = {}  # keeper → rounds its record was missing
 
     def load(self) -> None:
         try:
@@ -92,6 +94,7 @@ class Handover:
         if keeper != self.node_id:  # a keeper needs no copy of its own ledger
             record = self.keeper_record()
             if record is None or record.node_id != keeper:
+                self._unheard(keeper)
                 return False  # not reachable yet: asked again next round
             wires = party_receipts(await asyncio.to_thread(self.entries), self.node_id)
             later = await self._send(record, wires)
@@ -107,6 +110,15 @@ class Handover:
             log.info("ledger: the mesh ledger is kept by %s now (was %s)",
                      record_name(keeper, self.node_id), record_name(previous, self.node_id))
         return True
+
+    def _unheard(self, keeper: str) -> None:
+        """Say once when the keeper stays unheard: a creator's typo in --ledger-keeper, or a
+        member that left, would otherwise keep every receipt on its two parties silently."""
+        self.unheard_rounds[keeper] = rounds = self.unheard_rounds.get(keeper, 0) + 1
+        if rounds == UNHEARD_ROUNDS:
+            log.warning("ledger: the keeper %s is not among the members this node hears "
+                        "from; receipts stay with their parties until it is (check the "
+                        "creator's --ledger-keeper)", keeper)
 
     async def _send_later(self) -> None:
         """Receipts the keeper could not check yet (it did not know a party's key), again
