@@ -25,6 +25,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from covey.errors import FetchError
+from covey.fetch.manifest import is_sha256
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ LOW_DISK = 64 << 20  # size unknown: stop when less than this is free
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TRANSIENT = (408, 425, 429, 500, 502, 503, 504)
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,16})-(\d{1,16})|\*)/(\d{1,16}|\*)")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class _Job:
             return
         for name in ("X-Linked-Etag", "ETag"):
             value = headers.get(name, "")[:200].removeprefix("W/").strip('"').lower()
-            if _HEX64.fullmatch(value):
+            if is_sha256(value):
                 self.expected = value
                 return
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any
 
 from covey.engine.catalog import ModelFileError, model_id_for, read_card, sha256_file
 from covey.errors import FetchError
+from covey.fetch.manifest import is_sha256
 from covey.types import ModelId
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".source.json"
 MAX_SIDECAR_BYTES = 64 * 1024
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     # Missing, unreadable or hand-edited into nonsense: recompute rather than trust it.
     except (OSError, ValueError):
         return None
-    if not isinstance(facts, dict) or not _SHA256.fullmatch(str(facts.get("sha256"))):
+    if not isinstance(facts, dict) or not is_sha256(facts.get("sha256")):
         return None
     if facts.get("size") != st.st_size or facts.get("mtime_ns") != st.st_mtime_ns:
         return None

@@ -18,11 +18,11 @@ from urllib.parse import quote, unquote, urlsplit
 
 from covey.engine import embedded
 from covey.errors import ConfigError
+from covey.fetch.manifest import is_sha256
 
 HUB_ENDPOINT = "https://huggingface.co"  # huggingface_hub's default; HF_ENDPOINT overrides
 MAX_SOURCE_CHARS = 2048
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # owner and repo names
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # what catalog.model_id_for produces
 _SAFE_FILE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -165,7 +165,7 @@ def _split_sha256(text: str) -> tuple[str, str | None]:
     if not fragment.startswith("sha256="):
         raise ConfigError(_bad(text, "the only fragment understood is #sha256=HEX"))
     digest = fragment[len("sha256="):].lower()
-    if not _SHA256.fullmatch(digest):
+    if not is_sha256(digest):
         raise ConfigError(_bad(text, "#sha256= must be 64 hexadecimal digits"))
     return rest, digest
 
