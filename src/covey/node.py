@@ -32,6 +32,7 @@ from covey.engine.remote import RemoteBackend
 from covey.engine.supervisor import EngineOptions, LocalEngine
 from covey.errors import Unavailable
 from covey.fetch import inventory, resolve
+from covey.fetch.manifest import ManifestError, build_manifest
 from covey.fetch.serve import FileShare
 from covey.fetch.wanted import WantedModel
 from covey.health.monitor import HealthMonitor
@@ -419,9 +420,15 @@ class Node:
                 await self._offer(m.id, m.card.path)
 
     async def _offer(self, model_id: ModelId, path: Path) -> None:
+        # With sharing on, a file without a sidecar is read once for its sha256 and its
+        # manifest together; prepare() below then finds the manifest built.
+        digest_of = ((lambda p: build_manifest(p).sha256) if self._files.enabled
+                     else catalog.sha256_file)
         try:
-            facts = await asyncio.to_thread(inventory.describe, path, datetime.now(UTC))
-        except OSError as exc:
+            facts = await asyncio.to_thread(inventory.describe, path, datetime.now(UTC),
+                                            digest_of)
+        # Unreadable, or changed while it was read (ManifestError): offered at next start.
+        except (OSError, ManifestError) as exc:
             log.warning("model %s: cannot read its file to offer it: %s", model_id, exc)
             return
         self._file_sha[model_id] = facts.sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,13 +78,16 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
             "fetched_at": fetched[:40] if isinstance(fetched, str) else None}
 
 
-def describe(path: Path, now: datetime) -> OnDisk:
-    """One file's facts. Blocking: hashes the file when no valid sidecar holds its sha256."""
+def describe(path: Path, now: datetime,
+             digest_of: Callable[[Path], str] = sha256_file) -> OnDisk:
+    """One file's facts. Blocking: hashes the file with `digest_of` when no valid sidecar
+    holds its sha256 (a node about to offer the file builds its peer manifest in that one
+    read, rather than reading a multi-gigabyte file twice)."""
     facts = read_sidecar(path)
     if facts is None:
         # A stale sidecar's source is dropped too: the file changed, so it may not be what
         # was fetched from there.
-        digest = sha256_file(path)
+        digest = digest_of(path)
         write_sidecar(path, source=None, sha256=digest, now=now)
         facts = read_sidecar(path) or {"sha256": digest, "size": path.stat().st_size,
                                        "source": None, "fetched_at": None}

@@ -145,7 +145,10 @@ class FileShare:
 
     async def prepare(self) -> None:
         """Build (or load) every registered file's manifest now, so the first peer asking
-        does not wait for a multi-gigabyte read. Failures are logged and refused later."""
+        does not wait for a multi-gigabyte read. Failures are logged and refused later.
+        Nothing to do while sharing is off: no peer will ask."""
+        if not self.enabled:
+            return
         for sha256 in list(self._files):
             try:
                 await self.manifest(sha256)
