@@ -52,7 +52,14 @@ from covey.mesh.discovery import LanDiscovery, lan_addresses
 from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport
 from covey.mesh.policy import MeshPolicy
-from covey.mesh.records import MAX_BYTES, MAX_SAMPLES, MAX_TOKENS_PER_S, MAX_TTFT_MS, plausible
+from covey.mesh.records import (
+    MAX_BYTES,
+    MAX_SAMPLES,
+    MAX_TOKENS_PER_S,
+    MAX_TTFT_MS,
+    NodeRecord,
+    plausible,
+)
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
 from covey.mesh.state import MeshState
@@ -65,7 +72,7 @@ from covey.router.budget import Budget
 from covey.router.fairshare import Policy as FairShare
 from covey.router.fallback import Fallback
 from covey.router.proxy import Relay
-from covey.router.table import ModelTable, ServedModel
+from covey.router.table import Engine, ModelTable, ServedModel
 from covey.types import EngineFailed, EngineState, ModelCard, ModelId
 from covey.verify import fingerprint
 from covey.verify.auditor import Auditor
@@ -125,6 +132,7 @@ class Node:
         self._files = FileShare(enabled=settings.share_models, mbps=settings.share_models_mbps)
         self._file_sha: dict[ModelId, str] = {}
         self._embedder_lock = asyncio.Lock()
+        self._fair_share = FairShare(headroom_share=settings.headroom)
 
     # --- building -------------------------------------------------------------------
 
@@ -170,31 +178,33 @@ class Node:
             except catalog.ModelFileError as exc:
                 log.error("model %s: %s", path.name, exc)
                 card = card or _card_for_unreadable(path)
-                self._add(ServedModel(card=card, engine=BrokenEngine(str(exc)),
-                                      upstream_name=card.id, slots=s.parallel,
-                                      max_queue=s.max_queue, meter=self._meter()))
+                self._add(card, BrokenEngine(str(exc)), card.id)
                 continue
             if card.id in self.table.models:
                 log.warning("model %s: listed twice; serving it once", card.id)
                 continue
             engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
             self._engines.append(engine)
-            self._add(ServedModel(card=card, engine=engine, upstream_name=card.id,
-                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+            self._add(card, engine, card.id)
         for mid, wanted in self._wanted.items():
             card = ModelCard(id=mid, path=None, size_bytes=None, quantization=None,
                              architecture=None, context_length=None)
-            self._add(ServedModel(card=card, engine=wanted, upstream_name=mid,
-                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+            self._add(card, wanted, mid)
         for url in s.backends:
             self._backends.append(RemoteBackend(url, on_models=self._sync_backend_models))
 
-    def _add(self, model: ServedModel) -> None:
-        model.admission.policy = FairShare(headroom_share=self.settings.headroom)
+    def _add(self, card: ModelCard, engine: Engine, upstream_name: str) -> ServedModel:
+        """A row this node serves itself (an engine, a backend's model, a placeholder), with
+        the settings' slots, queue and fair-share rules."""
+        s = self.settings
+        model = ServedModel(card=card, engine=engine, upstream_name=upstream_name,
+                            slots=s.parallel, max_queue=s.max_queue, meter=self._meter(),
+                            fair_share=self._fair_share)
         self.table.add(model)
         if self.settings.baseline and not isinstance(model.engine, BrokenEngine | WantedModel):
             self._keepers[model.id] = None
             self._start_keepers()
+        return model
 
     def _start_keepers(self) -> None:
         if self._tasks is None:
@@ -210,7 +220,6 @@ class Node:
 
     def _sync_backend_models(self, backend: RemoteBackend) -> None:
         """Mirror an attached backend's model list into the table (added and removed)."""
-        s = self.settings
         mine = {mid for mid, m in self.table.models.items() if m.engine is backend}
         for name in backend.models:
             mid = ModelId(name)
@@ -218,8 +227,7 @@ class Node:
                 continue
             card = ModelCard(id=mid, path=None, size_bytes=None, quantization=None,
                              architecture=None, context_length=None)
-            self._add(ServedModel(card=card, engine=backend, upstream_name=name,
-                                  slots=s.parallel, max_queue=s.max_queue, meter=self._meter()))
+            self._add(card, backend, name)
             log.info("model %s: served by attached backend %s", mid, backend.base_url)
         for gone in mine - {ModelId(n) for n in backend.models}:
             self.table.remove(gone)
@@ -258,25 +266,29 @@ class Node:
                           standing=self._standing)
             link = AuthorityLink(mesh_state, transport)
             if s.ledger:
+                # Who keeps the mesh ledger, asked each time: the mesh policy may move it.
+                def keeper_id() -> str | None:
+                    return mesh_state.keeper_id(time.time())
+
+                def keeper_record() -> NodeRecord | None:
+                    return mesh_state.keeper_record(time.time())
+
                 self._ledger = LedgerService(
                     self._ledger_db, mesh_state.info.mesh_id, self.identity, transport,
                     records=lambda: mesh.peers(time.time()),
-                    keeper=lambda: mesh_state.keeper_id(time.time()) == self.identity.node_id,
-                    keeper_record=lambda: mesh_state.keeper_record(time.time()),
+                    keeper=lambda: keeper_id() == self.identity.node_id,
+                    keeper_record=keeper_record,
                     facts=self._model_facts,
                     suspect=lambda node, model: s.verify != "off" and self.verdicts.status(
                         node, model, time.time()) == "suspect", data_dir=s.data_dir)
-                # Every member but the keeper witnesses it (the policy may move the keeper).
+                # Every member but the keeper witnesses it.
                 self._ledger.witness = Witness(
-                    mesh_state.info.mesh_id, self.identity, transport,
-                    lambda: mesh_state.keeper_record(time.time()),
+                    mesh_state.info.mesh_id, self.identity, transport, keeper_record,
                     lambda: mesh.peers(time.time()), s.data_dir,
                     own_receipts=self._ledger.own_receipts)
-                self._handover = Handover(
-                    self.identity.node_id, s.data_dir,
-                    lambda: mesh_state.keeper_id(time.time()),
-                    lambda: mesh_state.keeper_record(time.time()),
-                    self._ledger_db.entries, self._ledger.send_receipt)
+                self._handover = Handover(self.identity.node_id, s.data_dir, keeper_id,
+                                          keeper_record, self._ledger_db.entries,
+                                          self._ledger.send_receipt)
                 relay.receipts = self._ledger
             mesh.authority = link
             if s.memory:
@@ -392,9 +404,7 @@ class Node:
         engine = LocalEngine(card, self._engine_options(), s.data_dir / "logs")
         self._engines.append(engine)
         self.table.remove(card.id)
-        served = ServedModel(card=card, engine=engine, upstream_name=card.id,
-                             slots=s.parallel, max_queue=s.max_queue, meter=self._meter())
-        self._add(served)
+        served = self._add(card, engine, card.id)
         if self._tasks is not None:
             self._tasks.create_task(keep_running(engine.run, f"engine:{card.id}"),
                                     name=f"engine:{card.id}")
@@ -446,13 +456,17 @@ class Node:
         s = self.settings
         store = await asyncio.to_thread(MemoryStore, s.data_dir / MEMORY_FILE,
                                         s.data_dir / MEMORY_INDEX_FILE)
-        named = embedded.find(s.memory_model)
-        model = named.model_id if named else s.memory_model
-        embedder = Embedder(session, lambda: f"{self.url}/v1", s.api_key, model,
-                            ready=self._embedder_ready)
+        embedder = Embedder(session, lambda: f"{self.url}/v1", s.api_key,
+                            self._memory_model()[1], ready=self._embedder_ready)
         return MemoryService(store, embedder, shared=frozenset(s.share_memory),
                              node_id=self.identity.node_id, name=self.name,
                              peers=lambda: mesh.peers(time.time()), transport=transport)
+
+    def _memory_model(self) -> tuple[embedded.EmbeddedModel | None, ModelId]:
+        """The memory's embedding model: the embedded one `--memory-model` names (if it
+        does) and the model id requests name."""
+        named = embedded.find(self.settings.memory_model)
+        return named, ModelId(named.model_id if named else self.settings.memory_model)
 
     async def _embedder_ready(self) -> None:
         """Have the memory's embedding model ready to answer: a model this node serves is
@@ -460,8 +474,7 @@ class Node:
         on first use, so a node that keeps no memories runs no extra engine; any other id
         is left to the router (a peer serves it)."""
         s = self.settings
-        named = embedded.find(s.memory_model)
-        model_id = ModelId(named.model_id if named else s.memory_model)
+        named, model_id = self._memory_model()
         async with self._embedder_lock:
             served = self.table.models.get(model_id)
             if served is None and named is not None and self._tasks is not None:

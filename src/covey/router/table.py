@@ -15,7 +15,7 @@ from covey.errors import Busy, ModelNotFound, Unavailable
 from covey.mesh.peer_transport import Peer
 from covey.metrics.samples import ModelMeter
 from covey.router.admission import Admission
-from covey.router.fairshare import Standing, no_standing
+from covey.router.fairshare import Policy, Standing, no_standing
 from covey.types import (
     Baseline,
     EngineFailed,
@@ -64,9 +64,10 @@ class ServedModel:
     # A local engine's waiting room (unused for a peer's copy or a provider: they queue on
     # their side).
     admission: Admission = field(init=False, repr=False)
+    fair_share: Policy = field(default_factory=Policy, repr=False)  # the waiting room's rules
 
     def __post_init__(self) -> None:
-        self.admission = Admission(window_s=self.meter.window_s)
+        self.admission = Admission(self.fair_share, window_s=self.meter.window_s)
 
     @property
     def id(self) -> ModelId:
