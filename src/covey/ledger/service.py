@@ -55,12 +55,7 @@ from covey.ledger.receipts import (
     new_receipt,
     provider_sign,
 )
-from covey.ledger.witness import (
-    Witness,
-    accept_cosignature,
-    consistency_answer,
-    mesh_origin,
-)
+from covey.ledger.witness import Witness, accept_cosignature, consistency_answer
 from covey.mesh.peer_transport import PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.sealed import SealError, b64d, b64e
@@ -308,8 +303,8 @@ class LedgerService:
                 continue
             # The mesh ledger's name on the keeper, this node's own log's elsewhere; asked
             # each time, as the mesh policy may move the keeper.
-            origin = (mesh_origin(self.mesh_id) if self.keeper
-                      else default_origin(data_dir, self.identity.node_id, keeper=False))
+            origin = await asyncio.to_thread(default_origin, data_dir, self.identity.node_id,
+                                             keeper=self.keeper)
             try:
                 text = await asyncio.to_thread(write_checkpoint, self.ledger, data_dir,
                                                self.identity.key, origin)
