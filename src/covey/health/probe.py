@@ -217,11 +217,7 @@ async def one_token(transport: PeerTransport, t: Target, model: str,
                                             timeout_s=timeout_s,
                                             headers={PROBE_HEADER: "1"}) as r:
                 if r.status != 200:
-                    text = (await r.content.read(2048)).decode(errors="replace")
-                    return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
-                                      f"{text[:200]}",
-                                  f"the engine took the request but could not answer: see "
-                                  f"the log of {t.label}")
+                    return _refused(model, t, r.status, await r.content.read(2048))
                 tail = b""
                 async for chunk in r.content.iter_any():
                     tail = tail[-64:] + chunk
@@ -254,11 +250,7 @@ async def one_vector(transport: PeerTransport, t: Target, model: str,
                                             headers={PROBE_HEADER: "1"}) as r:
                 raw = await r.content.read(MAX_VECTOR_ANSWER)
                 if r.status != 200:
-                    text = raw[:2048].decode(errors="replace")
-                    return failed(11, f"{model} on {t.label} answered HTTP {r.status}: "
-                                      f"{text[:200]}",
-                                  f"the engine took the request but could not answer: see "
-                                  f"the log of {t.label}")
+                    return _refused(model, t, r.status, raw)
     except TimeoutError:
         return failed(11, f"no vector from {model} on {t.label} within {timeout_s:.0f}s",
                       "the engine is overloaded or stuck: see `covey status` there")
@@ -270,6 +262,14 @@ async def one_vector(transport: PeerTransport, t: Target, model: str,
                       "the engine answered but produced nothing: see the peer's log")
     ms = (time.perf_counter() - started) * 1000
     return passed(11, f"{model}: a vector in {ms:.0f} ms")
+
+
+def _refused(model: str, t: Target, status: int, answer: bytes) -> LayerResult:
+    """Layer 11 failed: the peer's engine answered with an error status."""
+    text = answer[:2048].decode(errors="replace")
+    return failed(11, f"{model} on {t.label} answered HTTP {status}: {text[:200]}",
+                  f"the engine took the request but could not answer: see the log of "
+                  f"{t.label}")
 
 
 def _has_vector(raw: bytes) -> bool:

@@ -89,6 +89,10 @@ log = logging.getLogger(__name__)
 ANN_THRESHOLD = 10_000
 MAX_BATCH = 1000  # memories one add may carry
 MAX_LIST = 1000
+# Memories whose vector is missing, from another model (?: the current one) or corrupt (?:
+# their seqs as a JSON list): what re-embedding works through.
+_STALE = ("FROM memories m LEFT JOIN vectors v ON v.seq = m.seq WHERE v.seq IS NULL "
+          "OR v.model_id != ? OR m.seq IN (SELECT value FROM json_each(?))")
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
@@ -358,9 +362,7 @@ class MemoryStore:
         with self._lock:
             bad = self._bad_for(model_id)
             rows = self._db.execute(
-                "SELECT m.id, m.text, m.seq FROM memories m LEFT JOIN vectors v ON v.seq = m.seq "
-                "WHERE v.seq IS NULL OR v.model_id != ? OR m.seq IN "
-                "(SELECT value FROM json_each(?)) ORDER BY m.seq LIMIT ?",
+                f"SELECT m.id, m.text, m.seq {_STALE} ORDER BY m.seq LIMIT ?",
                 (model_id, json.dumps(bad), limit),
             ).fetchall()
             return [(r[0], r[1]) for r in rows if isinstance(r[0], str) and isinstance(r[1], str)]
@@ -369,12 +371,8 @@ class MemoryStore:
         check_model_id(model_id)
         with self._lock:
             bad = self._bad_for(model_id)
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM memories m LEFT JOIN vectors v ON v.seq = m.seq "
-                "WHERE v.seq IS NULL OR v.model_id != ? OR m.seq IN "
-                "(SELECT value FROM json_each(?))",
-                (model_id, json.dumps(bad)),
-            ).fetchone()
+            row = self._db.execute(f"SELECT COUNT(*) {_STALE}",
+                                   (model_id, json.dumps(bad))).fetchone()
             return int(row[0])
 
     def iter_all(self) -> Iterator[Memory]:
