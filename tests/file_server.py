@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import re
 import threading
@@ -21,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from covey.engine.catalog import sha256_file
 
 _RANGE = re.compile(r"bytes=(\d+)-$")
 _HUB = re.compile(r"/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)")
@@ -143,11 +144,7 @@ _hashes: dict[tuple[Path, int], str] = {}
 def _sha256(file: Path) -> str:
     key = (file, file.stat().st_mtime_ns)
     if key not in _hashes:
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
+        _hashes[key] = sha256_file(file)
     return _hashes[key]
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from covey.engine.catalog import sha256_file
 from tests.conftest import wait_for
-from tests.netns import Host, NsNode, lan, ns_run, unsigned_post, unusable_reason
+from tests.netns import Host, NsNode, lan, ns_run, running, unsigned_post, unusable_reason
 
 pytestmark = [pytest.mark.skipif(unusable_reason() is not None,
                                  reason=unusable_reason() or ""), pytest.mark.engine]
@@ -48,12 +48,17 @@ def hosts() -> Iterator[list[Host]]:
         yield made
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _serving_a(host: Host, tmp_path: Path, model_path: Path) -> tuple[NsNode, Path, str]:
+    """A creates the mesh and serves Gemma's file as MODEL: the node (started), the file,
+    and its sha256."""
+    source = tmp_path / "files" / f"{MODEL}.gguf"
+    source.parent.mkdir()
+    try:
+        os.link(model_path, source)
+    except OSError:
+        shutil.copyfile(model_path, source)
+    return (NsNode(host.ns, tmp_path / "a", *README_MESH, "--node-name", "a", "--model",
+                   str(source)), source, sha256_file(source))
 
 
 def _ready_here(node: NsNode) -> bool:
@@ -65,16 +70,8 @@ def _ready_here(node: NsNode) -> bool:
 def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path: Path,
                                                     model_path: Path) -> None:
     ha, hb, hc = hosts
-    source = tmp_path / "files" / f"{MODEL}.gguf"
-    source.parent.mkdir()
-    try:
-        os.link(model_path, source)
-    except OSError:
-        shutil.copyfile(model_path, source)
-    want = _sha256(source)
-    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--node-name", "a", "--model", str(source))
-    nodes = [a]
-    try:
+    a, _, want = _serving_a(ha, tmp_path, model_path)
+    with running([a], tail=4000) as nodes:
         a.wait_listening()
         wait_for(lambda: _ready_here(a), 120, "A's model to be ready")
         invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
@@ -86,7 +83,7 @@ def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path:
         fetched = b.status()["fetches"][MODEL]
         assert fetched["state"] == "fetched" and fetched["sha256"] == want, fetched
         assert set(fetched["bytes_from"]) == {"a"} and not fetched["dropped"], fetched
-        assert _sha256(b.data_dir / "models" / f"{MODEL}.gguf") == want
+        assert sha256_file(b.data_dir / "models" / f"{MODEL}.gguf") == want
         assert not list((b.data_dir / "models").glob("*.part*"))
 
         def answered_by_b() -> bool:
@@ -116,20 +113,13 @@ def test_a_model_comes_from_the_peers_that_serve_it(hosts: list[Host], tmp_path:
         fetched = wait_for(two_sources, 240, "C to fetch the model")
         assert set(fetched["bytes_from"]) == {"a", "b"}, fetched
         assert all(n > 0 for n in fetched["bytes_from"].values()), fetched
-        assert _sha256(c.data_dir / "models" / f"{MODEL}.gguf") == want
+        assert sha256_file(c.data_dir / "models" / f"{MODEL}.gguf") == want
         wait_for(lambda: _ready_here(c), 120, "C to serve the fetched model")
 
         # Not a member: refused before any work.
         port = a.wait_listening()["mesh_addresses"][0].rsplit(":", 1)[1]
         assert unsigned_post(hc.ns, f"https://{ha.address}:{port}/mesh/files/manifest",
                              json.dumps({"sha256": want})) == 403
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-4000:]}")
-        raise
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @pytest.mark.timeout(420)
@@ -139,47 +129,34 @@ def test_a_member_sending_bad_chunks_is_dropped(hosts: list[Host], tmp_path: Pat
     model under the honest sha256 and manifest and flips a byte in every chunk it sends: C
     drops it at its first chunk, says so, and completes the file from A."""
     ha, hl, hc = hosts
-    source = tmp_path / "files" / f"{MODEL}.gguf"
-    source.parent.mkdir()
-    try:
-        os.link(model_path, source)
-    except OSError:
-        shutil.copyfile(model_path, source)
-    want = _sha256(source)
-    a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--node-name", "a", "--model", str(source))
-    nodes = [a]
+    a, source, want = _serving_a(ha, tmp_path, model_path)
     liar = None
     try:
-        a.wait_listening()
-        wait_for(lambda: _ready_here(a), 120, "A's model to be ready")
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        liar = subprocess.Popen(["ip", "netns", "exec", hl.ns, sys.executable, "-m",
-                                 "tests.liar_peer", str(tmp_path / "liar"), invite, hl.address,
-                                 MODEL, str(source)], stdout=subprocess.PIPE, text=True)
-        assert liar.stdout is not None and liar.stdout.readline().strip() == "ready"
-        wait_for(lambda: any(p["name"] == "liar" and any(m["id"] == MODEL for m in p["models"])
-                             for p in a.status()["peers"]), 30, "A to hear the liar's claim")
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH, "--node-name", "c",
-                   "--model", MODEL)
-        nodes.append(c)
-        c.wait_listening()
-        fetched = wait_for(lambda: (f := c.status()["fetches"].get(MODEL, {})).get("state")
-                           == "fetched" and f, 240, "C to fetch the model")
-        assert "liar" in fetched["dropped"], fetched
-        assert fetched["bytes_from"]["a"] == fetched["size"] - fetched["resumed_bytes"]
-        assert _sha256(c.data_dir / "models" / f"{MODEL}.gguf") == want
-        assert "liar" in c.log() and "dropped" in c.log()
-        wait_for(lambda: _ready_here(c), 120, "C to serve the fetched model")
-    except BaseException:
-        for node in nodes:
-            print(f"--- {node.ns} ---\n{node.log()[-4000:]}")
-        raise
+        with running([a], tail=4000) as nodes:
+            a.wait_listening()
+            wait_for(lambda: _ready_here(a), 120, "A's model to be ready")
+            invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+            liar = subprocess.Popen(["ip", "netns", "exec", hl.ns, sys.executable, "-m",
+                                     "tests.liar_peer", str(tmp_path / "liar"), invite, hl.address,
+                                     MODEL, str(source)], stdout=subprocess.PIPE, text=True)
+            assert liar.stdout is not None and liar.stdout.readline().strip() == "ready"
+            wait_for(lambda: any(p["name"] == "liar" and any(m["id"] == MODEL for m in p["models"])
+                                 for p in a.status()["peers"]), 30, "A to hear the liar's claim")
+            invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+            c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH, "--node-name", "c",
+                       "--model", MODEL)
+            nodes.append(c)
+            c.wait_listening()
+            fetched = wait_for(lambda: (f := c.status()["fetches"].get(MODEL, {})).get("state")
+                               == "fetched" and f, 240, "C to fetch the model")
+            assert "liar" in fetched["dropped"], fetched
+            assert fetched["bytes_from"]["a"] == fetched["size"] - fetched["resumed_bytes"]
+            assert sha256_file(c.data_dir / "models" / f"{MODEL}.gguf") == want
+            assert "liar" in c.log() and "dropped" in c.log()
+            wait_for(lambda: _ready_here(c), 120, "C to serve the fetched model")
     finally:
         if liar is not None:
             liar.terminate()
             liar.wait(10)
             if liar.stdout is not None:
                 liar.stdout.close()
-        for node in nodes:
-            node.stop()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import ssl
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from covey.engine.catalog import sha256_file
 from covey.fetch.manifest import CHUNK_SIZE
 from covey.fetch.peers import PARALLEL, fetch_from_peers
 from covey.fetch.serve import PIECE_BYTES, FileShare
@@ -154,7 +154,7 @@ async def _run(size_mb: int, runs: int, chunk_size: int, parallel: int, piece_by
         with source.open("wb") as f:
             for _ in range(size_mb):
                 f.write(os.urandom(MB))
-        sha = await asyncio.to_thread(_sha256, source)
+        sha = await asyncio.to_thread(sha256_file, source)
         size = source.stat().st_size
         files = {n: FileShare(chunk_size=chunk_size, piece_bytes=piece_bytes)
                  for n in ("a", "b", "c")}
@@ -193,7 +193,7 @@ async def _run(size_mb: int, runs: int, chunk_size: int, parallel: int, piece_by
                     await paths[name]()
                     times[name].append(time.perf_counter() - started)
                     if name != "http_get" and i == 0:
-                        assert await asyncio.to_thread(_sha256, target) == sha
+                        assert await asyncio.to_thread(sha256_file, target) == sha
                     target.unlink()
         finally:
             await servers.run(static.cleanup())
@@ -209,14 +209,6 @@ async def _run(size_mb: int, runs: int, chunk_size: int, parallel: int, piece_by
             "ratio_1_source": round(rates["peer_1_source"] / rates["http_get"], 3),
             "ratio_2_sources": round(rates["peer_2_sources"] / rates["http_get"], 3),
             "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()}}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while block := f.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
