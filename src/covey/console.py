@@ -124,7 +124,8 @@ def _fmt(value: float | None, unit: str, digits: int = 1) -> str:
     return "no measurement yet" if value is None else f"{value:.{digits}f} {unit}"
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
+    """A file size for people: MiB below a GiB, GiB with two decimals above."""
     if n is None:
         return "-"
     return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
@@ -148,11 +149,11 @@ def fetch_lines(fetches: dict[str, Any]) -> list[str]:
         if state == "fetching" and f.get("total"):
             done, total = f.get("done", 0), f["total"]
             lines.append(f"{model}: fetching from {', '.join(f.get('sources', []))}: "
-                         f"{100 * done / total:.0f}% of {_size(total)}")
+                         f"{100 * done / total:.0f}% of {size_text(total)}")
         elif state == "fetched":
             dropped = f.get("dropped") or {}
             lines.append(f"{model}: fetched from peers in {f.get('seconds')}s ("
-                         + ", ".join(f"{k} {_size(v)}" for k, v in
+                         + ", ".join(f"{k} {size_text(v)}" for k, v in
                                      (f.get("bytes_from") or {}).items() if v)
                          + (f"; dropped {', '.join(dropped)}" if dropped else "") + ")")
         else:
@@ -333,7 +334,7 @@ def models(url: str, api_key: str | None, as_json: bool) -> int:
     for col in ("size", "quant", "engine", "status"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], _size(r["size_bytes"]), r["quantization"] or "-", r["engine"],
+        table.add_row(r["id"], size_text(r["size_bytes"]), r["quantization"] or "-", r["engine"],
                       r["state"] + (f": {r['reason']}" if r["reason"] else ""))
     out = Console()
     out.print(table)

@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from covey.console import size_text
 from covey.engine import embedded
 from covey.errors import FetchError
 from covey.fetch import inventory
@@ -133,7 +134,7 @@ def run_local(data_dir: Path, as_json: bool) -> int:
     for col in ("size", "sha256", "source", "fetched"):
         table.add_column(col)
     for m in found:
-        table.add_row(m.id, _size(m.size), m.sha256[:12], m.source or "-",
+        table.add_row(m.id, size_text(m.size), m.sha256[:12], m.source or "-",
                       (m.fetched_at or "-")[:16].replace("T", " "))
     out.print(table)
     return 0
@@ -188,10 +189,6 @@ def _log_to_stderr() -> None:
     root = logging.getLogger("covey")
     root.setLevel(logging.WARNING)
     root.addHandler(_ErrLine())
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def _now() -> datetime:
