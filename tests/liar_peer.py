@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -47,8 +46,7 @@ async def main(data_dir: Path, token: str, host: str, model: str, file: Path, sh
     async with HttpPeerTransport(lambda *_: {}) as joining:
         state, _ = await redeem(joining, invite, ident, data_dir, time.time())
     tls = tls_identity(ident.key, data_dir)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
+    context = tls.server_context()
     files = Corrupting()
     files.register(sha, file)
     runner = web.AppRunner(build_peer_app(state, tls.fingerprint, files=files),

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ from covey.mesh.records import (
 from covey.mesh.runtime import MeshRuntime
 from covey.mesh.setup import open_mesh
 from covey.mesh.state import MeshState
-from covey.mesh.transport import TlsIdentity, tls_identity
+from covey.mesh.transport import tls_identity
 from covey.metrics.baseline import BaselineKeeper
 from covey.metrics.export import registry_for
 from covey.metrics.samples import ModelMeter
@@ -305,7 +304,7 @@ class Node:
                 handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
             await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
-                              ssl_context=_server_tls(tls)).start()
+                              ssl_context=tls.server_context()).start()
             mesh_port = peer_runner.addresses[0][1]
             mesh.addresses = advertised(s.mesh_host, mesh_port, s.advertise,
                                         host_interfaces())
@@ -647,12 +646,6 @@ def _card_for_unreadable(path: Path) -> ModelCard:
     size = path.stat().st_size if path.is_file() else None
     return ModelCard(id=catalog.model_id_for(path, None), path=path, size_bytes=size,
                      quantization=None, architecture=None, context_length=None)
-
-
-def _server_tls(tls: TlsIdentity) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
-    return context
 
 
 def _url_host(host: str) -> str:

@@ -10,7 +10,6 @@ test_memory_mesh.py.
 from __future__ import annotations
 
 import hashlib
-import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -143,8 +142,7 @@ class Listener:
 async def _listener(data_dir: Path, state: MeshState, service: MemoryService | None
                     ) -> Listener:
     tls = tls_identity(state.identity.key, data_dir)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
+    context = tls.server_context()
     runner = web.AppRunner(build_peer_app(state, tls.fingerprint, memory=service),
                            access_log=None)
     await runner.setup()

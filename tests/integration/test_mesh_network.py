@@ -4,7 +4,6 @@ gossip, and every refusal. In-process peers, each calling through its own peer t
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,8 +47,7 @@ class Peer:
 
 async def _serve(state: MeshState, tls: TlsIdentity, forwards: bool = False) -> Peer:
     """`forwards`: this peer passes joins and renewals on to the creator."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
+    context = tls.server_context()
     transport = HttpPeerTransport(signer_for(state))
     link = AuthorityLink(state, transport) if forwards else None
     runner = web.AppRunner(build_peer_app(state, tls.fingerprint, authority=link),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,8 +45,7 @@ class Node:
 
 async def _node(state: MeshState, data_dir: Path) -> Node:
     tls = tls_identity(state.identity.key, data_dir)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
+    context = tls.server_context()
     files = FileShare()
     runner = web.AppRunner(build_peer_app(state, tls.fingerprint, files=files),
                            access_log=None)

@@ -6,7 +6,6 @@ accepted) and the signed probes went out with `ssl=False`, unpinned.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,8 +32,7 @@ class Listener:
 async def listener(tmp_path: Path) -> AsyncIterator[Listener]:
     """A TLS listener with the node key's certificate that answers every POST and counts it."""
     ident = tls_identity(Ed25519PrivateKey.generate(), tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ident.cert_path, ident.key_path)
+    context = ident.server_context()
     app = web.Application()
     runner = web.AppRunner(app)
 

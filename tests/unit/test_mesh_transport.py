@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import aiohttp
@@ -160,8 +159,7 @@ def test_tls_identity_replaces_a_damaged_certificate(tmp_path: Path) -> None:
 async def test_tls_pinned_to_the_fingerprint(tmp_path: Path) -> None:
     """A real TLS handshake on loopback: the pinned fingerprint passes, any other fails."""
     ident = tls_identity(Ed25519PrivateKey.generate(), tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ident.cert_path, ident.key_path)
+    context = ident.server_context()
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")

@@ -44,8 +44,7 @@ def _unsigned(audience: str, path: str, body: bytes) -> dict[str, str]:
 
 def _tls(directory: Path) -> tuple[ssl.SSLContext, str]:
     ident = tls_identity(Ed25519PrivateKey.generate(), directory)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(ident.cert_path, ident.key_path)
+    context = ident.server_context()
     return context, ident.fingerprint
 
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import statistics
 import tempfile
 import threading
@@ -56,8 +55,7 @@ class _Member:
 
 async def _serve(state: MeshState, data_dir: Path, files: FileShare) -> _Member:
     tls = tls_identity(state.identity.key, data_dir)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert_path, tls.key_path)
+    context = tls.server_context()
     runner = web.AppRunner(build_peer_app(state, tls.fingerprint, files=files),
                            access_log=None)
     await runner.setup()

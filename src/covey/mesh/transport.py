@@ -19,6 +19,7 @@ import hashlib
 import math
 import os
 import secrets
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,6 +171,12 @@ class TlsIdentity:
     cert_path: Path
     key_path: Path
     fingerprint: str  # hex SHA-256 of the DER certificate; published in the signed record
+
+    def server_context(self) -> ssl.SSLContext:
+        """The TLS context a mesh listener serves with (clients pin the fingerprint)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_path, self.key_path)
+        return context
 
 
 def tls_identity(key: Ed25519PrivateKey, directory: Path) -> TlsIdentity:
