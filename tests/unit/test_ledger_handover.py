@@ -58,12 +58,12 @@ class Keeper:
         self.posts += 1
         if self.refuse:
             status, code = self.refuse.pop(0)
-            raise PeerError("http", f"HTTP {status}", status=status,
+            raise PeerError("http", f"HTTP {status}", status=status, code=code,
                             answer={"error": {"code": code, "message": "no"}})
         try:
             await asyncio.to_thread(self.service.accept, wire, IDS[CONSUMER])
         except ReceiptRejected as exc:
-            raise PeerError("http", "HTTP 400", status=400,
+            raise PeerError("http", "HTTP 400", status=400, code=exc.reason,
                             answer={"error": {"code": exc.reason, "message": str(exc)}}
                             ) from exc
 

@@ -149,7 +149,7 @@ class Handover:
                     log.info("ledger: keeper %s did not take receipts yet (%s); sent again "
                              "next round", record.name or record.node_id, exc)
                     return None
-                if _code(exc) == "unconfirmed":
+                if exc.code == "unconfirmed":
                     later.append(wire)
                 # anything else is refused for good (another mesh's, a conflict): not resent
             except TimeoutError:
@@ -163,13 +163,7 @@ def _unreachable(exc: PeerError) -> bool:
     """No answer, a busy or failing keeper, or one that has not heard yet that it keeps the
     ledger (gossip reaches it a round after this node)."""
     return (exc.status is None or exc.status >= 500 or exc.status == 429
-            or _code(exc) == "not_keeper")
-
-
-def _code(exc: PeerError) -> str | None:
-    error = exc.answer.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
+            or exc.code == "not_keeper")
 
 
 def record_name(node_id: str, own: str) -> str:

@@ -390,11 +390,13 @@ class LedgerService:
             async with await self.transport.post(peer_of(record), path, body,
                                                  timeout_s=CALL_TIMEOUT_S,
                                                  max_bytes=MAX_WIRE_BYTES * 2) as r:
-                data = await r.read()
+                answer = _json(await r.read())
                 if r.status != 200:
+                    error = answer.get("error")
+                    code = error.get("code") if isinstance(error, dict) else None
                     raise PeerError("http", f"HTTP {r.status}", status=r.status,
-                                    answer=_json(data))
-                answer = _json(data)
+                                    code=code[:64] if isinstance(code, str) else None,
+                                    answer=answer)
                 wire = answer.get("receipt")
                 if not isinstance(wire, str):
                     return b""
