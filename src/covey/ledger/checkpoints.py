@@ -107,11 +107,11 @@ def write_checkpoint(ledger: Ledger, data_dir: Path, key: Ed25519PrivateKey,
     text = sign_note(body, origin, key)
     sink = _sink(data_dir)
     sink.mkdir(parents=True, exist_ok=True)
-    _write(sink / f"{len(leaves)}.note", text)
+    write_note(sink / f"{len(leaves)}.note", text)
     # Another writer (the node's timer beside the CLI) may have kept a larger one meanwhile.
     latest = _load(sink / LATEST)
     if latest is None or latest.size <= len(leaves):
-        _write(sink / LATEST, text)
+        write_note(sink / LATEST, text)
     return text
 
 
@@ -133,10 +133,10 @@ def replace_checkpoint(data_dir: Path, size: int, text: str) -> None:
     kept, new = _load(sink / f"{size}.note"), parse_checkpoint(text)
     if kept is None or new is None or new.body != kept.body:
         raise CheckpointError(f"not the kept checkpoint of {size} entries")
-    _write(sink / f"{size}.note", text)
+    write_note(sink / f"{size}.note", text)
     latest = _load(sink / LATEST)
     if latest is not None and latest.body == kept.body:
-        _write(sink / LATEST, text)
+        write_note(sink / LATEST, text)
 
 
 def inclusion_document(ledger: Ledger, checkpoint_text: str, seq: int,
@@ -261,8 +261,9 @@ def _load(path: Path) -> Checkpoint | None:
         return None
 
 
-def _write(path: Path, text: str) -> None:
-    # Whole or not at all: a reader never sees half a note.
+def write_note(path: Path, text: str) -> None:
+    """Write a note whole or not at all: a reader never sees half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

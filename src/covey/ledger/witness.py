@@ -39,6 +39,7 @@ from covey.ledger.checkpoint import (
     verify_checkpoint,
     verify_cosignature,
 )
+from covey.ledger.checkpoints import write_note
 from covey.mesh.peer_transport import PeerError, PeerTransport, call_json, peer_of
 from covey.mesh.records import NodeRecord
 from covey.mesh.sealed import SealError, b64d
@@ -217,7 +218,7 @@ class Witness:
             return
         self.last = View(text, new)
         self.unsent = True
-        await asyncio.to_thread(_write, self.path, text)
+        await asyncio.to_thread(write_note, self.path, text)
 
     async def _cosign(self, keeper: NodeRecord, checkpoint: Checkpoint) -> None:
         """Send the keeper this member's cosignature of `checkpoint`; kept for the next round
@@ -330,13 +331,6 @@ def _key(record: NodeRecord | None) -> bytes | None:
     except SealError:
         return None
     return key if len(key) == 32 else None
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # --- the keeper's side ---------------------------------------------------------------------
