@@ -17,9 +17,9 @@ import numpy as np
 
 from covey.errors import Unavailable
 from covey.memory.cache import QueryCache
+from covey.memory.records import MAX_DIM
 
 BATCH = 64  # inputs per /v1/embeddings call
-MAX_DIM = 4096
 # BERT-class embedders take 512 tokens, and refuse longer inputs. WordPiece never makes more
 # tokens of a text than it has characters, so pieces of at most 500 characters always fit
 # (with [CLS] and [SEP]); a longer memory is embedded piece by piece and its pieces' mean

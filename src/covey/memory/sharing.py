@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from covey.memory.records import (
+    MAX_DIM,
+    MAX_TEXT_CHARS,
     Filters,
     Hit,
     MemoryInputError,
@@ -29,8 +31,6 @@ from covey.memory.records import (
 
 ALL = "*"
 MAX_K = 100  # results a peer is asked for, or answers
-MAX_DIM = 4096  # floats in a query vector
-MAX_TEXT_OUT = 8192  # characters of a hit's text a node accepts from a peer
 # Only what a search result needs crosses the mesh: no source, no access times, no pin.
 SHARED_FIELDS = ("id", "text", "project", "tags", "confidence", "updated_at")
 
@@ -123,7 +123,7 @@ def parse_peer_hits(answer: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
             continue
         text, project, score = item.get("text"), item.get("project"), item.get("score")
         tags = item.get("tags", [])
-        if not (isinstance(text, str) and 0 < len(text) <= MAX_TEXT_OUT
+        if not (isinstance(text, str) and 0 < len(text) <= MAX_TEXT_CHARS
                 and isinstance(project, str) and 0 < len(project) <= 64
                 and isinstance(score, int | float) and not isinstance(score, bool)
                 and math.isfinite(score) and -1.0 <= score <= 1.0
