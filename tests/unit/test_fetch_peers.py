@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from covey.errors import FetchError
+from covey.fetch.download import part_path
 from covey.fetch.manifest import MIN_CHUNK_SIZE, Manifest
-from covey.fetch.peers import FetchResult, fetch_from_peers, part_of, record_of
+from covey.fetch.peers import FetchResult, fetch_from_peers, record_of
 from covey.fetch.serve import CHUNK_PATH, MANIFEST_PATH
 from covey.mesh.peer_transport import Peer, PeerError
 from tests.memory_transport import Handler, MemoryTransport
@@ -82,7 +83,7 @@ async def test_two_sources_share_the_work(tmp_path: Path) -> None:
     target = tmp_path / "m.gguf"
     result = await _fetch(target, {_peer(1): a, _peer(2): b})
     assert target.read_bytes() == DATA
-    assert not part_of(target).exists() and not record_of(target).exists()
+    assert not part_path(target).exists() and not record_of(target).exists()
     assert result.dropped == {}
     assert sum(result.bytes_from.values()) == len(DATA)
     assert a.served and b.served
@@ -163,7 +164,7 @@ async def test_no_manifest_anywhere(tmp_path: Path) -> None:
                _peer(2): FakeSource(die_after=0)}
     with pytest.raises(FetchError, match="no peer could give the manifest"):
         await fetch_from_peers(SHA, len(DATA), list(sources), _transport(sources), target)
-    assert not target.exists() and not part_of(target).exists()
+    assert not target.exists() and not part_path(target).exists()
 
 
 async def test_lying_manifest_caught_by_whole_file_sha(tmp_path: Path) -> None:
@@ -184,7 +185,7 @@ async def test_lying_manifest_caught_by_whole_file_sha(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="sha256"):
         await fetch_from_peers(SHA, len(DATA), [_peer(1)], _transport({_peer(1): liar}),
                                target)
-    assert not target.exists() and not part_of(target).exists()
+    assert not target.exists() and not part_path(target).exists()
 
 
 async def test_interrupted_then_resumed(tmp_path: Path) -> None:
@@ -204,7 +205,7 @@ async def test_interrupted_then_resumed(tmp_path: Path) -> None:
 
 async def test_resume_record_for_another_file_is_ignored(tmp_path: Path) -> None:
     target = tmp_path / "m.gguf"
-    part_of(target).write_bytes(b"\0" * len(DATA))
+    part_path(target).write_bytes(b"\0" * len(DATA))
     record_of(target).write_text(json.dumps({"version": 1, "sha256": "e" * 64,
                                              "size": len(DATA), "done": [0, 1]}))
     src = FakeSource()
@@ -217,7 +218,7 @@ async def test_resume_with_another_manifest_rechecks_chunks(tmp_path: Path) -> N
     target = tmp_path / "m.gguf"
     part = bytearray(len(DATA))
     part[:2 * CS] = DATA[:2 * CS]  # chunks 0 and 1 are right, 2 is recorded but wrong
-    part_of(target).write_bytes(bytes(part))
+    part_path(target).write_bytes(bytes(part))
     record_of(target).write_text(json.dumps({"version": 1, "sha256": SHA, "size": len(DATA),
                                              "manifest": "f" * 64, "done": [0, 1, 2]}))
     src = FakeSource()

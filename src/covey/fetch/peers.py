@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from covey.errors import FetchError
+from covey.fetch.download import part_path
 from covey.fetch.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
@@ -66,10 +67,6 @@ class FetchResult:
     bytes_from: dict[str, int]  # source label → verified bytes it delivered in this run
     dropped: dict[str, str]  # source label → why it was dropped
     resumed_bytes: int  # verified bytes already in the .part when this run started
-
-
-def part_of(target: Path) -> Path:
-    return target.with_name(target.name + ".part")
 
 
 def record_of(target: Path) -> Path:
@@ -124,7 +121,7 @@ class _Run:
         self.parallel, self.max_errors = parallel, max_errors
         self.manifest_timeout_s, self.idle_timeout_s = manifest_timeout_s, idle_timeout_s
         self.flush_every_s, self.clock = flush_every_s, clock
-        self.part, self.record = part_of(target), record_of(target)
+        self.part, self.record = part_path(target), record_of(target)
         self.labels = _labels(sources)
         self.signal = _Signal()
         self.failed_early: dict[str, str] = {}  # before the plan exists: fingerprint → why
