@@ -66,26 +66,29 @@ class Setup:
     answers: list[tuple[str, int | None, int]]
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[Setup]:
+# A llama.cpp engine's streams are read off its socket (router/engine_stream.py); any other
+# backend's, like a peer's, through aiohttp: both paths count alike.
+@pytest.fixture(params=["llama.cpp", "attached"])
+async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     engine = Engine()
     answers: list[tuple[str, int | None, int]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
         server = TestServer(await _engine_app(engine))
         await server.start_server()
         model = _served("m", EngineReady(base_url=str(server.make_url("/v1"))), slots=4)
+        model.engine.kind = request.param
         relay = Relay(s, on_answer=lambda *a: answers.append(a))
 
-        async def handle(request: web.Request) -> web.StreamResponse:
-            request[T_RECEIVED] = time.perf_counter()
-            if request.query.get("client") == "1":
-                request[ACCOUNT] = True
-            body = await request.read()
+        async def handle(req: web.Request) -> web.StreamResponse:
+            req[T_RECEIVED] = time.perf_counter()
+            if req.query.get("client") == "1":
+                req[ACCOUNT] = True
+            body = await req.read()
             try:
-                return await relay.forward(request, model, "/chat/completions", body,
+                return await relay.forward(req, model, "/chat/completions", body,
                                            stream=json.loads(body).get("stream", False),
                                            headers={},
-                                           measure=request.query.get("probe") != "1")
+                                           measure=req.query.get("probe") != "1")
             except CoveyError as exc:
                 return web.json_response({"error": exc.message}, status=502)
 

@@ -40,12 +40,15 @@ from covey.metrics.timing import (
     usage_event,
     whole_speed,
 )
+from covey.router.engine_stream import DRAIN, GO, STOP, EngineStream, EngineStreamError, open_stream
 from covey.router.fairshare import Standing, no_standing
 from covey.router.table import ServedModel
 
 log = logging.getLogger(__name__)
 
 MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
+# A client this far behind pauses the stream until it has read some (aiohttp's own limit).
+WRITE_BACKLOG = 64 * 1024
 # perf_counter() when a request arrived; set by every listener's first middleware.
 T_RECEIVED = web.RequestKey("t_received", float)
 # Set on a request this node received from a client (it is the entry): its answer counts
@@ -112,8 +115,15 @@ class Relay:
         self.standing = standing
 
     async def _send(self, model: ServedModel, base_url: str, path: str, body: bytes,
-                    stream: bool, request_id: str | None = None) -> PeerResponse:
+                    stream: bool, request_id: str | None = None
+                    ) -> PeerResponse | EngineStream:
         cap = MAX_STREAM if stream else MAX_WHOLE
+        if stream and model.peer is None and model.engine.kind == "llama.cpp":
+            try:  # the relay's hot path: see engine_stream.py
+                return await open_stream(base_url + path, body, cap)
+            except (OSError, TimeoutError, EngineStreamError) as exc:
+                raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
+                                     f"{type(exc).__name__}", retry_after=2) from exc
         if model.peer is not None:
             assert self.transport is not None, "a peer's model needs the peer transport"
             try:
@@ -203,7 +213,7 @@ class Relay:
             model.release()
 
     async def _whole(self, request: web.Request, model: ServedModel, meter: ModelMeter,
-                     upstream: PeerResponse, t_request: float,
+                     upstream: PeerResponse | EngineStream, t_request: float,
                      headers: Mapping[str, str], measured: bool) -> web.Response:
         try:
             data = await upstream.read()
@@ -232,45 +242,29 @@ class Relay:
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
     async def _stream(self, request: web.Request, model: ServedModel, meter: ModelMeter,
-                      upstream: PeerResponse, t_request: float,
+                      upstream: PeerResponse | EngineStream, t_request: float,
                       headers: Mapping[str, str], measured: bool) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        t_first: float | None = None
-        t_last: float | None = None
-        # The last three chunks read, kept by reference (no copy per chunk): the final
-        # usage/timings event is in them unless TCP split it into more than three reads, and
-        # then the event count below stands in.
-        older = prev = chunk = b""
-        last = b""  # the chunk holding [DONE]: sent with the end of the response
-        events = 0
-        # Bound once: this loop runs once per token per stream.
-        clock, content, write = time.perf_counter, CONTENT.search, response.write
+        if request.version >= aiohttp.HttpVersion11:
+            response.enable_chunked_encoding()  # so that `chunked` says how _Tap must frame
+        writer = await response.prepare(request)
+        if writer is None or request.transport is None:
+            return response  # the client left while the engine started answering
+        tap = _Tap(request.transport, response.chunked)
         try:
-            async for chunk in upstream.content.iter_any():
-                now = clock()
-                if content(chunk) is not None:
-                    if t_first is None:
-                        t_first = now
-                    t_last = now
-                events += chunk.count(b"data: ")
-                if b"data: [DONE]" in chunk:
-                    # The answer is complete. Clients close as soon as they read this, which
-                    # cancels this handler, so measure before sending it; it goes out in one
-                    # write with the response's end, so a relaying entry node sees the end
-                    # at once and can keep its connection to this node.
-                    last = chunk
-                    break
-                try:
-                    await write(chunk)
-                # The client hung up. Returning closes the engine connection (see forward),
-                # which frees the slot; this is not the engine's failure.
-                except ConnectionResetError:
-                    return response
-                older, prev = prev, chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if isinstance(upstream, EngineStream):  # this node's engine: from its socket
+                await upstream.relay(tap, writer.drain)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    verdict = tap(chunk)
+                    if verdict == STOP:
+                        break
+                    if verdict == DRAIN:
+                        await writer.drain()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError,
+                EngineStreamError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
             # finish_reason; say so in-band so the client library raises.
             meter.requests_failed += 1
@@ -281,28 +275,87 @@ class Relay:
                 await response.write(sse_error_event(err))
                 await response.write_eof()
             return response
-        # After a break `chunk` is the [DONE] one; after the stream ended, `prev` is.
-        tail = older + prev + chunk if last else older + prev
-        usage = usage_event(tail)
+        if tap.client_gone:
+            # Returning closes the engine connection (see forward), which frees the slot;
+            # this is not the engine's failure.
+            return response
+        usage = usage_event(tap.tail())
         tokens = tokens_from_body(usage)
         if tokens is None:  # a backend without usage: one content event ≈ one token
-            tokens = max(0, events - 2)
-        result = measure(t_request, t_first, t_last, tokens)
+            tokens = max(0, tap.events - 2)
+        clock = time.perf_counter
+        result = measure(t_request, tap.t_first, tap.t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(clock() - t_request) * 1000)
         prompt_tokens = prompt_tokens_from_body(usage)  # once: the gate and the share use it
         prefill = prefill_rate(prompt_tokens, result.ttft_ms)
         if prefill is not None:  # for the SLA gate's TTFT prediction
             meter.prefill_tokens_per_s.add(prefill, time.monotonic())
-        # Counted when the answer is complete, before [DONE] goes out (see above); a
-        # stream the client left or the engine broke was answered by nobody.
+        # Counted when the answer is complete, before [DONE] goes out (see _Tap); a stream
+        # the client left or the engine broke was answered by nobody.
         self._answered(request, model, measured, prompt_tokens, tokens)
         with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
-            await response.write_eof(last)
+            await response.write_eof(tap.last)
         return response
 
 
-async def _raise_for_upstream(upstream: PeerResponse, model: ServedModel,
+class _Tap:
+    """A streamed answer on its way to the client, one chunk at a time: timed, counted and
+    written to the client's transport, in whichever callback the chunk arrived (the engine's
+    socket, or a peer's stream). This runs once per token per stream: it does no parsing.
+
+    The chunk holding [DONE] is kept back, not written: clients close as soon as they read
+    it, which cancels the handler, so the answer is measured first; it then goes out in one
+    write with the response's end, so a relaying entry node sees the end at once and can keep
+    its connection to this node."""
+
+    __slots__ = (
+        "_chunked",
+        "_transport",
+        "client_gone",
+        "events",
+        "last",
+        "older",
+        "prev",
+        "t_first",
+        "t_last",
+    )
+
+    def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
+        self._transport = transport
+        self._chunked = chunked  # HTTP/1.1: frame each chunk as aiohttp's writer would
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self.events = 0
+        # The last two chunks written and the held-back last one, kept by reference (no copy
+        # per chunk): the final usage/timings event is in them unless TCP split it into more
+        # than three reads, and then the event count stands in.
+        self.older = self.prev = self.last = b""
+        self.client_gone = False
+
+    def __call__(self, chunk: bytes) -> int:
+        now = time.perf_counter()
+        if CONTENT.search(chunk) is not None:
+            if self.t_first is None:
+                self.t_first = now
+            self.t_last = now
+        self.events += chunk.count(b"data: ")
+        if b"data: [DONE]" in chunk:
+            self.last = chunk
+            return STOP
+        transport = self._transport
+        if transport.is_closing():
+            self.client_gone = True
+            return STOP
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        self.older, self.prev = self.prev, chunk
+        return DRAIN if transport.get_write_buffer_size() > WRITE_BACKLOG else GO
+
+    def tail(self) -> bytes:
+        return self.older + self.prev + self.last
+
+
+async def _raise_for_upstream(upstream: PeerResponse | EngineStream, model: ServedModel,
                               meter: ModelMeter, path: str) -> None:
     """Translate an engine's non-200 answer into our error shape, keeping its message."""
     raw = await upstream.content.read(MAX_UPSTREAM_ERROR_BYTES)
