@@ -1,8 +1,11 @@
 """Relay one OpenAI request to an engine and its answer back, measuring it on the way.
 
 Streams pass the engine's SSE bytes through as they arrive: no per-chunk decode/encode.
-Per chunk we only look for the first content token (until it is seen) and remember the
-tail, where the final usage/timings event lives. Everything else is parsed once per request.
+Per chunk (`_Tap`) we only look for the first content token (until it is seen) and remember
+the tail, where the final usage/timings event lives. Everything else is parsed once per
+request. A stream from this node's own llama.cpp engine is read off its socket
+(engine_stream.py), so its chunks reach the client with no task switch; a peer's or an
+attached backend's come through aiohttp's client.
 """
 
 from __future__ import annotations
