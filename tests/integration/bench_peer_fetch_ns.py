@@ -8,8 +8,8 @@ Not part of the suite (pytest collects only test_*.py); run it by path, as root:
 
 Each figure is the median of RUNS; the node's figure is the fetch's own wall time (manifest,
 chunks, verification, the whole-file sha256, the rename), from /api/status → fetches. Measured
-twice in one run: on the bare veth link (memory speed), then with every port shaped to
-1 Gbit/s both ways (`tc tbf`), like machines on a gigabit switch.
+three times in one run: on the bare veth link (memory speed), then with every port shaped to
+1 Gbit/s and to 2.5 Gbit/s both ways (`tc tbf`), like machines on a gigabit (2.5 GbE) switch.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def shape(hosts: list[Host], rate: str) -> None:
     switch = f"covey-sw-{tag}"
     for i, host in enumerate(hosts):
         for ns, dev in ((host.ns, "eth0"), (switch, f"p{tag}{i}")):
-            subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
+            subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev,
+                            "root",
                             "tbf", "rate", rate, "burst", "512kb", "latency", "50ms"],
                            check=True, capture_output=True, timeout=10)
 
@@ -120,7 +121,8 @@ def test_transfer_speed(hosts: list[Host], tmp_path: Path, model_path: Path) -> 
         server.stdout.readline()
         a.wait_listening()
         rows = []
-        for label, rate in (("veth, unshaped", None), ("1 Gbit/s ports", "1gbit")):
+        for label, rate in (("veth, unshaped", None), ("1 Gbit/s ports", "1gbit"),
+                            ("2.5 Gbit/s ports", "2500mbit")):
             if rate:
                 shape(hosts, rate)
             row = measure(hosts, a, tmp_path / label.split(",")[0].replace(" ", "-"), size,
