@@ -30,6 +30,7 @@ class Engine:
         "prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
     status: int = 200
     break_stream: bool = False
+    words: tuple[str, ...] = ("a", "b", "c")
 
 
 async def _engine_app(engine: Engine) -> web.Application:
@@ -42,7 +43,7 @@ async def _engine_app(engine: Engine) -> web.Application:
             return web.json_response({"choices": [{"message": {"content": "a b c"}}], **extra})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for word in ("a", "b", "c"):
+        for word in engine.words:
             chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         if engine.break_stream:

@@ -208,12 +208,12 @@ async def open_stream(url: str, body: bytes, cap: int) -> EngineStream:
                ).encode("latin-1") + body
     stream = EngineStream(request, cap)
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(CONNECT_S):
-        await loop.create_connection(lambda: stream, host, port)
     try:
+        async with asyncio.timeout(CONNECT_S):
+            await loop.create_connection(lambda: stream, host, port)
         await stream._wait(stream._headers_done)
         stream._headers_done.result()
-    except BaseException:
+    except BaseException:  # cancelled too: a connection made meanwhile must not linger
         stream.close()
         raise
     return stream
