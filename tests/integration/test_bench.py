@@ -4,11 +4,15 @@ timings belong to the benchmark, not to tests on a shared machine)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -34,3 +38,27 @@ def test_bench_reports_all_figures(model_path: Path, tmp_path: Path) -> None:
     assert set(result["goals"]) == {"ratio_1_stream", "ratio_4_streams", "ttft_added_ms_p50",
                                     "cpu_us_per_chunk", "cpu_floor_ratio", "mesh_ratio_1_stream",
                                     "mesh_ratio_4_streams", "mesh_ttft_added_ms_p50"}
+
+
+def test_sigterm_stops_every_process_the_bench_started(model_path: Path) -> None:
+    """`timeout covey bench` used to leave the bench's nodes (and the floor relay) running."""
+    bench = subprocess.Popen([sys.executable, "-m", "covey", "bench", "--json", "--runs", "1",
+                              "--max-tokens", "8", "--model", str(model_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(bench.pid)
+        started: list[psutil.Process] = []
+
+        def node_and_engine() -> bool:  # the serving node and its llama.cpp child
+            started[:] = parent.children(recursive=True)
+            return len(started) >= 2
+
+        wait_for(node_and_engine, 120, "the bench to start its node and engine")
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(90) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], f"left running: {[p.cmdline()[:4] for p in alive]}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()

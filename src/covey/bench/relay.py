@@ -336,11 +336,18 @@ def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     """Entry point for `covey bench`. Exit 0 whether or not goals are met (it measures)."""
     if args.runs < 1 or args.max_tokens < 2:
         err.print("covey bench: --runs must be ≥ 1 and --max-tokens ≥ 2")
         return 2
+    # SIGTERM (`timeout covey bench`, a CI job cancelled) would end this process at once and
+    # leave its nodes running; as SystemExit, every `with` below stops what it started.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Gemma by default: it needs no download, and docs/bench.md's figures were taken on it
     # (the relay's overhead does not depend on whether the model can chat).
     named = embedded.find(str(args.model)) if args.model else embedded.GEMMA
