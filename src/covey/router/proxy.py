@@ -286,10 +286,9 @@ class Relay:
         tokens = tokens_from_body(usage)
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, tap.events - 2)
-        clock = time.perf_counter
         result = measure(t_request, tap.t_first, tap.t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
-                     time.monotonic(), latency_ms=(clock() - t_request) * 1000)
+                     time.monotonic(), latency_ms=(time.perf_counter() - t_request) * 1000)
         prompt_tokens = prompt_tokens_from_body(usage)  # once: the gate and the share use it
         prefill = prefill_rate(prompt_tokens, result.ttft_ms)
         if prefill is not None:  # for the SLA gate's TTFT prediction
