@@ -320,7 +320,9 @@ class _Run:
             self.whole.update(data)
             self.hashed += 1
 
-    async def _get_chunk(self, peer: Peer, index: int, length: int) -> bytearray:
+    async def _get_chunk(self, peer: Peer, index: int, length: int) -> list[bytes]:
+        """The chunk as the pieces it came in: the worker thread hashes and writes them one
+        by one, so the event loop, which also decrypts every byte, copies none of them."""
         body = json.dumps({"sha256": self.sha256, "index": index}).encode()
         loop = asyncio.get_running_loop()
         try:
@@ -334,12 +336,13 @@ class _Run:
                     if declared is not None and declared != str(length):
                         raise _SourceFailed(f"announced {declared[:20]} bytes for chunk "
                                             f"{index} of {length}")
-                    data, got = bytearray(length), 0
+                    pieces: list[bytes] = []
+                    got = 0
                     async for piece in r.content.iter_any():
                         if got + len(piece) > length:
                             raise _SourceFailed(f"sent more than chunk {index}'s {length} "
                                                 "bytes")
-                        data[got:got + len(piece)] = piece
+                        pieces.append(piece)
                         got += len(piece)
                         deadline.reschedule(loop.time() + self.idle_timeout_s)
         except TimeoutError as exc:
@@ -350,7 +353,7 @@ class _Run:
             raise _SourceFailed(f"{type(exc).__name__}: {exc}"[:300]) from exc
         if got != length:
             raise _SourceFailed(f"sent {got} of chunk {index}'s {length} bytes")
-        return data
+        return pieces
 
     # --- the files ----------------------------------------------------------------------
 
@@ -457,14 +460,21 @@ def _labels(sources: list[Peer]) -> dict[str, str]:
             else f"{p.label} ({p.fingerprint[:8]})" for p in sources}
 
 
-def _verify_and_write(fd: int, data: bytearray, offset: int, expected: str) -> bool:
-    """Hash `data`; only when it is the expected chunk, write it at `offset`. Blocking."""
-    if hashlib.sha256(data).hexdigest() != expected:
+def _verify_and_write(fd: int, pieces: Sequence[bytes], offset: int, expected: str) -> bool:
+    """Hash the chunk's `pieces`; only when it is the expected chunk, write them from
+    `offset` on. Blocking."""
+    hasher = hashlib.sha256()
+    for piece in pieces:
+        hasher.update(piece)
+    if hasher.hexdigest() != expected:
         return False
-    view = memoryview(data)
     try:
-        while view:
-            view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                offset += written
+                view = view[written:]
     except OSError as exc:
         raise FetchError(f"cannot write the downloaded file: {exc.strerror or exc}") from exc
     return True
