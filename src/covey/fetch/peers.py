@@ -321,8 +321,8 @@ class _Run:
             self.hashed += 1
 
     async def _get_chunk(self, peer: Peer, index: int, length: int) -> list[bytes]:
-        """The chunk as the pieces it came in: the worker thread hashes and writes them one
-        by one, so the event loop, which also decrypts every byte, copies none of them."""
+        """The chunk as the pieces it came in: the worker thread joins them, so the event
+        loop, which also decrypts every byte, copies none of them."""
         body = json.dumps({"sha256": self.sha256, "index": index}).encode()
         loop = asyncio.get_running_loop()
         try:
@@ -461,20 +461,19 @@ def _labels(sources: list[Peer]) -> dict[str, str]:
 
 
 def _verify_and_write(fd: int, pieces: Sequence[bytes], offset: int, expected: str) -> bool:
-    """Hash the chunk's `pieces`; only when it is the expected chunk, write them from
-    `offset` on. Blocking."""
-    hasher = hashlib.sha256()
-    for piece in pieces:
-        hasher.update(piece)
-    if hasher.hexdigest() != expected:
+    """Hash the chunk's `pieces`; only when it is the expected chunk, write it at `offset`.
+    Blocking.
+
+    Joined first: hashing and writing a piece at a time hands the GIL to and from the event
+    loop at every piece, and each handover can wait for the loop's switch interval; with two
+    sources that halved the rate. One copy, then one hash and one write without the GIL."""
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    if hashlib.sha256(data).hexdigest() != expected:
         return False
+    view = memoryview(data)
     try:
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                offset += written
-                view = view[written:]
+        while view:
+            view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
     except OSError as exc:
         raise FetchError(f"cannot write the downloaded file: {exc.strerror or exc}") from exc
     return True
