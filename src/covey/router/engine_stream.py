@@ -40,7 +40,7 @@ class EngineStreamError(Exception):
 
 
 class EngineStream(asyncio.Protocol):
-    """One request's connection to the engine. Use `open()`; then `relay()` (a 200) or
+    """One request's connection to the engine. Use `open_stream()`; then `relay()` (a 200) or
     `content.read()` (an error's body); `close()` in every case."""
 
     def __init__(self, request: bytes, cap: int) -> None:
