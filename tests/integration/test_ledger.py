@@ -59,6 +59,38 @@ def ledger_of(node: NsNode) -> dict[str, object]:
                 "unconfirmed": len(ledger.unconfirmed()), "ok": ledger.verify().ok}
 
 
+def join_provider_and_entry(a: NsNode, hb: Host, hc: Host, tmp_path: Path, model_path: Path,
+                            nodes: list[NsNode], *flags: str) -> tuple[NsNode, NsNode, str]:
+    """B joins A's mesh serving the model, C joins serving nothing (both with `flags`);
+    returns (b, c, the model's id) once A and C see B's model ready."""
+    a.wait_listening()
+    invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+    b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
+               str(model_path), "--no-default-model", *flags)
+    nodes.append(b)
+    invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
+    c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH, "--no-default-model",
+               *flags)
+    nodes.append(c)
+    b.wait_listening()
+    c.wait_listening()
+    model = b.wait_ready_model()
+    for entry in (a, c):
+        wait_for(lambda e=entry: any(m["id"] == model and m["state"] == "ready"
+                                     for p in e.status()["peers"] for m in p["models"]),
+                 90, "the entry to see B's model")
+    return b, c, model
+
+
+def ask(host: Host, node: NsNode, model: str, n: int) -> list[str]:
+    """`n` chats through `node` from its namespace: the node id that served each."""
+    out = ns_run(host.ns, sys.executable, "-c", ASK, node.wait_listening()["url"], model,
+                 str(n), timeout=120)
+    assert out.returncode == 0, out.stderr
+    served: list[str] = json.loads(out.stdout)
+    return served
+
+
 @pytest.mark.timeout(300)
 def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: Path,
                                                   model_path: Path) -> None:
@@ -67,27 +99,8 @@ def test_receipts_on_both_sides_and_at_the_keeper(hosts: list[Host], tmp_path: P
     a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model",
                "--checkpoint-interval-s", "1")
     with running([a]) as nodes:
-        a.wait_listening()
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
-                   str(model_path), "--no-default-model")
-        nodes.append(b)
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH,
-                   "--no-default-model")
-        nodes.append(c)
-        b.wait_listening()
-        model = b.wait_ready_model()
-        for entry in (a, c):
-            wait_for(lambda e=entry: any(m["id"] == model and m["state"] == "ready"
-                                         for p in e.status()["peers"] for m in p["models"]),
-                     90, "the entry to see B's model")
-        served = []
-        for host, entry, n in ((ha, a, 3), (hc, c, 2)):
-            out = ns_run(host.ns, sys.executable, "-c", ASK, entry.wait_listening()["url"],
-                         model, str(n), timeout=120)
-            assert out.returncode == 0, out.stderr
-            served += json.loads(out.stdout)
+        b, c, model = join_provider_and_entry(a, hb, hc, tmp_path, model_path, nodes)
+        served = ask(ha, a, model, 3) + ask(hc, c, model, 2)
         assert set(served) == {b.node_id}, served
 
         def settled() -> bool:

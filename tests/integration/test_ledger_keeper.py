@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.integration.test_ledger import ASK, README_MESH, ledger_of
+from tests.integration.test_ledger import README_MESH, ask, join_provider_and_entry, ledger_of
 from tests.netns import Host, NsNode, lan, ns_run, running, unusable_reason
 
 pytestmark = pytest.mark.skipif(unusable_reason() is not None,
@@ -37,36 +37,14 @@ def hosts() -> Iterator[list[Host]]:
         yield made
 
 
-def ask(host: Host, node: NsNode, model: str, n: int) -> list[str]:
-    out = ns_run(host.ns, sys.executable, "-c", ASK, node.wait_listening()["url"], model,
-                 str(n), timeout=120)
-    assert out.returncode == 0, out.stderr
-    served: list[str] = json.loads(out.stdout)
-    return served
-
-
 @pytest.mark.timeout(360)
 def test_the_creator_moves_the_ledger_to_a_member(hosts: list[Host], tmp_path: Path,
                                                   model_path: Path) -> None:
     ha, hb, hc = hosts
     a = NsNode(ha.ns, tmp_path / "a", *README_MESH, "--no-default-model", *CHECKPOINTS)
     with running([a]) as nodes:
-        a.wait_listening()
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        b = NsNode(hb.ns, tmp_path / "b", "--join", invite, *README_MESH, "--model",
-                   str(model_path), "--no-default-model", *CHECKPOINTS)
-        nodes.append(b)
-        invite = a.covey("invite", "--data-dir", str(a.data_dir)).strip()
-        c = NsNode(hc.ns, tmp_path / "c", "--join", invite, *README_MESH,
-                   "--no-default-model", *CHECKPOINTS)
-        nodes.append(c)
-        b.wait_listening()
-        c.wait_listening()
-        model = b.wait_ready_model()
-        for entry in (a, c):
-            wait_for(lambda e=entry: any(m["id"] == model and m["state"] == "ready"
-                                         for p in e.status()["peers"] for m in p["models"]),
-                     90, "the entry to see B's model")
+        b, c, model = join_provider_and_entry(a, hb, hc, tmp_path, model_path, nodes,
+                                              *CHECKPOINTS)
         assert set(ask(hc, c, model, 2) + ask(ha, a, model, 1)) == {b.node_id}
         wait_for(lambda: len(ledger_of(a)["earn"]) == 3, 60,  # type: ignore[arg-type]
                  "three receipts at the creator, the keeper so far")
