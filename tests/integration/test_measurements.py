@@ -6,18 +6,21 @@ catalog's efficiency reads only answers long enough to compare with the native b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import psutil
 import pytest
 
 from covey.metrics.efficiency import comparable
-from covey.metrics.samples import Speed
+from covey.metrics.probe import deterministic_chat, stream_chat
+from covey.metrics.samples import Speed, median
 from tests.conftest import FakeBackend, NodeProcess, http, wait_for
 
 MODEL = "gemma-3-270m-q4_k_m"
@@ -57,9 +60,9 @@ def _first_in_line(node: NodeProcess) -> None:
         os.setpriority(os.PRIO_PROCESS, proc.pid, -10)
 
 
-def _chats(client: openai.OpenAI, lengths: list[int]) -> None:
+def _chats(client: openai.OpenAI, lengths: list[int], first: int = 0) -> None:
     """One chat per length, streamed and whole in turn, each decoding exactly that many."""
-    for i, n in enumerate(lengths):
+    for i, n in enumerate(lengths, start=first):
         args: dict[str, Any] = {
             "model": MODEL, "max_tokens": n, "temperature": 0,
             "messages": [{"role": "user", "content": f"Tell me about rivers ({i})"}],
@@ -70,6 +73,18 @@ def _chats(client: openai.OpenAI, lengths: list[int]) -> None:
         else:
             pieces = [c for c in client.chat.completions.create(**args, stream=True)]
             assert pieces
+
+
+def _native_now(engine_url: str) -> float:
+    """The engine's decode rate right now, timed as the node's baseline times it (one
+    deterministic chat straight to llama.cpp, on this side's clock)."""
+    async def once() -> float:
+        body = deterministic_chat(MODEL, BASELINE_TOKENS, True)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            stats = await stream_chat(s, engine_url, body)
+        assert stats.tokens_per_s is not None
+        return stats.tokens_per_s
+    return asyncio.run(once())
 
 
 @pytest.mark.engine
@@ -87,9 +102,20 @@ def test_efficiency_reads_an_idle_node_as_efficient_and_a_slowed_one_lower(
     node.wait_ready(timeout=120)
     _first_in_line(node)  # within the 2 s before the baseline starts
     baseline = wait_for(lambda: node.model()["baseline"], 120, "the native baseline")
-    # Mixed lengths, short chat answers among them; streamed and whole alternate.
-    lengths = [8, 128, 16, 64, 24, 96, 12, 200, 32, 160] * 2
-    _chats(openai_client(node.url), lengths)
+    # Mixed lengths, short chat answers among them; streamed and whole alternate, so each
+    # length is asked once streamed and once whole (the second round starts on the other foot).
+    one_round = [8, 128, 16, 64, 24, 96, 12, 200, 32, 160]
+    lengths = one_round * 2
+    client, engine_url = openai_client(node.url), node.model()["engine_url"]
+    # The machine's own speed is timed between the rounds, side by side with the chats: a
+    # shared test machine can run 10-15 % slower for a minute than when the baseline was
+    # taken (seen in CI: 83 tok/s native, the engine's own timings 73 a minute later). That
+    # is the machine, not the node, and it is allowed for below, never more.
+    native = [_native_now(engine_url)]
+    for first in range(0, len(lengths), 5):
+        # Numbered one further in the second round: its parity, streamed or whole, flips.
+        _chats(client, lengths[first:first + 5], first + first // len(one_round))
+        native.append(_native_now(engine_url))
     expected = sum(comparable(Speed(1.0, n, "stream"), BASELINE_TOKENS) for n in lengths)
 
     def settled() -> dict[str, Any] | None:  # the last stream's sample lands just after [DONE]
@@ -97,13 +123,17 @@ def test_efficiency_reads_an_idle_node_as_efficient_and_a_slowed_one_lower(
         return row if row["samples"] == len(lengths) else None
 
     row = wait_for(settled, 10, "every chat's sample")
+    machine = median(native) / baseline["tokens_per_s"]
     figures = (f"efficiency {row['efficiency']:.3f} over {row['efficiency_samples']} samples; "
-               f"tokens/s p50 {row['tokens_per_s_p50']:.1f}, native {baseline['tokens_per_s']:.1f}")
+               f"tokens/s p50 {row['tokens_per_s_p50']:.1f}, native {baseline['tokens_per_s']:.1f}"
+               f" at the baseline, {median(native):.1f} beside the chats ({machine:.3f})")
     print(f"idle node: {figures}")
     assert row["efficiency_samples"] == expected
     # Whole answers from llama.cpp carry its timings: the real body's shape is read.
     assert row["tokens_per_s_sources"] == {"stream": 10, "engine": 10, "clock": 0}, figures
-    assert row["efficiency"] >= 0.9, figures
+    # Within noise of 100 %: at least 90 % of the slower of the two native figures, the
+    # baseline the page divides by and the machine's speed while the chats ran.
+    assert row["efficiency"] >= 0.9 * min(1.0, machine), figures
 
     # Slowed on purpose, deterministically: the node now serves at half the speed its
     # baseline claims (as if the baseline had come from a faster engine). The cached baseline
