@@ -20,6 +20,7 @@ from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.peer_transport import Peer as Callee
 from covey.mesh.renewal import renewal_request
+from covey.mesh.runtime import HEARD_ROUNDS, MeshRuntime
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 
@@ -227,4 +228,28 @@ async def test_any_member_invites_and_admits(tmp_path: Path,
             await AuthorityLink(b.state, b.transport).invite(600, [])
     finally:
         for p in peers:
+            await p.close()
+
+
+async def test_a_peer_that_just_gossiped_is_not_called_back(
+        tmp_path: Path, session: HttpPeerTransport) -> None:
+    """An exchange swaps records both ways: the node that answered one does not start its
+    own with the caller in the same round (two nodes calling each other every round did the
+    work twice), and calls it again once the caller has gone quiet for a round and a half."""
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a))
+    try:
+        b.publish()
+        runtime = MeshRuntime(a.state, a.tls, addresses=[a.address], describe=dict,
+                              interval_s=2.0, bootstrap=[])
+        await exchange(b.transport, b.state, a.callee)  # A learns B's record, from B
+        b_id = b.state.identity.node_id
+        assert b_id in a.state.table.digest()
+        assert [t.node_id for t in runtime._targets()] == []
+        # A round and a half later with no call from B: A calls B itself.
+        a.state.gossiped_in[b_id] -= HEARD_ROUNDS * runtime.interval_s
+        assert [t.node_id for t in runtime._targets()] == [b_id]
+        assert b_id not in a.state.gossiped_in  # forgotten, not kept for ever
+    finally:
+        for p in (a, b):
             await p.close()

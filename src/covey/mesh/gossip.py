@@ -45,6 +45,12 @@ def choose_peers(known: Sequence[str], self_id: str, fanout: int,
     return rng.sample(candidates, min(fanout, len(candidates)))
 
 
+def heard_from(began: Mapping[str, float], now: float, window_s: float) -> set[str]:
+    """Pure: the nodes that began an exchange with this one less than `window_s` ago
+    (`began`: node id → when, on the same clock as `now`)."""
+    return {nid for nid, at in began.items() if 0 <= now - at < window_s}
+
+
 def digest_bytes(digest: Mapping[str, int]) -> int:
     return len(json.dumps(digest, separators=(",", ":")))
 

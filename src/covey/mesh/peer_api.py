@@ -251,6 +251,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         if not isinstance(theirs, dict) or len(theirs) > MAX_DIGEST:
             return _refuse(400, "invalid_digest", "digest must be an object of node id → seq")
         digest = {str(k): v for k, v in theirs.items() if isinstance(v, int)}
+        state.gossiped_in[request[PEER]] = time.monotonic()  # a verified member's id
         send, _ = plan_exchange(state.table.digest(), digest, MAX_RECORDS_PER_EXCHANGE)
         records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
         return web.json_response({"digest": state.table.digest(), "records": records})

@@ -19,7 +19,7 @@ from typing import Any
 from covey.mesh import remembered
 from covey.mesh.authority import AuthorityLink, AuthorityOffline
 from covey.mesh.client import exchange, request_renewal, signer_for
-from covey.mesh.gossip import choose_peers
+from covey.mesh.gossip import choose_peers, heard_from
 from covey.mesh.membership import MembershipError
 from covey.mesh.peer_transport import Peer, PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
@@ -30,6 +30,11 @@ from covey.mesh.transport import TlsIdentity
 
 log = logging.getLogger(__name__)
 FANOUT = 3
+# A peer that began an exchange with this node within this many rounds is not called back:
+# an exchange swaps digests and records both ways, so a second one started from this side
+# would repeat it (two nodes that both call each other every round did the work twice).
+# Over one round, so that a peer on a slightly longer period is still counted as calling.
+HEARD_ROUNDS = 1.5
 
 
 class MeshRuntime:
@@ -180,7 +185,11 @@ class MeshRuntime:
     def _targets(self) -> list[Peer]:
         now = time.time()
         by_id = {r.node_id: r for r in self.peers(now) if r.addresses and r.tls_fingerprint}
-        chosen = choose_peers(sorted(by_id), self.node_id, FANOUT, self.rng)
+        window_s, began = HEARD_ROUNDS * self.interval_s, self.state.gossiped_in
+        recent = heard_from(began, time.monotonic(), window_s)
+        for gone in set(began) - recent:
+            del began[gone]
+        chosen = choose_peers(sorted(set(by_id) - recent), self.node_id, FANOUT, self.rng)
         targets = [peer_of(by_id[n]) for n in chosen]
         known = {r.tls_fingerprint for r in by_id.values()}
         # Remembered peers (the invite's contacts at first) until gossip has told us about

@@ -75,6 +75,8 @@ class MeshState:
         # The mesh's tier policy (set by the node): learned from records, carried in ours.
         self.policy: MeshPolicy | None = None
         self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
+        # Members that began a gossip exchange with this node: id → when (monotonic).
+        self.gossiped_in: dict[str, float] = {}
         self._revocations_mtime = 0.0
         self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
         # Every signed call and every record carries a certificate: its authority signature
