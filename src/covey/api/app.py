@@ -14,6 +14,7 @@ a browser that sends no Origin.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
@@ -50,6 +51,8 @@ def needs_key(path: str) -> bool:
     return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
 
+# Asked on every request with the same few Host values; bounded, as the header is the client's.
+@functools.lru_cache(maxsize=256)
 def host_allowed(host: str | None, bind_host: str, extra: frozenset[str]) -> bool:
     """Pure: may a request naming `host` (a Host header or an Origin's host) be served?
 

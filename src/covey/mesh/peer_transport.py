@@ -348,9 +348,10 @@ class HttpPeerTransport:
             if signed:  # signed per attempt: each carries its own nonce
                 sent.update(self._signer(peer.fingerprint, path, body))
             try:
-                return await asyncio.wait_for(pool.session.post(
-                    f"https://{address}{path}", data=body, headers=sent, ssl=pool.pin),
-                    timeout_s)
+                # asyncio.timeout, not wait_for: no task per request on the relay's path.
+                async with asyncio.timeout(timeout_s):
+                    return await pool.session.post(f"https://{address}{path}", data=body,
+                                                   headers=sent, ssl=pool.pin)
             except aiohttp.ServerFingerprintMismatch as exc:
                 raise PeerError("tls", "presented a different TLS key than the one pinned "
                                        "(not the same node, or a man in the middle)",
