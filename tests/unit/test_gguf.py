@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from covey.engine import gguf
 from covey.engine.gguf import MAX_ARRAY, MAX_KV, MAX_STRING, GGUFError, read_metadata
 from tests.unit.synthetic_gguf import (
     ARRAY,
@@ -85,6 +86,22 @@ def test_every_truncation_is_refused(tmp_path: Path) -> None:
 # the file; when the array is the last entry nothing is read afterwards, so a header cut
 # inside that array is returned as if it were whole (e.g. the string-array header below is
 # accepted at prefix lengths 114..116 of 117; the uint32 one at 96..107 of 108).
+# A vocabulary's strings are walked in blocks read ahead (0.3 s of every node start when read
+# one by one): strings that end exactly at, straddle, or outrun a block's end must all leave
+# the file where the next key starts.
+@pytest.mark.parametrize("block", [8, 13, 64, 1 << 20])
+def test_string_arrays_across_read_ahead_blocks(tmp_path: Path, block: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gguf, "_BLOCK", block)
+    vocabulary = ["x" * (i % 37) for i in range(500)] + ["long" * 40, "", "é"]
+    data = gguf_header([("tokens", string_array(vocabulary)), ("after", u32(7)),
+                        ("merges", string_array(vocabulary[:50])), ("last", string("end"))])
+    assert _read(tmp_path, data) == {"after": 7, "last": "end"}
+    for n in range(0, len(data), 97):  # cut anywhere in it: refused, never a short read
+        with pytest.raises(GGUFError):
+            _read(tmp_path, data[:n])
+
+
 @pytest.mark.parametrize("array", [string_array(["ab", "cde"]), u32_array([1, 2, 3])],
                          ids=["strings", "uint32"])
 def test_truncation_inside_a_trailing_array_is_refused(tmp_path: Path, array: Value) -> None:
