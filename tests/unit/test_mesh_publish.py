@@ -4,13 +4,14 @@ certificate's signature is checked once per envelope (issue 11)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from covey.engine import catalog
 from covey.mesh import identity, state
 from covey.mesh.membership import MembershipError, revoke
-from covey.mesh.records import RecordRejected, republish_due
+from covey.mesh.records import RecordRejected, SeqCounter, republish_due
 from covey.mesh.state import MeshState
 
 NOW = 1_700_000_000.0
@@ -49,6 +50,39 @@ def test_changed_record_is_signed_at_once(tmp_path: Path) -> None:
     held = a.table.get(a.identity.node_id)
     assert second != first and held is not None and held.envelope == second
     assert held.record.seq > seq and held.record.models[0].queue_depth == 1
+
+
+def test_a_change_of_measurements_alone_waits_for_the_refresh(tmp_path: Path) -> None:
+    """Traffic changes the figures every round: re-signing for them each round made every
+    peer take the record again each round under load."""
+    a, _ = _mesh(tmp_path)
+    first = _publish(a, NOW, metrics={"m": {"samples": 1}}, ledger={"n": 1.0})
+    assert _publish(a, NOW + 2, metrics={"m": {"samples": 9}}, ledger={"n": 3.0}) == first
+    refreshed = _publish(a, NOW + 6, metrics={"m": {"samples": 12}}, ledger={"n": 3.0})
+    held = a.table.get(a.identity.node_id)
+    assert refreshed != first and held is not None and held.envelope == refreshed
+    assert held.record.metrics["m"].samples == 12
+    # Anything else that changes beside them is signed at once, figures and all.
+    moved = _publish(a, NOW + 7, metrics={"m": {"samples": 13}}, ledger={"n": 3.0},
+                     models=[{"id": "m", "queue_depth": 1}])
+    held = a.table.get(a.identity.node_id)
+    assert moved != refreshed and held is not None and held.record.metrics["m"].samples == 13
+
+
+def test_sequence_numbers_rise_across_restarts_with_few_writes(tmp_path: Path) -> None:
+    path = tmp_path / "seq"
+    counter = SeqCounter(path)
+    used = [counter.next(NOW + i * 2) for i in range(100)]
+    assert used == sorted(set(used))
+    written = path.stat().st_mtime_ns, path.read_text()
+    more = [counter.next(NOW + 200 + i) for i in range(100)]  # within the reserve: no write
+    assert (path.stat().st_mtime_ns, path.read_text()) == written
+    # A restart (a new counter on the file), with the clock stepped back an hour.
+    after = SeqCounter(path).next(NOW - 3600)
+    assert after > max(used + more)
+    # The file lost, the clock moved on: still above (the millisecond clock).
+    path.unlink()
+    assert SeqCounter(path).next(NOW + 1000) > max(used + more)
 
 
 def test_record_is_signed_again_when_it_ages(tmp_path: Path) -> None:
@@ -129,6 +163,7 @@ def test_revocation_refuses_a_cached_member_at_once(tmp_path: Path) -> None:
 
 def test_published_available_memory_is_rounded(monkeypatch: pytest.MonkeyPatch) -> None:
     step = catalog.PUBLISHED_MEMORY_STEP
-    monkeypatch.setattr(catalog, "fast_memory_bytes", lambda override: override or 5 * step + 7)
+    memory = SimpleNamespace(available=5 * step + 7, total=8 * step)
+    monkeypatch.setattr(catalog.psutil, "virtual_memory", lambda: memory)
     assert catalog.machine_hardware(None)["fast_memory_bytes"] == 5 * step
     assert catalog.machine_hardware(123)["fast_memory_bytes"] == 123  # a user's figure stands

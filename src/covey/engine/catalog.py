@@ -111,10 +111,11 @@ def machine_hardware(fast_memory_override: int | None) -> dict[str, int | None]:
     """What this node publishes about its machine (in its signed record). Measured available
     memory is rounded down to 256 MiB: to the byte it changes every round, and a changed record is
     signed and gossiped again; models are placed by the GiB."""
-    fast = fast_memory_bytes(fast_memory_override)
+    memory = psutil.virtual_memory()  # once: it reads and parses /proc/meminfo every call
+    fast = memory.available if fast_memory_override is None else fast_memory_override
     if fast_memory_override is None:
         fast -= fast % PUBLISHED_MEMORY_STEP
-    return {"ram_bytes": psutil.virtual_memory().total, "gpu_bytes": gpu_memory_bytes(),
+    return {"ram_bytes": memory.total, "gpu_bytes": gpu_memory_bytes(),
             "fast_memory_bytes": fast}
 
 

@@ -91,6 +91,7 @@ class MeshRuntime:
         # Re-signed when it changes, else every third round: peers' health checks call a
         # record older than six rounds stale (health/monitor.py), gossip may take a few to
         # carry it, and signing an unchanged record each round costs an idle node for nothing.
+        # Changed measurements alone also wait for the third round (MeshState.publish).
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
                            refresh_s=3 * self.interval_s, addresses=self.addresses,
                            tls_fingerprint=self.tls.fingerprint,

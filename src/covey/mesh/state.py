@@ -37,8 +37,8 @@ from covey.mesh.records import (
     NodeRecord,
     RecordRejected,
     RecordTable,
+    SeqCounter,
     new_record,
-    next_seq,
     republish_due,
     sign_record,
     verify_record,
@@ -83,6 +83,7 @@ class MeshState:
         # is checked once per envelope, not once per use (expiry is still checked each time).
         self._verified_certs: dict[bytes, MemberCert] = {}
         self._published: dict[str, Any] | None = None  # content of our newest record
+        self._seq = SeqCounter(self.data_dir / "seq")
         self._proof: str | None = None
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
@@ -273,7 +274,11 @@ class MeshState:
                 **fields: object) -> bytes:
         """Sign this node's next record (a sequence number above any used before), unless
         the one held says the same and is younger than `refresh_s` (and than half its
-        life): then that one's envelope, with nothing signed or written."""
+        life): then that one's envelope, with nothing signed or written.
+
+        Measurements (`MEASURED` fields) change with every request served; a change to them
+        alone waits for the refresh. Signed at once, a node under traffic re-signed and
+        every peer took its record again each round, for figures a few seconds fresher."""
         self._reload_revocations()
         content: dict[str, Any] = {
             "ttl_s": ttl_s, "member_cert": b64e(self.cert),
@@ -283,11 +288,11 @@ class MeshState:
             "authority_proof": self._authority_proof(), **fields}
         held = self.table.get(self.identity.node_id)
         if held is not None and not republish_due(
-                held.record, content == self._published, now, ttl_s, refresh_s):
+                held.record, _unmeasured(content) == _unmeasured(self._published), now,
+                ttl_s, refresh_s):
             return held.envelope
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
-                            seq=next_seq(self.data_dir / "seq", now), now=now,
-                            **content)
+                            seq=self._seq.next(now), now=now, **content)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         self._signed_seqs.append(record.seq)
@@ -307,6 +312,14 @@ class MeshState:
         since start and not one we signed, another node is using our key."""
         if self._signed_seqs and seq > self._signed_seqs[0] and seq not in self._signed_seqs:
             self.duplicate_key_seen = [where]
+
+
+# Record fields that are measurements of traffic, published at the refresh (MeshState.publish).
+MEASURED = ("metrics", "ledger")
+
+
+def _unmeasured(content: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if content is None else {k: v for k, v in content.items() if k not in MEASURED}
 
 
 def apply_records(state: MeshState, encoded: list[Any], now: float) -> int:
