@@ -3,11 +3,13 @@ gossip, and every refusal. In-process peers, each calling through its own peer t
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -250,6 +252,43 @@ async def test_a_peer_that_just_gossiped_is_not_called_back(
         a.state.gossiped_in[b_id] -= HEARD_ROUNDS * runtime.interval_s
         assert [t.node_id for t in runtime._targets()] == [b_id]
         assert b_id not in a.state.gossiped_in  # forgotten, not kept for ever
+    finally:
+        for p in (a, b):
+            await p.close()
+
+
+async def test_a_changed_own_record_rides_with_the_digest(
+        tmp_path: Path, session: HttpPeerTransport) -> None:
+    """A node's own record travels in its gossip call when the peer lacks it, instead of in a
+    second signed call after the answer; unchanged, it is not sent again."""
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a))
+    sent: list[tuple[str, bool]] = []
+    real = b.transport.post
+
+    async def post(peer: Callee, path: str, body: bytes, **kw: Any) -> Any:
+        sent.append((path, "records" in json.loads(body)))
+        return await real(peer, path, body, **kw)
+
+    b.transport.post = post  # type: ignore[method-assign]
+    b_id = b.state.identity.node_id
+
+    def held_by_a() -> int | None:
+        held = a.state.table.get(b_id)
+        return held.record.seq if held else None
+
+    try:
+        await exchange(b.transport, b.state, a.callee)
+        assert sent == [("/mesh/gossip", True)] and held_by_a() == b.state.table.digest()[b_id]
+        sent.clear()
+        await exchange(b.transport, b.state, a.callee)
+        assert sent == [("/mesh/gossip", False)]  # A holds it: not sent again
+        sent.clear()
+        b.state.publish(time.time(), name="renamed", addresses=[b.address],
+                        tls_fingerprint=b.tls.fingerprint)
+        await exchange(b.transport, b.state, a.callee)
+        assert sent == [("/mesh/gossip", True)]  # one call, no push after it
+        assert held_by_a() == b.state.table.digest()[b_id]
     finally:
         for p in (a, b):
             await p.close()

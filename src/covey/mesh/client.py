@@ -118,10 +118,17 @@ async def request_renewal(transport: PeerTransport, peer: Peer, request: str) ->
 async def exchange(transport: PeerTransport, state: MeshState, peer: Peer,
                    clock: Callable[[], float] = time.time,
                    timeout_s: float = CALL_TIMEOUT_S) -> int:
-    """One push-pull round with a peer. Returns how many new records this node learned."""
+    """One push-pull round with a peer. Returns how many new records this node learned.
+
+    This node's own record rides along with the digest when the peer did not hold it at the
+    last exchange: it changes most often, and pushed after the answer it cost a second
+    signed call every few rounds. Other records the peer lacks follow in that second call."""
+    own = state.table.get(state.identity.node_id)
+    payload: dict[str, Any] = {"digest": state.table.digest()}
+    if own is not None and state.held_by.get(peer.fingerprint) != own.record.seq:
+        payload["records"] = [b64e(own.envelope)]
     try:
-        answer = await call_json(transport, peer, "/mesh/gossip",
-                                 {"digest": state.table.digest()}, timeout_s)
+        answer = await call_json(transport, peer, "/mesh/gossip", payload, timeout_s)
     except PeerError as exc:
         # A member refusing us may hand over the revocation list that names us: it is
         # authority-signed, so believing it is safe, and it is how a revoked node learns why.
@@ -138,10 +145,13 @@ async def exchange(transport: PeerTransport, state: MeshState, peer: Peer,
         mine = theirs.get(state.identity.node_id)
         if isinstance(mine, int):
             state.check_own_seq(mine, f"a record held by {peer.label}")
+            state.peer_holds(peer.fingerprint, mine)
         send, _ = plan_exchange(state.table.digest(),
                                 {str(k): v for k, v in theirs.items() if isinstance(v, int)},
                                 MAX_RECORDS_PER_EXCHANGE)
         records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
         if records:
             await call_json(transport, peer, "/mesh/records", {"records": records}, timeout_s)
+            if own is not None and state.identity.node_id in send:
+                state.peer_holds(peer.fingerprint, own.record.seq)
     return learned

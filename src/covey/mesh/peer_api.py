@@ -252,6 +252,12 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             return _refuse(400, "invalid_digest", "digest must be an object of node id → seq")
         digest = {str(k): v for k, v in theirs.items() if isinstance(v, int)}
         state.gossiped_in[request[PEER]] = time.monotonic()  # a verified member's id
+        # The caller's own record, when it changed since the last exchange: taken before the
+        # digest below, so the caller sees it arrived and need not push it in a second call.
+        pushed = request[BODY].get("records", [])
+        if not isinstance(pushed, list) or len(pushed) > MAX_RECORDS_PER_EXCHANGE:
+            return _refuse(400, "invalid_records", "records must be a short list")
+        apply_records(state, pushed, clock())
         send, _ = plan_exchange(state.table.digest(), digest, MAX_RECORDS_PER_EXCHANGE)
         records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
         return web.json_response({"digest": state.table.digest(), "records": records})

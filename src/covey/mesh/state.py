@@ -84,6 +84,8 @@ class MeshState:
         self._verified_certs: dict[bytes, MemberCert] = {}
         self._published: dict[str, Any] | None = None  # content of our newest record
         self._seq = SeqCounter(self.data_dir / "seq")
+        # Peer TLS fingerprint → the seq of this node's record it held at the last exchange.
+        self.held_by: dict[str, int] = {}
         self._proof: str | None = None
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
@@ -270,6 +272,12 @@ class MeshState:
                 self.policy.learn(b64d(record.tier_policy))
         return record
 
+    def peer_holds(self, fingerprint: str, seq: int) -> None:
+        """What a peer said it holds of this node's record (its digest): bounded by peers."""
+        if len(self.held_by) >= MAX_HELD_BY and fingerprint not in self.held_by:
+            self.held_by.clear()  # only costs one record sent along again per peer
+        self.held_by[fingerprint] = seq
+
     def publish(self, now: float, ttl_s: float = RECORD_TTL_S, refresh_s: float = 0.0,
                 **fields: object) -> bytes:
         """Sign this node's next record (a sequence number above any used before), unless
@@ -313,6 +321,8 @@ class MeshState:
         if self._signed_seqs and seq > self._signed_seqs[0] and seq not in self._signed_seqs:
             self.duplicate_key_seen = [where]
 
+
+MAX_HELD_BY = 4096  # peers whose copy of this node's record is remembered
 
 # Record fields that are measurements of traffic, published at the refresh (MeshState.publish).
 MEASURED = ("metrics", "ledger")
