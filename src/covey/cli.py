@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", type=Path, help="GGUF to bench, or an embedded model's name "
                        f"(default: {embedded.GEMMA.name}, which needs no download)")
     bench.add_argument("--threads", type=int, default=None, help="engine threads")
+    bench.add_argument("--ttft-pairs", type=int, default=None, help="one-token requests per "
+                       "path for the added TTFT (default: 40, or 8 per run if more)")
+    bench.add_argument("--idle-s", type=float, default=None, help="seconds the node's idle "
+                       "CPU is measured (default: 10)")
     bench.add_argument("--data-dir", help="where to keep the assembled model "
                        "(default: ~/.covey, or $COVEY_HOME)")
     ledger_cli.add_parser(sub)

@@ -234,15 +234,18 @@ async def _streams(session: aiohttp.ClientSession, side: Side, body: dict[str, A
 
 
 async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str, int],
-                  runs: int, max_tokens: int,
-                  progress: Callable[[str], None]) -> dict[str, Any]:
+                  runs: int, max_tokens: int, progress: Callable[[str], None],
+                  ttft_pairs: int | None = None, idle_s: float = IDLE_S) -> dict[str, Any]:
+    """Every figure of the result. `ttft_pairs`: one-token request trios for the added TTFT
+    (default: max(40, 8 × runs)); `idle_s`: how long the node's idle CPU is measured."""
     body = deterministic_chat(node.model, max_tokens, llama_cpp=True)
     direct = Side(node.engine_url, None)
     through = Side(node.url, node.pid)
     floor_side = Side(*floor)
     mesh = Side(*entry)
     sides = [direct, through, floor_side, mesh]
-    ttft_pairs = max(40, 8 * runs)  # the p50 of a few-ms difference of ~30 ms TTFTs is noisy
+    # The p50 of a few-ms difference of ~30 ms TTFTs is noisy: 40 trios at least by default.
+    ttft_pairs = ttft_pairs or max(40, 8 * runs)
     # One connection per request on every path, so no side gets cheaper connects.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
                                      connector=aiohttp.TCPConnector(force_close=True)) as session:
@@ -274,8 +277,8 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
         # checks, its own loops): charged to its chunks above at this rate.
         progress("the node's idle CPU")
         idle_cpu0 = cpu_seconds(node.pid)
-        await asyncio.sleep(IDLE_S)
-        idle_rate = (cpu_seconds(node.pid) - idle_cpu0) / IDLE_S
+        await asyncio.sleep(idle_s)
+        idle_rate = (cpu_seconds(node.pid) - idle_cpu0) / idle_s
     added = sorted(t - d for t, d in zip(through.ttft, direct.ttft, strict=True))
     mesh_added = sorted(t - d for t, d in zip(mesh.ttft, direct.ttft, strict=True))
     return {
@@ -342,8 +345,11 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
     """Entry point for `covey bench`. Exit 0 whether or not goals are met (it measures)."""
-    if args.runs < 1 or args.max_tokens < 2:
-        err.print("covey bench: --runs must be ≥ 1 and --max-tokens ≥ 2")
+    idle_s = IDLE_S if args.idle_s is None else args.idle_s
+    if args.runs < 1 or args.max_tokens < 2 or (args.ttft_pairs is not None
+                                                 and args.ttft_pairs < 1) or not idle_s > 0:
+        err.print("covey bench: --runs and --ttft-pairs must be ≥ 1, --max-tokens ≥ 2 and "
+                  "--idle-s above 0")
         return 2
     # SIGTERM (`timeout covey bench`, a CI job cancelled) would end this process at once and
     # leave its nodes running; as SystemExit, every `with` below stops what it started.
@@ -362,7 +368,8 @@ def run_bench(args: argparse.Namespace, data_dir: Path) -> int:
                 running_node(model, args.threads, streams=4) as node:
             with floor_relay(node.engine_url) as floor, entry_node(node) as entry:
                 result = asyncio.run(measure(node, floor, entry, args.runs, args.max_tokens,
-                                             lambda text: status.update(f"measuring: {text}")))
+                                             lambda text: status.update(f"measuring: {text}"),
+                                             args.ttft_pairs, idle_s))
         result["goals"] = goals(result)
     except (RuntimeError, OSError, aiohttp.ClientError) as exc:
         err.print(f"covey bench: {exc}")
