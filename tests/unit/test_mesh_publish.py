@@ -11,7 +11,7 @@ import pytest
 from covey.engine import catalog
 from covey.mesh import identity, state
 from covey.mesh.membership import MembershipError, revoke
-from covey.mesh.records import RecordRejected, SeqCounter, republish_due
+from covey.mesh.records import RecordRejected, republish_due
 from covey.mesh.state import MeshState
 
 NOW = 1_700_000_000.0
@@ -67,22 +67,6 @@ def test_a_change_of_measurements_alone_waits_for_the_refresh(tmp_path: Path) ->
                      models=[{"id": "m", "queue_depth": 1}])
     held = a.table.get(a.identity.node_id)
     assert moved != refreshed and held is not None and held.record.metrics["m"].samples == 13
-
-
-def test_sequence_numbers_rise_across_restarts_with_few_writes(tmp_path: Path) -> None:
-    path = tmp_path / "seq"
-    counter = SeqCounter(path)
-    used = [counter.next(NOW + i * 2) for i in range(100)]
-    assert used == sorted(set(used))
-    written = path.stat().st_mtime_ns, path.read_text()
-    more = [counter.next(NOW + 200 + i) for i in range(100)]  # within the reserve: no write
-    assert (path.stat().st_mtime_ns, path.read_text()) == written
-    # A restart (a new counter on the file), with the clock stepped back an hour.
-    after = SeqCounter(path).next(NOW - 3600)
-    assert after > max(used + more)
-    # The file lost, the clock moved on: still above (the millisecond clock).
-    path.unlink()
-    assert SeqCounter(path).next(NOW + 1000) > max(used + more)
 
 
 def test_record_is_signed_again_when_it_ages(tmp_path: Path) -> None:

@@ -260,34 +260,6 @@ def next_seq(path: Path, now: float) -> int:
     return seq
 
 
-SEQ_RESERVE = 600_000  # sequence numbers set aside per write of the file: 10 minutes' worth
-
-
-class SeqCounter:
-    """`next_seq` for a process that signs often: the file holds a ceiling above every number
-    handed out, written again only when it is reached. After a restart the count goes on
-    above the ceiling (up to ten minutes ahead of the clock, which only peers' comparisons of
-    this node's own numbers see), and the node's rounds write no file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._last: int | None = None
-        self._ceiling = 0
-
-    def next(self, now: float) -> int:
-        if self._last is None:
-            self._last = self._ceiling = next_seq(self.path, now) - 1
-        seq = max(self._last + 1, int(now * 1000))
-        if seq > self._ceiling:
-            ceiling = seq + SEQ_RESERVE
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(str(ceiling))
-            os.replace(tmp, self.path)
-            self._ceiling = ceiling
-        self._last = seq
-        return seq
-
-
 def new_record(key: Ed25519PrivateKey, *, mesh_id: str, seq: int, now: float, ttl_s: float,
                **fields: object) -> NodeRecord:
     """A record for this node, valid from `now` for `ttl_s` seconds."""

@@ -37,8 +37,8 @@ from covey.mesh.records import (
     NodeRecord,
     RecordRejected,
     RecordTable,
-    SeqCounter,
     new_record,
+    next_seq,
     republish_due,
     sign_record,
     verify_record,
@@ -83,7 +83,6 @@ class MeshState:
         # is checked once per envelope, not once per use (expiry is still checked each time).
         self._verified_certs: dict[bytes, MemberCert] = {}
         self._published: dict[str, Any] | None = None  # content of our newest record
-        self._seq = SeqCounter(self.data_dir / "seq")
         # Peer TLS fingerprint → the seq of this node's record it held at the last exchange.
         self.held_by: dict[str, int] = {}
         self._proof: str | None = None
@@ -300,7 +299,7 @@ class MeshState:
                 ttl_s, refresh_s):
             return held.envelope
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
-                            seq=self._seq.next(now), now=now, **content)
+                            seq=next_seq(self.data_dir / "seq", now), now=now, **content)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         self._signed_seqs.append(record.seq)
