@@ -12,6 +12,12 @@ flags. The entry serves Gemma 3 270M from its own file (the ground truth) and au
 - an attached backend answering canned text under Gemma's id.
 Enforce mode, K=2: the three cheats are suspect and demoted, the honest peer verified and
 never failed once, and the entry routes nothing to a demoted peer.
+
+Every engine runs on one thread: four engines and the honest peer's load share the test
+machine's cores, and a two-thread llama.cpp whose second core is taken waits on its own
+threads (docs/bench.md), which made each audit take seconds and the test four minutes. The
+cheats are no easier to catch for it, and the honest peer's answers matched a ground truth on
+two threads as well as they match one on one.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def test_audits_flag_impostors_never_the_honest_peer(
         hosts: list[Host], tmp_path: Path, model_path: Path, chat_model_path: Path) -> None:
     h_entry, h_busy, h_smol, h_pert, h_canned = hosts
     entry = NsNode(h_entry.ns, tmp_path / "entry", *README_MESH, "--model", str(model_path),
-                   "--no-default-model", *ENFORCE)
+                   "--no-default-model", "--threads", "1", *ENFORCE)
     nodes, names = [entry], {}
     load: subprocess.Popen[bytes] | None = None
     canned: FakeBackend | None = None
@@ -96,12 +102,12 @@ def test_audits_flag_impostors_never_the_honest_peer(
         smol_file = tmp_path / "smol" / f"{GEMMA}.gguf"
         smol_file.parent.mkdir()
         smol_file.write_bytes(chat_model_path.read_bytes())
-        join(h_smol, "smollm2", "--model", str(smol_file))
+        join(h_smol, "smollm2", "--model", str(smol_file), "--threads", "1")
         pert_file = tmp_path / "perturbed" / f"{GEMMA}.gguf"
         pert_file.parent.mkdir()
         changed = perturbed_gguf(model_path, pert_file)
         assert pert_file.stat().st_size == model_path.stat().st_size, changed
-        join(h_pert, "perturbed", "--model", str(pert_file))
+        join(h_pert, "perturbed", "--model", str(pert_file), "--threads", "1")
         canned = FakeBackend(GEMMA, tokens=12, token_delay=0.0, ns=h_canned.ns)
         join(h_canned, "canned", "--backend", canned.url)
 
