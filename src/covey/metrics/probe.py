@@ -3,13 +3,14 @@ benchmark so both measure exactly alike."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from covey.metrics.timing import CONTENT, completion_tokens_from_tail, measure
+from covey.metrics.timing import CONTENT, measure, tokens_from_body, usage_event
 
 # A fixed synthetic prompt: measurements never use anything a user sent.
 PROMPT = "Count from one to one hundred in words, separated by commas."
@@ -21,6 +22,9 @@ class StreamStats:
     tokens_per_s: float | None
     tokens: int
     events: int  # SSE events received (chunks as the engine framed them)
+    # llama.cpp's own time for the prompt (its `timings.prompt_ms`), after which the first
+    # token comes: the engine's share of ttft_ms. None when the engine reports no timings.
+    engine_ttft_ms: float | None = None
 
 
 def deterministic_chat(model: str, max_tokens: int, llama_cpp: bool) -> dict[str, Any]:
@@ -53,7 +57,16 @@ async def stream_chat(session: aiohttp.ClientSession, base_url: str,
                 t_last = now
             events += chunk.count(b"data: ")
             tail = tail[-4096:] + chunk
-    tokens = completion_tokens_from_tail(tail) or 0
+    last = usage_event(tail)
+    tokens = tokens_from_body(last) or 0
     result = measure(t0, t_first, t_last, tokens)
     return StreamStats(ttft_ms=result.ttft_ms, tokens_per_s=result.tokens_per_s,
-                       tokens=tokens, events=events)
+                       tokens=tokens, events=events, engine_ttft_ms=_prompt_ms(last))
+
+
+def _prompt_ms(event: Any) -> float | None:
+    timings = event.get("timings") if isinstance(event, dict) else None
+    value = timings.get("prompt_ms") if isinstance(timings, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
