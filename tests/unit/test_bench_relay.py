@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from covey.bench.relay import Side, _added_outside, goals
-from covey.metrics.probe import stream_chat
+from covey.bench.relay import Side, _added_outside, _pace_ratio, _paces, goals
+from covey.metrics.probe import StreamStats, stream_chat
 
 
 async def _stream_from(body: bytes) -> Any:
@@ -48,6 +48,20 @@ async def test_the_engines_prompt_time_comes_from_the_last_event(
     stats = await _stream_from(_sse(timings))
     assert stats.ttft_ms is not None and stats.tokens == 1
     assert stats.engine_ttft_ms == expected
+    assert stats.engine_tokens_per_s is None  # one token: no decode span
+
+
+@pytest.mark.parametrize(("timings", "expected"), [
+    ({"predicted_n": 11, "predicted_ms": 500.0}, 20.0),  # 10 tokens after the first, in 0.5 s
+    ({"predicted_n": 1, "predicted_ms": 0.5}, None),
+    ({"predicted_n": 11, "predicted_ms": 0}, None),
+    ({"predicted_n": 11, "predicted_ms": -5.0}, None),
+    ({"predicted_n": 11}, None),
+])
+async def test_the_engines_own_decode_rate_comes_from_the_last_event(
+        timings: Any, expected: float | None) -> None:
+    stats = await _stream_from(_sse(timings))
+    assert stats.engine_tokens_per_s == expected
 
 
 async def test_a_non_finite_prompt_time_is_not_believed() -> None:
@@ -64,6 +78,17 @@ def test_added_outside_the_engine_pairs_samples_and_skips_untimed_ones() -> None
     # Pairs 0 and 1 only: 2.0 and 2.5, nearest-rank median 2.0.
     assert _added_outside(through, direct) == 2.0
     assert _added_outside(Side("x", 1, outside=[None] * 4), direct) is None
+
+
+def test_rates_beside_the_engine_cancel_its_drift() -> None:
+    """The engine ran at 40 then 30 tok/s; a relay that kept pace with it reads 1.0 though
+    its raw rate is a quarter below the direct stream's."""
+    direct = [StreamStats(50.0, 40.0, 64, 64, engine_tokens_per_s=40.0)]
+    through = [StreamStats(51.0, 30.0, 64, 64, engine_tokens_per_s=30.0),
+               StreamStats(51.0, 30.0, 64, 64)]  # no timings: left out
+    assert _paces(through) == [1.0]
+    assert _pace_ratio(_paces(through), _paces(direct)) == 1.0
+    assert _pace_ratio([], _paces(direct)) is None
 
 
 def test_the_mesh_ratio_is_judged_and_unjudged_when_unmeasured() -> None:

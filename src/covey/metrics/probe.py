@@ -25,6 +25,8 @@ class StreamStats:
     # llama.cpp's own time for the prompt (its `timings.prompt_ms`), after which the first
     # token comes: the engine's share of ttft_ms. None when the engine reports no timings.
     engine_ttft_ms: float | None = None
+    # llama.cpp's own decode rate for this stream, first token to last (its `timings`).
+    engine_tokens_per_s: float | None = None
 
 
 def deterministic_chat(model: str, max_tokens: int, llama_cpp: bool) -> dict[str, Any]:
@@ -61,12 +63,21 @@ async def stream_chat(session: aiohttp.ClientSession, base_url: str,
     tokens = tokens_from_body(last) or 0
     result = measure(t0, t_first, t_last, tokens)
     return StreamStats(ttft_ms=result.ttft_ms, tokens_per_s=result.tokens_per_s,
-                       tokens=tokens, events=events, engine_ttft_ms=_prompt_ms(last))
+                       tokens=tokens, events=events,
+                       engine_ttft_ms=_timing(last, "prompt_ms"),
+                       engine_tokens_per_s=_engine_rate(last))
 
 
-def _prompt_ms(event: Any) -> float | None:
+def _timing(event: Any, key: str) -> float | None:
+    """A finite, non-negative number from the event's llama.cpp `timings`, else None."""
     timings = event.get("timings") if isinstance(event, dict) else None
-    value = timings.get("prompt_ms") if isinstance(timings, dict) else None
+    value = timings.get(key) if isinstance(timings, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _engine_rate(event: Any) -> float | None:
+    """(predicted_n - 1) tokens over predicted_ms: the span the client's rate covers too."""
+    n, ms = _timing(event, "predicted_n"), _timing(event, "predicted_ms")
+    return (n - 1) / (ms / 1000) if n is not None and ms and n >= 2 else None
