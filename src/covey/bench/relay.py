@@ -345,8 +345,8 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
         "mesh_ttft_added_ms_p99": percentile(mesh_added, 99),
         "ttft_added_outside_engine_ms_p50": beyond,
         "mesh_ttft_added_outside_engine_ms_p50": mesh_beyond,
-        "mesh_ttft_added_ratio": (mesh_beyond / beyond if beyond and mesh_beyond is not None
-                                  and beyond > 0 else None),
+        "mesh_ttft_added_ratio": (mesh_beyond / beyond if beyond is not None and beyond > 0
+                                  and mesh_beyond is not None else None),
     }
 
 
@@ -357,7 +357,8 @@ def _paces(streams: list[StreamStats]) -> list[float]:
 
 
 def _pace_ratio(side: list[float], direct: list[float]) -> float | None:
-    return median(side) / median(direct) if side and direct and median(direct) > 0 else None
+    # A pace is a quotient of two positive rates, so a median of some is above zero.
+    return median(side) / median(direct) if side and direct else None
 
 
 def _added_outside(side: Side, direct: Side) -> float | None:

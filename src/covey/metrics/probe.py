@@ -3,14 +3,13 @@ benchmark so both measure exactly alike."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from covey.metrics.timing import CONTENT, measure, tokens_from_body, usage_event
+from covey.metrics.timing import CONTENT, json_number, measure, tokens_from_body, usage_event
 
 # A fixed synthetic prompt: measurements never use anything a user sent.
 PROMPT = "Count from one to one hundred in words, separated by commas."
@@ -71,10 +70,7 @@ async def stream_chat(session: aiohttp.ClientSession, base_url: str,
 def _timing(event: Any, key: str) -> float | None:
     """A finite, non-negative number from the event's llama.cpp `timings`, else None."""
     timings = event.get("timings") if isinstance(event, dict) else None
-    value = timings.get(key) if isinstance(timings, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    return json_number(timings.get(key)) if isinstance(timings, dict) else None
 
 
 def _engine_rate(event: Any) -> float | None:

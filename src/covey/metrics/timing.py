@@ -134,7 +134,7 @@ def whole_speed(body: Any, elapsed_ms: float, body_bytes: int, from_peer: bool) 
     return Speed(tokens / (elapsed_ms / 1000), tokens, "clock")
 
 
-def _number(value: Any) -> float | None:
+def json_number(value: Any) -> float | None:
     """A finite, non-negative JSON number, else None (bool is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -147,8 +147,8 @@ def _engine_speed(timings: Any, elapsed_ms: float, body_bytes: int,
     if not isinstance(timings, dict):
         return None
     tokens = timings.get("predicted_n")
-    decode_ms = _number(timings.get("predicted_ms"))
-    prompt_ms = _number(timings.get("prompt_ms", 0.0))
+    decode_ms = json_number(timings.get("predicted_ms"))
+    prompt_ms = json_number(timings.get("prompt_ms", 0.0))
     if (isinstance(tokens, bool) or not isinstance(tokens, int) or not 2 <= tokens <= body_bytes
             or decode_ms is None or decode_ms <= 0 or prompt_ms is None):
         return None
