@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -99,9 +100,12 @@ def model_id_for(path: Path, quant: str | None) -> ModelId:
 # --- fitting in memory -------------------------------------------------------------------
 
 
-def fast_memory_bytes(override: int | None) -> int:
-    """Memory available for model weights. CPU builds: available RAM."""
-    return override if override is not None else psutil.virtual_memory().available
+def fast_memory_bytes(override: int | None, memory: Any = None) -> int:
+    """Memory available for model weights. CPU builds: available RAM (from `memory`, a
+    `psutil.virtual_memory()` the caller already read, else read here)."""
+    if override is not None:
+        return override
+    return int((memory or psutil.virtual_memory()).available)
 
 
 PUBLISHED_MEMORY_STEP = 256 * 1024 * 1024
@@ -112,7 +116,7 @@ def machine_hardware(fast_memory_override: int | None) -> dict[str, int | None]:
     memory is rounded down to 256 MiB: to the byte it changes every round, and a changed record is
     signed and gossiped again; models are placed by the GiB."""
     memory = psutil.virtual_memory()  # once: it reads and parses /proc/meminfo every call
-    fast = memory.available if fast_memory_override is None else fast_memory_override
+    fast = fast_memory_bytes(fast_memory_override, memory)
     if fast_memory_override is None:
         fast -= fast % PUBLISHED_MEMORY_STEP
     return {"ram_bytes": memory.total, "gpu_bytes": gpu_memory_bytes(),
