@@ -4,6 +4,7 @@ Property-style loops over seeded random receipts (hypothesis is not a dependency
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -328,3 +329,27 @@ def test_seeded_random_receipts_round_trip() -> None:
         both = SignedReceipt.from_wire(_confirmed(receipt).to_wire())
         assert both.receipt == receipt
         assert verify(both, _pub(PROVIDER), _pub(CONSUMER)) == "confirmed"
+
+
+def test_a_signature_spelt_another_way_is_refused() -> None:
+    """Base64 has other spellings of the same bytes: "/" and "+" read as "_" and "-", and a
+    64-byte signature's last character carries 4 padding bits. Only the canonical spelling
+    verifies; otherwise anyone could mint a receipt that differs from the signed one and still
+    reads as confirmed (CI found the "_" to "/" case with a random flip)."""
+    both = _confirmed(_receipt())
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for field in ("provider_sig", "consumer_sig"):
+        sig = getattr(both, field)
+        last = alphabet.index(sig[-1])
+        twins = [sig[:-1] + c for c in alphabet
+                 if c != sig[-1] and alphabet.index(c) >> 4 == last >> 4]  # same 2 data bits
+        twins += [sig.replace(a, b, 1) for a, b in (("_", "/"), ("-", "+")) if a in sig]
+        assert twins and all(_b64decode_lax(t) == b64d(sig) for t in twins)
+        for twin in twins:
+            with pytest.raises(ReceiptRejected):
+                verify(both.model_copy(update={field: twin}), _pub(PROVIDER), _pub(CONSUMER))
+
+
+def _b64decode_lax(text: str) -> bytes:
+    """Any base64 spelling, the way a lax decoder reads it."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))

@@ -23,7 +23,7 @@ from covey.mesh.records import (
     sign_record,
     verify_record,
 )
-from covey.mesh.sealed import b64d, b64e, canonical, seal
+from covey.mesh.sealed import SealError, b64d, b64e, canonical, seal
 
 MESH = "mtestmesh0000000"
 NOW = 1_800_000_000.0
@@ -215,3 +215,18 @@ def test_plausible() -> None:
     assert plausible(-1.0, 10) is None
     assert plausible(0.0, 10) == 0.0
     assert plausible(0.0, 10, positive=True) is None
+
+
+@pytest.mark.parametrize("text", [
+    "a_8", "a/8",   # "/" is the standard alphabet's "_": same bits, other spelling
+    "-w", "+w",     # likewise "+" for "-"
+    "AB", "AAA=",   # padding bits set; padding written out
+    "A", "a b",     # no byte string has that length; a space
+])
+def test_b64d_reads_only_what_b64e_writes(text: str) -> None:
+    canonical_forms = {"a_8", "-w"}
+    if text in canonical_forms:
+        assert b64e(b64d(text)) == text
+    else:
+        with pytest.raises(SealError):
+            b64d(text)

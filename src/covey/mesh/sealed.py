@@ -35,11 +35,17 @@ def b64e(raw: bytes) -> str:
 
 
 def b64d(text: str) -> bytes:
+    """Decode what `b64e` writes, and only that: one spelling per byte string. The last
+    character's padding bits must be zero, so a signature or key cannot be re-spelt into a
+    different record that still verifies."""
     try:
         # validate=True: characters outside the alphabet are an error, not silently dropped.
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SealError("malformed", "bad base64") from exc
+    if b64e(raw) != text:
+        raise SealError("malformed", "base64 not in canonical form")
+    return raw
 
 
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
