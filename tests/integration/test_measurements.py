@@ -21,7 +21,9 @@ from covey.metrics.samples import Speed, median
 from tests.conftest import FakeBackend, NodeProcess, http, wait_for
 
 MODEL = "gemma-3-270m-q4_k_m"
-BASELINE_TOKENS = 128  # the default
+# Half the default (128): the rule is relative to the baseline's length, and twenty chats of
+# half the length on a one-thread engine take half as long (the test ran nearly 2 minutes).
+BASELINE_TOKENS = 64
 
 
 def _row(node: NodeProcess, model: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def test_efficiency_reads_an_idle_node_as_efficient_and_a_slowed_one_lower(
     baseline = wait_for(lambda: node.model()["baseline"], 120, "the native baseline")
     # Mixed lengths, short chat answers among them; streamed and whole alternate, so each
     # length is asked once streamed and once whole (the second round starts on the other foot).
-    one_round = [8, 128, 16, 64, 24, 96, 12, 200, 32, 160]
+    one_round = [4, 64, 8, 32, 12, 48, 6, 100, 16, 80]
     lengths = one_round * 2
     client = openai_client(node.url)
     # Numbered one further in the second round: its parity, streamed or whole, flips.
@@ -152,9 +154,16 @@ def test_efficiency_reads_an_idle_node_as_efficient_and_a_slowed_one_lower(
     wait_for(lambda: (slow.model()["baseline"] or {}).get("tokens_per_s")
              == pytest.approx(2 * baseline["tokens_per_s"]), 30, "the cached baseline")
     # Two short chats first, too short to be compared: a restarted engine is slow at first.
-    _chats(openai_client(slow.url), [16, 24, 64, 96, 128, 80])
+    slow_rates = _chats(openai_client(slow.url), [8, 12, 32, 48, 64, 40])
     row = wait_for(lambda: (r := _row(slow, MODEL))["samples"] == 6 and r, 10,
                    "every chat's sample")
-    print(f"slowed node: efficiency {row['efficiency']:.3f} over {row['efficiency_samples']}")
+    # Judged beside the machine's speed while these chats ran, as above: ~0.5 of it, and a
+    # machine running faster than at the baseline lifts the figure with it (0.59 was seen
+    # with llama.cpp 18 % above its baseline).
+    slow_machine = median([rate for n, rate in slow_rates
+                      if comparable(Speed(rate, n, "engine"), BASELINE_TOKENS)]) / (
+                          baseline["tokens_per_s"])
+    print(f"slowed node: efficiency {row['efficiency']:.3f} over {row['efficiency_samples']}, "
+          f"machine {slow_machine:.3f} of its baseline")
     assert row["efficiency_samples"] == 4
-    assert row["efficiency"] <= 0.6
+    assert row["efficiency"] <= 0.6 * max(1.0, slow_machine)
