@@ -160,9 +160,9 @@ def test_efficiency_reads_an_idle_node_as_efficient_and_a_slowed_one_lower(
     # Judged beside the machine's speed while these chats ran, as above: ~0.5 of it, and a
     # machine running faster than at the baseline lifts the figure with it (0.59 was seen
     # with llama.cpp 18 % above its baseline).
-    slow_machine = median([rate for n, rate in slow_rates
-                      if comparable(Speed(rate, n, "engine"), BASELINE_TOKENS)]) / (
-                          baseline["tokens_per_s"])
+    slow_engine = median([rate for n, rate in slow_rates
+                          if comparable(Speed(rate, n, "engine"), BASELINE_TOKENS)])
+    slow_machine = slow_engine / baseline["tokens_per_s"]
     print(f"slowed node: efficiency {row['efficiency']:.3f} over {row['efficiency_samples']}, "
           f"machine {slow_machine:.3f} of its baseline")
     assert row["efficiency_samples"] == 4
