@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from rich.console import Console
@@ -53,15 +52,13 @@ SOURCES_HELP = ("an https:// URL to a GGUF (optionally ending #sha256=HEX), "
                 "or an embedded model's name")
 
 
-def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("pull", help="download a model file into <data-dir>/models "
-                       "(resumable, sha256-checked)")
+def add_pull_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help=SOURCES_HELP)
     p.add_argument("--name", help="save it as NAME.gguf (default: the file name in the URL)")
     p.add_argument("--data-dir", help="default: ~/.covey, or $COVEY_HOME")
 
-    rm = sub.add_parser("rm", help="delete a model file (and its sidecars) from "
-                        "<data-dir>/models")
+
+def add_rm_arguments(rm: argparse.ArgumentParser) -> None:
     rm.add_argument("model", help="its model id or file name (see `covey models --local`)")
     rm.add_argument("--data-dir", help="default: ~/.covey, or $COVEY_HOME")
 

@@ -37,10 +37,8 @@ from covey.mesh.identity import KEY_FILE, Identity, load_or_create
 SHOW_LIMIT = 50  # entries `show` prints unless told
 
 
-def add_parser(sub: Any) -> None:
-    """Add `ledger` and its subcommands to the top-level subparsers `sub`."""
-    ledger = sub.add_parser("ledger", help="credits given and used: balances, entries, "
-                            "verify the ledger, checkpoints and proofs")
+def add_arguments(ledger: argparse.ArgumentParser) -> None:
+    """The subcommands of `covey ledger` (covey/cli.py makes its parser)."""
     cmds = ledger.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
 
     def data_dir_flag(sp: argparse.ArgumentParser) -> None:

@@ -35,9 +35,9 @@ class Refused(Exception):
     """The node answered with an error, or did not answer."""
 
 
-def add_parser(sub: Any, client_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    mem = sub.add_parser("memory", help="store and search memories (this node's, and what "
-                         "peers share)")
+def add_arguments(mem: argparse.ArgumentParser,
+                  client_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The subcommands of `covey memory` (covey/cli.py makes its parser)."""
     cmds = mem.add_subparsers(dest="memory_command", required=True, metavar="COMMAND")
 
     add = cmds.add_parser("add", help="store one memory")
