@@ -12,7 +12,6 @@ from pathlib import Path
 
 from covey.errors import ConfigError
 from covey.mesh import remembered
-from covey.mesh.client import redeem
 from covey.mesh.identity import Identity, load_or_create
 from covey.mesh.membership import (
     Authority,
@@ -24,7 +23,6 @@ from covey.mesh.membership import (
     revoke,
     verify_revocations,
 )
-from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.remembered import Bootstrap
 from covey.mesh.sealed import SealError
 from covey.mesh.state import CERT_TTL_S, REVOCATIONS_FILE, MeshState
@@ -48,6 +46,11 @@ async def open_mesh(data_dir: Path, identity: Identity, join_token: str | None,
                               f"mesh {invite.mesh_id}")
         contacts = invite.reachable()
         if state is None:
+            # Here, not at the top: `covey invite` and `covey revoke` use this module too, and
+            # the peer client (aiohttp) was a third of their start-up.
+            from covey.mesh.client import redeem
+            from covey.mesh.peer_transport import HttpPeerTransport, PeerError
+
             try:
                 # The join is unsigned (not a member yet): the signer is never called.
                 async with HttpPeerTransport(_unsigned) as transport:
