@@ -6,6 +6,7 @@ accepted) and the signed probes went out with `ssl=False`, unpinned.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from covey.health.layers import passed
 from covey.health.probe import Target, check_peer, mesh_probe, one_token, tls_handshake
 from covey.mesh.peer_transport import HttpPeerTransport, Peer
 from covey.mesh.transport import tls_identity
@@ -103,3 +105,40 @@ async def test_an_embedding_model_is_probed_with_an_embeddings_request(
     assert (vector.layer, vector.ok, token.layer, token.ok) == (11, False, 11, False)
     assert "HTTP 403" in vector.detail
     assert listener.requests == ["/mesh/v1/embeddings", "/mesh/v1/chat/completions"]
+
+
+async def test_a_reused_large_pass_sends_no_large_probe(tmp_path: Path) -> None:
+    """A real TLS peer that echoes probes: a full check sends the small probe and the 64 KiB
+    one; a check given an earlier layer-9 pass sends only the small one and still reads the
+    engines (layer 10) from the small probe's answer."""
+    ident = tls_identity(Ed25519PrivateKey.generate(), tmp_path)
+    sizes: list[int] = []
+
+    async def probe(request: web.Request) -> web.Response:
+        body = await request.read()
+        sizes.append(len(body))
+        return web.json_response({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                                  "models": {"m": {"state": "ready"}}})
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_post("/mesh/probe", probe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ident.server_context())
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    t = _target(f"127.0.0.1:{port}", ident.fingerprint)
+    try:
+        async with HttpPeerTransport(_sign) as transport:
+            full = await check_peer(transport, t, ["m"], [], 5.0)
+            assert [(r.layer, r.ok) for r in full] == [(6, True), (7, True), (8, True),
+                                                       (9, True), (10, True)]
+            assert len(sizes) == 2 and sizes[1] > 64 * 1024
+            earlier = passed(9, "65547 bytes echoed")
+            again = await check_peer(transport, t, ["m"], [], 5.0, reuse_large=earlier)
+            assert [(r.layer, r.ok) for r in again] == [(6, True), (7, True), (8, True),
+                                                        (9, True), (10, True)]
+            assert again[3] is earlier
+            assert len(sizes) == 3 and sizes[2] < 1024  # only the small probe went out
+    finally:
+        await runner.cleanup()

@@ -13,6 +13,8 @@ from covey.health.state import (
     Policy,
     RealRequest,
     TokenProbe,
+    large_kept,
+    large_probe_due,
 )
 
 M = "m-q4_k_m"
@@ -203,3 +205,38 @@ def test_forget_models_drops_what_the_peer_no_longer_serves() -> None:
                  (1, token_failed("a")), (1, token_failed("b")))
     state = state.forget_models({"b"})
     assert state.failing_models() == ["b"]
+
+
+# -- the large probe, sent when due ---------------------------------------------------------
+
+def test_the_large_probe_runs_first_after_a_failure_and_every_nth_check() -> None:
+    """Simulates a peer's cheap checks: which send the 64 KiB probe. Before the rule every
+    check did (32 KiB/s per peer each way at the default 2 s)."""
+    policy = Policy(large_every=5)
+    kept: tuple[L.LayerResult, int] | None = None
+    sent = []
+    for n in range(1, 23):
+        last, since = kept or (None, 0)
+        due = large_probe_due(last, since, policy)
+        sent.append(due)
+        if n == 12:  # a check that fails at the small probe (layer 8)
+            kept = large_kept(check_failed(8).results, due, since)
+        else:
+            kept = large_kept(check_ok().results, due, since)
+    # First check; every 5th while all passes; the one after the failure at 12; then every 5th.
+    assert [n for n, due in enumerate(sent, start=1) if due] == [1, 6, 11, 13, 18]
+
+
+def test_a_failed_large_probe_is_never_reused() -> None:
+    failing = (*check_ok().results[:4], L.failed(9, "a 64 KiB probe timed out", "MTU"))
+    assert large_kept(failing, True, 0) is None
+    assert large_probe_due(L.failed(9, "x", "y"), 1, Policy())
+    # A check that stopped before layer 9 (the path broke lower) keeps nothing either.
+    assert large_kept(check_ok().results[:3], True, 0) is None
+
+
+def test_a_reused_pass_counts_the_checks_it_stood_for() -> None:
+    results = check_ok().results
+    assert large_kept(results, True, 7) == (results[4], 1)
+    assert large_kept(results, False, 3) == (results[4], 4)
+    assert results[4].layer == 9

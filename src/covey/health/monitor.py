@@ -3,9 +3,11 @@ results to each peer's `PeerState` (health/state.py holds every rule; this modul
 probes and keeps the tasks).
 
 Every `interval_s` each live peer gets the cheap check (layers 5–10: roster, TCP, TLS pin,
-small and large signed probes, engines ready). The one-token probe (layer 11) runs when a
-route is about to use a peer whose proof for that model is stale, and, on the same tick as
-the cheap checks, for every model whose last token probe failed once its backoff has passed.
+small and large signed probes, engines ready); the large probe only when it is due
+(health/state.py's `large_probe_due`), its last pass standing in between. The one-token
+probe (layer 11) runs when a route is about to use a peer whose proof for that model is
+stale, and, on the same tick as the cheap checks, for every model whose last token probe
+failed once its backoff has passed.
 Real traffic that streams a token back is proof too.
 """
 
@@ -27,6 +29,8 @@ from covey.health.state import (
     Policy,
     RealRequest,
     TokenProbe,
+    large_kept,
+    large_probe_due,
     path_failure,
 )
 from covey.mesh.peer_transport import PeerTransport, peer_of
@@ -65,6 +69,8 @@ class HealthMonitor:
         self.policy = Policy(down_after=down_after,
                              fresh_s=max(3 * interval_s, 2 * timeout_s) + 1)
         self.peers: dict[str, PeerState] = {}
+        # Per peer: the large probe's last pass, and the cheap checks that have reused it.
+        self._large: dict[str, tuple[L.LayerResult, int]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._transport: PeerTransport | None = None  # while running
 
@@ -123,6 +129,7 @@ class HealthMonitor:
         live = {r.node_id: r for r in self.mesh.peers(now)}
         for gone in set(self.peers) - set(live):
             del self.peers[gone]
+            self._large.pop(gone, None)
         for node_id, record in live.items():
             if f"check:{node_id}" not in self._running:
                 self._start(f"check:{node_id}", self._check(record))
@@ -185,9 +192,17 @@ class HealthMonitor:
         now = self.clock()
         roster = roster_layer(record, record.name or record.node_id, now, self.fresh_s)
         results = [roster]
+        last, since = self._large.get(record.node_id, (None, 0))
+        due = large_probe_due(last, since, self.policy)
         if roster.ok:
             results += await check_peer(self._transport, target_for(record, now),
-                                        all_models(record), [], self.timeout_s)
+                                        all_models(record), [], self.timeout_s,
+                                        reuse_large=None if due else last)
+        kept = large_kept(results, due, since)
+        if kept is None:
+            self._large.pop(record.node_id, None)
+        else:
+            self._large[record.node_id] = kept
         self._observe(record.node_id, CheapCheck(tuple(results)))
 
     async def _token_probe(self, record: NodeRecord, model: str) -> None:

@@ -302,9 +302,12 @@ async def diagnose(transport: PeerTransport, t: Target, timeout_s: float) -> lis
 async def check_peer(transport: PeerTransport, t: Target, models: list[str],
                      token_models: list[str], timeout_s: float,
                      large_bytes: int = LARGE_PROBE_BYTES,
-                     embedding_models: frozenset[str] = frozenset()) -> list[LayerResult]:
+                     embedding_models: frozenset[str] = frozenset(),
+                     reuse_large: LayerResult | None = None) -> list[LayerResult]:
     """Layers 6–11 in order, stopping at the first failure. `embedding_models`: those
-    of `token_models` asked for a vector instead of a token."""
+    of `token_models` asked for a vector instead of a token. `reuse_large`: an earlier
+    layer-9 pass that stands in for the large probe (health/state.py's `large_probe_due`);
+    the engines' states then come from the small probe's answer."""
     small, answer = await mesh_probe(transport, t, 0, timeout_s)
     if small.ok:
         where = transport.address(t.peer.fingerprint) or t.address  # the one that answered
@@ -315,7 +318,9 @@ async def check_peer(transport: PeerTransport, t: Target, models: list[str],
         results = await diagnose(transport, t, timeout_s)
         if all(r.ok for r in results):
             results.append(small)
-    if results[-1].ok:
+    if results[-1].ok and reuse_large is not None:
+        results.append(reuse_large)
+    elif results[-1].ok:
         large, answer = await mesh_probe(transport, t, large_bytes, timeout_s)
         results.append(large)
     if results[-1].ok:

@@ -27,6 +27,10 @@ The rules:
   consecutive failure, capped at `backoff_max_s`); the monitor re-probes a failing model on
   its own, with no traffic needed, so a model that recovers comes back. One success (probe or
   streamed real request) clears the failures and the backoff.
+- The large probe (layer 9, 64 KiB) runs on a peer's first cheap check, after any cheap
+  check that did not pass every layer, and every `large_every` checks; the checks between
+  reuse its last pass (`large_probe_due`). An MTU black hole belongs to the path, which seldom
+  changes, and one 64 KiB probe per peer every 2 s was 32 KiB/s each way on an idle mesh.
 - `down_after` consecutive token failures remove the model from routing, not one: the probe
   runs while real traffic is in flight, and a single timeout from a busy engine should not
   empty a one-server mesh for seconds. The first failure already schedules the quick
@@ -54,11 +58,30 @@ class Policy:
     token_stale_s: float = TOKEN_STALE_S  # a token proof older than this is re-proved
     backoff_s: float = 2.0  # first wait before re-probing a model whose token probe failed
     backoff_max_s: float = 60.0  # the wait doubles per consecutive failure up to this
+    large_every: int = 15  # cheap checks per large probe while the path passes (30 s at 2 s)
 
     def backoff(self, failures: int) -> float:
         """The wait after the `failures`-th consecutive token failure (1-based)."""
         doublings = min(max(failures - 1, 0), 32)  # capped: 2**32 × anything > any max
         return min(self.backoff_max_s, self.backoff_s * 2.0 ** doublings)
+
+
+def large_probe_due(last_large: L.LayerResult | None, checks_since: int,
+                    policy: Policy) -> bool:
+    """Whether this cheap check sends the large probe. `last_large`: the layer-9 pass the
+    previous checks reused (None: none, or the last check did not pass every layer)."""
+    return last_large is None or not last_large.ok or checks_since >= policy.large_every
+
+
+def large_kept(results: tuple[L.LayerResult, ...] | list[L.LayerResult], probed: bool,
+               checks_since: int) -> tuple[L.LayerResult, int] | None:
+    """After a cheap check: the layer-9 pass later checks may reuse, with the checks that
+    have used it so far (`probed`: this check sent the large probe). None when any layer
+    failed or the check stopped below layer 9: the next check probes afresh."""
+    large = next((r for r in results if r.layer == 9), None)  # 9: the large probe
+    if large is None or not all(r.ok for r in results):
+        return None
+    return (large, 1) if probed else (large, checks_since + 1)
 
 
 @dataclass(frozen=True)
