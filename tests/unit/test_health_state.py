@@ -235,6 +235,13 @@ def test_a_failed_large_probe_is_never_reused() -> None:
     assert large_kept(check_ok().results[:3], True, 0) is None
 
 
+def test_an_engine_down_keeps_the_large_pass() -> None:
+    """Layer 10 is the peer's engine, not the path: a model stuck failing there must not
+    bring the 64 KiB probe back every round."""
+    engine_down = (*check_ok().results[:5], L.failed(10, "engine for m is failed", "see it"))
+    assert large_kept(engine_down, False, 3) == (engine_down[4], 4)
+
+
 def test_a_reused_pass_counts_the_checks_it_stood_for() -> None:
     results = check_ok().results
     assert large_kept(results, True, 7) == (results[4], 1)

@@ -28,7 +28,7 @@ The rules:
   its own, with no traffic needed, so a model that recovers comes back. One success (probe or
   streamed real request) clears the failures and the backoff.
 - The large probe (layer 9, 64 KiB) runs on a peer's first cheap check, after any cheap
-  check that did not pass every layer, and every `large_every` checks; the checks between
+  check whose path failed (a layer up to 9), and every `large_every` checks; the checks between
   reuse its last pass (`large_probe_due`). An MTU black hole belongs to the path, which seldom
   changes, and one 64 KiB probe per peer every 2 s was 32 KiB/s each way on an idle mesh.
 - `down_after` consecutive token failures remove the model from routing, not one: the probe
@@ -76,10 +76,12 @@ def large_probe_due(last_large: L.LayerResult | None, checks_since: int,
 def large_kept(results: tuple[L.LayerResult, ...] | list[L.LayerResult], probed: bool,
                checks_since: int) -> tuple[L.LayerResult, int] | None:
     """After a cheap check: the layer-9 pass later checks may reuse, with the checks that
-    have used it so far (`probed`: this check sent the large probe). None when any layer
-    failed or the check stopped below layer 9: the next check probes afresh."""
+    have used it so far (`probed`: this check sent the large probe). None when the path
+    failed at or below layer 9 (a check stops at its first failure): the next check probes
+    afresh. A peer's engine that is down (layer 10) is not the path: a model stuck failing
+    must not bring back a 64 KiB probe every round."""
     large = next((r for r in results if r.layer == 9), None)  # 9: the large probe
-    if large is None or not all(r.ok for r in results):
+    if large is None or not large.ok:
         return None
     return (large, 1) if probed else (large, checks_since + 1)
 
