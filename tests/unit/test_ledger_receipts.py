@@ -353,3 +353,63 @@ def test_a_signature_spelt_another_way_is_refused() -> None:
 def _b64decode_lax(text: str) -> bytes:
     """Any base64 spelling, the way a lax decoder reads it."""
     return base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4))
+
+
+def test_a_signature_checked_or_made_here_is_not_verified_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One mesh request's receipt is checked at countersigning and again by each node's
+    ledger: each node verifies only the other's signature, once. A tampered receipt is still
+    verified for real, and a failed check is never remembered."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from covey.ledger import receipts
+
+    real = ed25519.Ed25519PublicKey.from_public_bytes
+    checks: list[bytes] = []
+
+    def counting(data: bytes) -> ed25519.Ed25519PublicKey:
+        checks.append(data)
+        return real(data)
+
+    monkeypatch.setattr(receipts.Ed25519PublicKey, "from_public_bytes", counting)
+    monkeypatch.setattr(receipts, "_PASSED", receipts.OrderedDict())
+    receipt = _receipt()
+    # The provider: its own signature needs no check of its own.
+    signed = provider_sign(receipt, PROVIDER)
+    assert verify(signed, _pub(PROVIDER)) == "unconfirmed" and checks == []
+    # The consumer (its own process in a mesh: it knows nothing the provider checked).
+    receipts._PASSED.clear()
+    seen = Observed.from_usage(receipt.request_id, receipt.model_id, receipt.prompt_tokens,
+                               receipt.completion_tokens)
+    both = consumer_countersign(SignedReceipt.from_wire(signed.to_wire()), CONSUMER, seen,
+                                _pub(PROVIDER))
+    assert checks == [public_bytes(PROVIDER)]  # the provider's, once
+    assert verify(both, _pub(PROVIDER), _pub(CONSUMER)) == "confirmed"  # as its ledger does
+    assert checks == [public_bytes(PROVIDER)]
+    # Back at the provider: the consumer's signature is checked, once.
+    receipts._PASSED.clear()
+    receipts._passed(public_bytes(PROVIDER), signed.provider_sig,
+                     receipts.PROVIDER_DOMAIN + b"\x00" + receipt.signing_bytes())
+    back = SignedReceipt.from_wire(both.to_wire())
+    checks.clear()
+    for _ in range(2):
+        assert verify(back, _pub(PROVIDER), _pub(CONSUMER)) == "confirmed"
+    assert checks == [public_bytes(CONSUMER)]
+    # Tampered after both checks passed: the message differs, so it is verified and refused.
+    w = json.loads(both.to_wire())
+    w["receipt"].update(completion_tokens=1000, credits=credits(12, 1000, 0.27))
+    with pytest.raises(ReceiptRejected) as exc:
+        verify(SignedReceipt.model_validate(w), _pub(PROVIDER), _pub(CONSUMER))
+    assert exc.value.reason == "bad_signature"
+    # A failure is not remembered: the same forgery is checked (and refused) every time.
+    forged = back.model_copy(update={"consumer_sig": b64e(OTHER.sign(b"x"))})
+    checks.clear()
+    for _ in range(2):
+        with pytest.raises(ReceiptRejected):
+            verify(forged, _pub(PROVIDER), _pub(CONSUMER))
+    assert checks == [public_bytes(CONSUMER)] * 2
+    # Bounded: the oldest are forgotten first.
+    for i in range(receipts._PASSED_MAX + 5):
+        receipts._passed(b"k" * 32, str(i), b"m")
+    assert len(receipts._PASSED) == receipts._PASSED_MAX
+    assert (b"k" * 32, "0", b"m") not in receipts._PASSED
