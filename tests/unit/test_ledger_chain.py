@@ -460,3 +460,50 @@ def test_random_tampering_always_caught() -> None:
         as_rows[victim] = tuple(row)
         result = check_chain(as_rows, (n, prev))
         assert (result.ok, result.first_bad_seq) == (False, victim + 1), result.reason
+
+
+def test_balances_never_wait_for_a_write_in_progress(ledger: Ledger, path: Path) -> None:
+    """The node's event loop reads balances on every peer request and gossip round; a receipt
+    being stored in a worker thread holds the ledger's lock through its commit and fsync."""
+    import threading
+
+    _fill(ledger, 4)
+    committed = ledger.balances()
+    answers: list[dict[str, object]] = []
+    with ledger._lock:  # another thread, mid-transaction
+        reader = threading.Thread(target=lambda: answers.append(dict(ledger.balances())))
+        reader.start()
+        reader.join(timeout=10)
+        waited = reader.is_alive()
+    reader.join()
+    assert not waited and answers == [committed]
+    assert ledger.balance(A) == committed[A]
+
+
+def test_balances_in_memory_follow_every_commit(ledger: Ledger, path: Path) -> None:
+    """What balances() answers from memory is what the table holds after adds, adjustments,
+    a rolled-back append and a rebuild; a reader in another process reads the table."""
+    reader = Ledger(path, read_only=True)
+    try:
+        _fill(ledger, 6)
+        ledger.adjust(B, -2.5, "grant", now=T0)
+        squat = ledger.head()[0] + 2  # the seq the next pair's second entry needs
+        db = sqlite3.connect(path)
+        db.execute("INSERT INTO entries VALUES (?, 'adjust', NULL, 'x', 1.0, '{}', 0.0, '', '')",
+                   (squat,))
+        db.commit()
+        with pytest.raises(sqlite3.IntegrityError):  # the pair's second insert fails
+            _add(ledger, _signed(0, 1), 0, 1)
+        db.execute("DELETE FROM entries WHERE seq=?", (squat,))
+        db.commit()
+        assert ledger.balances() == reader.balances()  # the rolled-back earn is not in it
+        db.execute("UPDATE balances SET given = given + 100 WHERE node_id=?", (A,))
+        db.commit()
+        db.close()
+        ledger.rebuild_balances()
+        with ledger._lock:
+            stored = ledger._stored_balances()
+        assert ledger.balances() == stored == reader.balances()
+        assert set(stored) == {A, B, C} and ledger.verify().ok
+    finally:
+        reader.close()

@@ -108,6 +108,12 @@ class Ledger:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self._lock = threading.Lock()
+        # The balances as last committed, on a writer: a node's event loop reads them on
+        # every peer request (fair share) and gossip round, and must not wait for the lock
+        # while another thread's transaction syncs to disk (slow storage takes tens of ms). Swapped
+        # whole after each commit; None on a reader, whose writer is another process.
+        self._committed: dict[str, Balance] | None = None
+        self._staged: dict[str, Balance] = {}
         if read_only:
             # For readers beside a running node (the CLI): the file must exist, nothing is
             # created or migrated, and any write fails (sqlite3.OperationalError).
@@ -132,6 +138,7 @@ class Ledger:
                     self._db.execute(statement)
             self._db.execute("INSERT OR IGNORE INTO head VALUES (1, 0, ?)", (GENESIS,))
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._committed = self._stored_balances()
 
     def close(self) -> None:
         with self._lock:
@@ -207,6 +214,8 @@ class Ledger:
             self._db.execute("DELETE FROM balances")
             for node_id, b in derived.items():
                 self._store_balance(node_id, b)
+        if self._committed is not None:  # a node the entries no longer name is gone too
+            self._committed = dict(derived)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -223,16 +232,15 @@ class Ledger:
             return [SignedReceipt.from_wire(row[0].encode()) for row in rows]
 
     def balance(self, node_id: str) -> Balance:
-        with self._lock:
-            row = self._db.execute("SELECT given, used, adjusted FROM balances WHERE node_id=?",
-                                   (node_id,)).fetchone()
-        return Balance(*row) if row is not None else Balance()
+        return self.balances().get(node_id, Balance())
 
     def balances(self) -> dict[str, Balance]:
+        """Every node's balance, as committed; never waits for a write in progress."""
+        committed = self._committed
+        if committed is not None:
+            return dict(sorted(committed.items()))
         with self._lock:
-            rows = self._db.execute("SELECT node_id, given, used, adjusted FROM balances "
-                                    "ORDER BY node_id").fetchall()
-        return {row[0]: Balance(*row[1:]) for row in rows}
+            return self._stored_balances()
 
     def head(self) -> tuple[int, str]:
         """(number of entries, hash of the last one): the chain's tree size and tip."""
@@ -262,12 +270,20 @@ class Ledger:
     @contextmanager
     def _tx(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
+        self._staged = {}
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        if self._committed is not None and self._staged:
+            self._committed = {**self._committed, **self._staged}
+
+    def _stored_balances(self) -> dict[str, Balance]:
+        rows = self._db.execute("SELECT node_id, given, used, adjusted FROM balances "
+                                "ORDER BY node_id").fetchall()
+        return {row[0]: Balance(*row[1:]) for row in rows}
 
     def _head(self) -> tuple[int, str]:
         row = self._db.execute("SELECT size, hash FROM head WHERE id=1").fetchone()
@@ -294,6 +310,7 @@ class Ledger:
     def _store_balance(self, node_id: str, b: Balance) -> None:
         self._db.execute("INSERT OR REPLACE INTO balances VALUES (?, ?, ?, ?, ?)",
                          (node_id, b.given, b.used, b.adjusted, b.balance))
+        self._staged[node_id] = b
 
     def _derive(self) -> dict[str, Balance]:
         balances: dict[str, Balance] = {}
