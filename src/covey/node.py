@@ -637,8 +637,10 @@ def freeze_startup_heap() -> None:
     """Keep what starting up made (modules, apps, sessions: ~100k objects) out of every later
     garbage collection. A full collection walks every tracked object; in a node serving
     traffic one came about every 40 s and stalled the event loop, every stream with it, for
-    60-90 ms here. Startup's own garbage is collected first, so none of it is kept for good."""
-    gc.collect()
+    60-90 ms here. The young generations' garbage is collected first (a few ms), so it is not
+    kept for good; a full collection here would cost every node start ~0.1 s, and starting up
+    already ran one."""
+    gc.collect(1)
     gc.freeze()
 
 

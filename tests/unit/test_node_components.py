@@ -38,7 +38,7 @@ async def test_cancellation_still_stops_it() -> None:
 
 def test_startup_heap_is_frozen_after_its_garbage_is_collected() -> None:
     """What starting up built is left out of later collections (a full one walked it all and
-    stalled a serving node for tens of ms); a cycle already garbage is collected, not kept."""
+    stalled a serving node for tens of ms); young garbage is collected first, not kept."""
     import gc
     import weakref
 
