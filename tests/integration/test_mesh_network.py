@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from covey.mesh import identity
+from covey.mesh import transport as transport_module
 from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
 from covey.mesh.client import exchange, redeem, request_renewal, signer_for
 from covey.mesh.membership import Contact, InviteBook, parse_invite, revoke
@@ -289,6 +290,40 @@ async def test_a_changed_own_record_rides_with_the_digest(
         await exchange(b.transport, b.state, a.callee)
         assert sent == [("/mesh/gossip", True)]  # one call, no push after it
         assert held_by_a() == b.state.table.digest()[b_id]
+    finally:
+        for p in (a, b):
+            await p.close()
+
+
+async def test_a_kept_connection_is_verified_once(tmp_path: Path, session: HttpPeerTransport,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over real TLS: a member's later calls on the kept connection are not verified again,
+    its revocation still refuses the very next one, and a new connection verifies afresh."""
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a))
+    checked: list[bytes] = []
+    real = transport_module.check
+
+    def counting(domain: bytes, message: bytes, sig: bytes, key: bytes) -> None:
+        checked.append(key)
+        real(domain, message, sig, key)
+
+    monkeypatch.setattr(transport_module, "check", counting)
+    try:
+        for _ in range(3):
+            await exchange(b.transport, b.state, a.callee)
+        assert b.transport.opened(a.tls.fingerprint) == 1  # one kept connection
+        assert checked == [b.state.identity.public_bytes]
+        await b.transport.forget(set())  # its connections close; the next call opens one
+        await exchange(b.transport, b.state, a.callee)
+        assert len(checked) == 2
+
+        assert a.state.authority is not None
+        revocations, envelope = revoke(a.state.authority, None, b.state.identity.node_id,
+                                       time.time())
+        assert a.state.set_revocations(revocations, envelope)
+        with pytest.raises(PeerError, match="revoked"):
+            await exchange(b.transport, b.state, a.callee)
     finally:
         for p in (a, b):
             await p.close()

@@ -117,6 +117,58 @@ def test_live_nonces_are_never_evicted() -> None:
     assert verifier.verify("POST", "/mesh/chat", later, BODY, NOW + 61)
 
 
+class _Connection:
+    """Stands for a TLS connection's SSLObject (weakly referenced by the verifier)."""
+
+
+def _check(verifier: RequestVerifier, headers: dict[str, str], connection: object | None,
+           *, body: bytes = BODY, now: float = NOW) -> str:
+    return verifier.check(verifier.claim(headers, now), "POST", "/mesh/chat", body, now,
+                          connection=connection)
+
+
+def test_a_connection_vouches_for_its_verified_node_only() -> None:
+    """After one request from a node verifies on a TLS connection, that node's later requests
+    on it are not verified again (TLS protects their bytes), while membership and freshness
+    still are; its signature carries no weight anywhere else, nor for any other node."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    members = {node_id_for(public_bytes(key)), node_id_for(public_bytes(other))}
+    verifier = _verifier(members)
+    kept, fresh = _Connection(), _Connection()
+    forged = {**_signed(key), H_SIG: _signed(key, body=b"{}")[H_SIG]}  # signs another body
+
+    with pytest.raises(PeerRefused, match="does not verify"):
+        _check(verifier, forged, kept)  # a failed check binds nothing
+    assert _check(verifier, _signed(key), kept) == node_id_for(public_bytes(key))
+    assert _check(verifier, forged, kept) == node_id_for(public_bytes(key))
+    for connection in (fresh, None):  # elsewhere the same forgery is what it is
+        with pytest.raises(PeerRefused, match="does not verify"):
+            _check(verifier, forged, connection)
+    other_forged = {**_signed(other), H_SIG: _signed(other, body=b"{}")[H_SIG]}
+    with pytest.raises(PeerRefused, match="does not verify"):
+        _check(verifier, other_forged, kept)  # another node's claim on it: checked in full
+    # A verified request of another node on it does not take the connection over.
+    assert _check(verifier, _signed(other), kept) == node_id_for(public_bytes(other))
+    assert _check(verifier, forged, kept) == node_id_for(public_bytes(key))
+    with pytest.raises(PeerRefused) as stale:
+        _check(verifier, _signed(key, now=NOW - 31), kept)
+    assert stale.value.reason == "stale"
+    members.discard(node_id_for(public_bytes(key)))  # revoked: refused on it at once
+    with pytest.raises(PeerRefused) as revoked:
+        _check(verifier, _signed(key), kept)
+    assert revoked.value.reason == "not_member"
+
+
+def test_a_closed_connection_is_forgotten() -> None:
+    key = Ed25519PrivateKey.generate()
+    verifier = _verifier({node_id_for(public_bytes(key))})
+    connection = _Connection()
+    _check(verifier, _signed(key), connection)
+    assert len(verifier._bound) == 1
+    del connection
+    assert len(verifier._bound) == 0
+
+
 def test_membership_is_checked_from_the_headers_alone() -> None:
     """A stranger is refused before the body is read (claim() takes no body)."""
     stranger = Ed25519PrivateKey.generate()

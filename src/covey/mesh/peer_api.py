@@ -85,6 +85,13 @@ PEER = web.RequestKey("peer", str)  # the verified calling node id
 BODY = web.RequestKey("json", dict)  # the decoded JSON object body
 
 
+def _tls_of(request: web.Request) -> object | None:
+    """The request's TLS connection (its SSLObject), None when it did not come over TLS: a
+    connection whose first signed request verified vouches for the same node's later ones."""
+    transport = request.transport
+    return transport.get_extra_info("ssl_object") if transport is not None else None
+
+
 def _refuse(status: int, code: str, message: str) -> web.Response:
     kind = ("permission_error" if status == 403 else "server_error" if status >= 500
             else "invalid_request_error")
@@ -137,7 +144,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         if claim is not None:
             try:
                 request[PEER] = verifier.check(claim, request.method, request.path_qs, body,
-                                               clock())
+                                               clock(), connection=_tls_of(request))
             except PeerRefused as exc:
                 return refused(exc)
         if request.path.startswith("/mesh/v1/"):
