@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from covey.mesh import identity
+from covey.mesh import identity, peer_api
 from covey.mesh import transport as transport_module
 from covey.mesh.authority import AuthorityLink, AuthorityOffline, contacts_of
 from covey.mesh.client import exchange, redeem, request_renewal, signer_for
@@ -295,35 +295,73 @@ async def test_a_changed_own_record_rides_with_the_digest(
             await p.close()
 
 
-async def test_a_kept_connection_is_verified_once(tmp_path: Path, session: HttpPeerTransport,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over real TLS: a member's later calls on the kept connection are not verified again,
-    its revocation still refuses the very next one, and a new connection verifies afresh."""
+async def test_a_kept_connection_is_authenticated_once(
+        tmp_path: Path, session: HttpPeerTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over real TLS: a member signs its first call on a connection; once the peer says the
+    connection is the member's, later calls there go unsigned and are taken as the member's.
+    Its revocation still refuses the very next call (re-signed once, then refused), and a
+    new connection is signed and verified afresh."""
     a = await _founder(tmp_path)
     b = await _joiner(tmp_path, "b", session, _invite(a))
     checked: list[bytes] = []
-    real = transport_module.check
+    real_check = transport_module.check
 
     def counting(domain: bytes, message: bytes, sig: bytes, key: bytes) -> None:
         checked.append(key)
-        real(domain, message, sig, key)
+        real_check(domain, message, sig, key)
 
     monkeypatch.setattr(transport_module, "check", counting)
+    signed: list[str] = []
+    real_signer = b.transport._signer
+
+    def signer(audience: str, path: str, body: bytes) -> dict[str, str]:
+        signed.append(path)
+        return real_signer(audience, path, body)
+
+    b.transport._signer = signer
+    b_id = b.state.identity.node_id
     try:
         for _ in range(3):
+            a.state.gossiped_in.clear()
             await exchange(b.transport, b.state, a.callee)
+            assert b_id in a.state.gossiped_in  # taken as B's, signed or not
         assert b.transport.opened(a.tls.fingerprint) == 1  # one kept connection
+        assert signed == ["/mesh/gossip"]
         assert checked == [b.state.identity.public_bytes]
         await b.transport.forget(set())  # its connections close; the next call opens one
         await exchange(b.transport, b.state, a.callee)
-        assert len(checked) == 2
+        assert len(signed) == len(checked) == 2
 
         assert a.state.authority is not None
-        revocations, envelope = revoke(a.state.authority, None, b.state.identity.node_id,
-                                       time.time())
+        revocations, envelope = revoke(a.state.authority, None, b_id, time.time())
         assert a.state.set_revocations(revocations, envelope)
         with pytest.raises(PeerError, match="revoked"):
             await exchange(b.transport, b.state, a.callee)
+        assert len(signed) == 3  # the unsigned call refused, signed once more
+    finally:
+        for p in (a, b):
+            await p.close()
+
+
+async def test_a_peer_that_does_not_vouch_gets_every_call_signed(
+        tmp_path: Path, session: HttpPeerTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer whose answers never say the connection is the caller's (a node from before
+    this was added) gets a signature on every call, as it expects."""
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a))
+    monkeypatch.setattr(peer_api, "H_BOUND", "x-something-else")  # A never says it
+    signed: list[str] = []
+    real_signer = b.transport._signer
+
+    def signer(audience: str, path: str, body: bytes) -> dict[str, str]:
+        signed.append(path)
+        return real_signer(audience, path, body)
+
+    b.transport._signer = signer
+    try:
+        for _ in range(3):
+            await exchange(b.transport, b.state, a.callee)
+        assert signed == ["/mesh/gossip"] * 3
     finally:
         for p in (a, b):
             await p.close()

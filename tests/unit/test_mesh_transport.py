@@ -123,8 +123,8 @@ class _Connection:
 
 def _check(verifier: RequestVerifier, headers: dict[str, str], connection: object | None,
            *, body: bytes = BODY, now: float = NOW) -> str:
-    return verifier.check(verifier.claim(headers, now), "POST", "/mesh/chat", body, now,
-                          connection=connection)
+    return verifier.check(verifier.claim(headers, now, connection=connection), "POST",
+                          "/mesh/chat", body, now, connection=connection)
 
 
 def test_a_connection_vouches_for_its_verified_node_only() -> None:
@@ -156,6 +156,36 @@ def test_a_connection_vouches_for_its_verified_node_only() -> None:
     members.discard(node_id_for(public_bytes(key)))  # revoked: refused on it at once
     with pytest.raises(PeerRefused) as revoked:
         _check(verifier, _signed(key), kept)
+    assert revoked.value.reason == "not_member"
+
+
+def test_an_unsigned_request_is_its_node_s_only_on_its_bound_connection() -> None:
+    """Unsigned, a request names its node; it is taken as that node's only on a TLS connection
+    where a verified request of that node came first, and only while it is a member."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    key_id, other_id = (node_id_for(public_bytes(k)) for k in (key, other))
+    members = {key_id, other_id}
+    verifier = _verifier(members)
+    kept, fresh = _Connection(), _Connection()
+    unsigned = {H_NODE: key_id}
+
+    for connection in (kept, fresh, None):  # nothing bound yet: refused everywhere
+        with pytest.raises(PeerRefused) as refused:
+            verifier.claim(unsigned, NOW, connection=connection)
+        assert refused.value.reason == "unsigned"
+    assert not verifier.vouches(kept, key_id)
+    _check(verifier, _signed(key), kept)
+    assert verifier.vouches(kept, key_id) and not verifier.vouches(kept, other_id)
+    assert _check(verifier, unsigned, kept) == key_id
+    assert _check(verifier, unsigned, kept, now=NOW + 3600) == key_id  # the channel is live
+    for connection, headers in ((fresh, unsigned), (None, unsigned), (kept, {H_NODE: other_id}),
+                                (kept, {})):
+        with pytest.raises(PeerRefused) as refused:
+            verifier.claim(headers, NOW, connection=connection)
+        assert refused.value.reason == "unsigned"
+    members.discard(key_id)
+    with pytest.raises(PeerRefused) as revoked:
+        verifier.claim(unsigned, NOW, connection=kept)
     assert revoked.value.reason == "not_member"
 
 

@@ -74,7 +74,13 @@ from covey.mesh.peer_transport import PeerError
 from covey.mesh.renewal import grant
 from covey.mesh.sealed import SealError, b64d, b64e
 from covey.mesh.state import MeshState, apply_records
-from covey.mesh.transport import H_CERT, MAX_CERT_HEADER, PeerRefused, RequestVerifier
+from covey.mesh.transport import (
+    H_BOUND,
+    H_CERT,
+    MAX_CERT_HEADER,
+    PeerRefused,
+    RequestVerifier,
+)
 from covey.router.proxy import T_RECEIVED
 
 MAX_BODY = 4 * 1024 * 1024
@@ -83,6 +89,7 @@ OPEN_PATHS = frozenset({"/mesh/join"})
 Clock = Callable[[], float]
 PEER = web.RequestKey("peer", str)  # the verified calling node id
 BODY = web.RequestKey("json", dict)  # the decoded JSON object body
+BOUND = web.RequestKey("bound", bool)  # the connection is the verified caller's
 
 
 def _tls_of(request: web.Request) -> object | None:
@@ -114,27 +121,32 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
     def refused(exc: PeerRefused) -> web.Response:
         if exc.reason == "not_member" and state.revocations_envelope:
             # Public and authority-signed: tells a revoked caller that it was revoked.
-            return web.json_response(
+            response = web.json_response(
                 {**error_body(str(exc), "permission_error", exc.reason),
                  "revocations": b64e(state.revocations_envelope)}, status=403)
-        if exc.status == 503:
+        elif exc.status == 503:
             return web.json_response(error_body(str(exc), "server_error", exc.reason),
                                      status=503, headers={"Retry-After": "2"})
-        return _refuse(403, exc.reason, str(exc))
+        else:
+            response = _refuse(403, exc.reason, str(exc))
+        # Refused as a caller, not for what it asked: an unsigned call is signed and sent
+        # once more (its connection is not, or no longer, taken as the caller's).
+        response.headers[H_BOUND] = "0"
+        return response
 
     @web.middleware
     async def authenticate(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
         request[T_RECEIVED] = time.perf_counter()
-        claim = None
+        claim, connection = None, _tls_of(request)
         if request.path not in OPEN_PATHS:
             cert = request.headers.get(H_CERT, "")
             if 0 < len(cert) <= MAX_CERT_HEADER:
                 with contextlib.suppress(SealError):  # a bad one simply admits nobody
                     state.admit_cert(b64d(cert), clock())
             try:
-                claim = verifier.claim(request.headers, clock())
+                claim = verifier.claim(request.headers, clock(), connection=connection)
             except PeerRefused as exc:
                 return refused(exc)
         try:
@@ -144,9 +156,10 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         if claim is not None:
             try:
                 request[PEER] = verifier.check(claim, request.method, request.path_qs, body,
-                                               clock(), connection=_tls_of(request))
+                                               clock(), connection=connection)
             except PeerRefused as exc:
                 return refused(exc)
+            request[BOUND] = verifier.vouches(connection, request[PEER])
         if request.path.startswith("/mesh/v1/"):
             try:  # inference: the OpenAI handlers read the body themselves
                 return await handler(request)
@@ -350,7 +363,12 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         except ShareRefused as exc:  # raised before the answer started
             return _refuse(exc.status, exc.code, exc.message)
 
+    async def say_bound(request: web.Request, response: web.StreamResponse) -> None:
+        if request.get(BOUND):  # the caller may send its next requests here unsigned
+            response.headers[H_BOUND] = "1"
+
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(say_bound)
     app.router.add_post(MANIFEST_PATH, file_manifest)
     app.router.add_post(CHUNK_PATH, file_chunk)
     app.router.add_post(MEMORY_PATH, memory_search)

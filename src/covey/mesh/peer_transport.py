@@ -6,6 +6,9 @@ Gossip, the data-plane probes, `covey doctor` and the relay all call peers throu
   invite) carries; there is no way to call one without it;
 - requests are signed for their audience, the peer's fingerprint (the join is the one
   unsigned call: the joiner is not a member yet);
+- a request goes unsigned on a kept connection the peer has said is this node's already
+  (`x-covey-bound`, after a signed request verified on it: mesh/transport.py), so it is signed
+  only once its connection is known (`_PeerRequest.send`);
 - one bounded pool per peer. aiohttp matches a pooled connection by the identity of its
   `ssl` object, so each pool keeps ONE `aiohttp.Fingerprint`; a new one per request (as
   before) never matched, and every gossip round and probe paid a TLS handshake and left an
@@ -19,16 +22,21 @@ Failures are one type, `PeerError`, whose `kind` says what went wrong. Unit test
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import re
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace, TracebackType
 from typing import Any, Literal, Protocol
 
 import aiohttp
+from aiohttp.connector import Connection
 
 from covey.mesh.records import NodeRecord
+from covey.mesh.transport import H_BOUND, H_NODE
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +241,50 @@ class HttpResponse:
 
 
 @dataclass
+class _Sending:
+    """One signed call on its way out. aiohttp picks the connection after the request is
+    built, so `_PeerRequest.send` asks for its authentication headers only then: a signature,
+    or just this node's id on a connection the peer said is this node's."""
+
+    transport: HttpPeerTransport
+    audience: str
+    path: str
+    body: bytes
+    force_sign: bool = False
+    connection: object | None = None  # the connection it went on (its SSLObject)
+    signed: bool = True
+
+    def headers_for(self, connection: object | None) -> dict[str, str]:
+        self.connection = connection
+        me = self.transport._me
+        if (not self.force_sign and me is not None and connection is not None
+                and connection in self.transport._bound):
+            self.signed = False
+            return {H_NODE: me}
+        self.signed = True
+        headers = self.transport._signer(self.audience, self.path, self.body)
+        self.transport._me = headers.get(H_NODE)
+        return headers
+
+
+# The signed call this task is sending (set around each aiohttp call in `_attempt`).
+_SENDING: contextvars.ContextVar[_Sending | None] = contextvars.ContextVar(
+    "covey_peer_sending", default=None)
+
+
+class _PeerRequest(aiohttp.ClientRequest):
+    """aiohttp's request, authenticated once its connection is known (see `_Sending`)."""
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        sending = _SENDING.get()
+        if sending is not None:
+            transport = conn.transport
+            self.headers.update(sending.headers_for(
+                transport.get_extra_info("ssl_object") if transport is not None else None))
+        return await super().send(conn)
+
+
+@dataclass
 class _Pool:
     session: aiohttp.ClientSession
     pin: aiohttp.Fingerprint
@@ -253,6 +305,10 @@ class HttpPeerTransport:
         self._connect_s = connect_s
         self._pool_limit = pool_limit
         self._pools: dict[str, _Pool] = {}
+        # Kept connections (their SSLObjects, gone with them) the peer said are this node's,
+        # and this node's id as its signer names it (learnt from the first signature).
+        self._bound: weakref.WeakSet[object] = weakref.WeakSet()
+        self._me: str | None = None
 
     async def __aenter__(self) -> HttpPeerTransport:
         return self
@@ -299,7 +355,7 @@ class HttpPeerTransport:
                                                keepalive_timeout=KEEPALIVE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_s,
                                               sock_read=600),
-                auto_decompress=False, trace_configs=[trace],
+                auto_decompress=False, trace_configs=[trace], request_class=_PeerRequest,
                 cookie_jar=aiohttp.DummyCookieJar()),  # peers set none
                 aiohttp.Fingerprint(bytes.fromhex(fingerprint)))
             self._pools[fingerprint] = pool
@@ -343,15 +399,17 @@ class HttpPeerTransport:
     async def _attempt(self, pool: _Pool, peer: Peer, address: str, path: str, body: bytes,
                        timeout_s: float | None, headers: Mapping[str, str] | None,
                        signed: bool) -> aiohttp.ClientResponse:
-        for retry in (False, True):
+        retry = resign = False
+        while True:
             sent = {"Content-Type": "application/json", **(headers or {})}
-            if signed:  # signed per attempt: each carries its own nonce
-                sent.update(self._signer(peer.fingerprint, path, body))
+            # Signed per attempt (each carries its own nonce), once its connection is known.
+            sending = _Sending(self, peer.fingerprint, path, body, resign) if signed else None
+            token = _SENDING.set(sending)
             try:
                 # asyncio.timeout, not wait_for: no task per request on the relay's path.
                 async with asyncio.timeout(timeout_s):
-                    return await pool.session.post(f"https://{address}{path}", data=body,
-                                                   headers=sent, ssl=pool.pin)
+                    response = await pool.session.post(f"https://{address}{path}", data=body,
+                                                       headers=sent, ssl=pool.pin)
             except aiohttp.ServerFingerprintMismatch as exc:
                 raise PeerError("tls", "presented a different TLS key than the one pinned "
                                        "(not the same node, or a man in the middle)",
@@ -367,13 +425,29 @@ class HttpPeerTransport:
                 if retry:
                     raise PeerError("broken", f"{peer.label} closed the connection",
                                     address=address) from exc
+                retry = True
+                continue
             except TimeoutError as exc:
                 raise PeerError("timeout", f"{peer.label} sent nothing within "
                                            f"{timeout_s:g}s", address=address) from exc
             except aiohttp.ClientError as exc:
                 raise PeerError("broken", f"{type(exc).__name__}: {exc}",
                                 address=address) from exc
-        raise AssertionError("unreachable")
+            finally:
+                _SENDING.reset(token)
+            if sending is None:
+                return response
+            if not sending.signed and response.headers.get(H_BOUND) == "0" and not resign:
+                # The peer refused us as a caller (this connection is not, or no longer,
+                # taken as ours; our certificate lapsed there): sign the call after all.
+                self._bound.discard(sending.connection)
+                response.release()
+                resign = True
+                continue
+            if sending.signed and sending.connection is not None \
+                    and response.headers.get(H_BOUND) == "1":
+                self._bound.add(sending.connection)
+            return response
 
 
 def _why(error: OSError) -> str:
@@ -385,9 +459,13 @@ def _why(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
 def is_fingerprint(text: object) -> bool:
-    return isinstance(text, str) and len(text) == 64 and all(
-        c in "0123456789abcdef" for c in text)
+    """A TLS fingerprint as records carry it: 64 lowercase hex digits (checked on every call
+    to a peer, so by one regex match rather than per character)."""
+    return isinstance(text, str) and _FINGERPRINT.fullmatch(text) is not None
 
 
 # Engines and attached backends are not peers, but the relay reads both the same way.

@@ -4,16 +4,17 @@
   own Ed25519 node key. Callers pin the certificate's SHA-256 fingerprint, which the node
   publishes in its signed record, so no CA is involved and a man in the middle cannot pass.
 - Python's ssl module cannot accept arbitrary client certificates on the server side, so the
-  caller proves who it is by signing each request: mesh id, audience (the node it is meant
-  for), method, path, body hash, timestamp and nonce, with its node key. The server checks
-  membership and freshness from the headers alone, before it reads the body; then the
-  signature and replays. The audience stops a member from replaying a request it received
-  to a third node.
-- A kept TLS connection on which one request from a node verified carries that node's later
-  requests without their signatures being checked again (`RequestVerifier.check`): TLS keeps
-  the connection's bytes to the one client that sent the verified request, which only the
-  signing node can have made (it sends requests for this audience only over TLS pinned to
-  this node's key). Membership and freshness are still checked on every request.
+  caller proves who it is by signing a request (the first on each connection, see below):
+  mesh id, audience (the node it is meant for), method, path, body hash, timestamp and nonce,
+  with its node key. The server checks membership and freshness from the headers alone,
+  before it reads the body; then the signature and replays. The audience stops a member
+  from replaying a request it received to a third node.
+- A kept TLS connection on which one request from a node verified is that node's from then
+  on: TLS keeps the connection's bytes to the one client that sent the verified request,
+  which only the signing node can have made (it sends requests for this audience only over
+  TLS pinned to this node's key). Its later requests there are not verified again, and the
+  answer says so (`x-covey-bound`), so the caller sends the next ones unsigned, naming only
+  itself (`x-covey-node`). Membership is still checked on every request.
 A source address, loopback, or a forwarded header is never a credential.
 """
 
@@ -46,6 +47,9 @@ REQUEST_DOMAIN = b"covey-request-v2"  # v2: the audience is signed too
 H_NODE, H_KEY, H_TIME, H_NONCE, H_SIG = (
     "x-covey-node", "x-covey-key", "x-covey-time", "x-covey-nonce", "x-covey-sig")
 H_CERT = "x-covey-cert"  # the caller's member certificate, like a TLS client certificate
+# In an answer: "1", this connection is the caller's (see above); "0", the caller itself was
+# refused (an unsigned call is then signed and sent once more).
+H_BOUND = "x-covey-bound"
 MAX_CERT_HEADER = 4096
 WINDOW_S = 30.0  # a signed request older or newer than this is refused
 MAX_NONCES = 100_000
@@ -94,6 +98,7 @@ class Claim:
     timestamp: str
     sent_at: float
     nonce: str
+    bound: bool = False  # unsigned, on a connection a verified request made this node's
 
 
 @dataclass
@@ -114,9 +119,15 @@ class RequestVerifier:
     _bound: weakref.WeakKeyDictionary[object, tuple[str, bytes]] = field(
         default_factory=weakref.WeakKeyDictionary)
 
-    def claim(self, headers: Mapping[str, str], now: float) -> Claim:
+    def claim(self, headers: Mapping[str, str], now: float,
+              connection: object | None = None) -> Claim:
         """Membership and freshness from the headers alone: run before reading the body, so
-        a stranger cannot make this node read (or hash) a large one. Raises PeerRefused."""
+        a stranger cannot make this node read (or hash) a large one. Raises PeerRefused.
+
+        `connection`: the TLS connection it came on (its SSLObject), None where it is not
+        TLS. An unsigned request there is its node's if a verified one made it so."""
+        if connection is not None and H_SIG not in headers:
+            return self._bound_claim(headers.get(H_NODE, ""), connection, now)
         try:
             node_id, key_text = headers[H_NODE], headers[H_KEY]
             timestamp, nonce, sig_text = headers[H_TIME], headers[H_NONCE], headers[H_SIG]
@@ -146,11 +157,12 @@ class RequestVerifier:
               connection: object | None = None) -> str:
         """The signature over the body, then replays. Returns the calling node's id.
 
-        `connection`: the TLS connection the request came on (its SSLObject), None where it
-        is not TLS. Once a request from a node verifies on it, later requests that claim the
-        same node and key are that node's: TLS protects their bytes, as the signature would.
-        A claim of any other node on it is checked in full and does not move the binding."""
-        if connection is not None and self._bound.get(connection) == (claim.node_id, claim.key):
+        `connection`: as for `claim`. Once a request from a node verifies on it, later
+        requests there that claim the same node and key are that node's: TLS protects their
+        bytes, as the signature would. A claim of any other node on it is checked in full
+        and does not move the binding."""
+        if claim.bound or (connection is not None
+                           and self._bound.get(connection) == (claim.node_id, claim.key)):
             return claim.node_id
         try:
             check(REQUEST_DOMAIN, _message(self.mesh_id, self.audience, method, path, body,
@@ -162,6 +174,23 @@ class RequestVerifier:
         if connection is not None and connection not in self._bound:
             self._bound[connection] = (claim.node_id, claim.key)
         return claim.node_id
+
+    def vouches(self, connection: object | None, node_id: str) -> bool:
+        """Whether `connection` is `node_id`'s: its unsigned requests will be taken as that
+        node's (the answer tells the caller so)."""
+        bound = self._bound.get(connection) if connection is not None else None
+        return bound is not None and bound[0] == node_id
+
+    def _bound_claim(self, node_id: str, connection: object, now: float) -> Claim:
+        bound = self._bound.get(connection)
+        if bound is None or bound[0] != node_id:
+            raise PeerRefused("unsigned", f"missing {H_SIG} header (this connection carried "
+                                          "no verified request from that node)")
+        key = bound[1]
+        if not self.is_member(node_id, key, now):
+            raise PeerRefused("not_member", f"node {node_id} is not a member of this mesh "
+                                            "(or was revoked)")
+        return Claim(node_id, key, b"", "", now, "", bound=True)
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                now: float) -> str:
