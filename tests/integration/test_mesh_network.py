@@ -295,6 +295,19 @@ async def test_a_changed_own_record_rides_with_the_digest(
             await p.close()
 
 
+def _signatures(transport: HttpPeerTransport) -> list[str]:
+    """The paths of the calls `transport` signs from now on (its signer wrapped)."""
+    signed: list[str] = []
+    real = transport._signer
+
+    def signer(audience: str, path: str, body: bytes) -> dict[str, str]:
+        signed.append(path)
+        return real(audience, path, body)
+
+    transport._signer = signer
+    return signed
+
+
 async def test_a_kept_connection_is_authenticated_once(
         tmp_path: Path, session: HttpPeerTransport, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over real TLS: a member signs its first call on a connection; once the peer says the
@@ -311,14 +324,7 @@ async def test_a_kept_connection_is_authenticated_once(
         real_check(domain, message, sig, key)
 
     monkeypatch.setattr(transport_module, "check", counting)
-    signed: list[str] = []
-    real_signer = b.transport._signer
-
-    def signer(audience: str, path: str, body: bytes) -> dict[str, str]:
-        signed.append(path)
-        return real_signer(audience, path, body)
-
-    b.transport._signer = signer
+    signed = _signatures(b.transport)
     b_id = b.state.identity.node_id
     try:
         for _ in range(3):
@@ -350,14 +356,7 @@ async def test_a_peer_that_does_not_vouch_gets_every_call_signed(
     a = await _founder(tmp_path)
     b = await _joiner(tmp_path, "b", session, _invite(a))
     monkeypatch.setattr(peer_api, "H_BOUND", "x-something-else")  # A never says it
-    signed: list[str] = []
-    real_signer = b.transport._signer
-
-    def signer(audience: str, path: str, body: bytes) -> dict[str, str]:
-        signed.append(path)
-        return real_signer(audience, path, body)
-
-    b.transport._signer = signer
+    signed = _signatures(b.transport)
     try:
         for _ in range(3):
             await exchange(b.transport, b.state, a.callee)
