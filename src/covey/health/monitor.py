@@ -3,7 +3,7 @@ results to each peer's `PeerState` (health/state.py holds every rule; this modul
 probes and keeps the tasks).
 
 Every `interval_s` each live peer gets the cheap check (layers 5–10: roster, TCP, TLS pin,
-small and large signed probes, engines ready); the large probe only when it is due
+small and large authenticated probes, engines ready); the large probe only when it is due
 (health/state.py's `large_probe_due`), its last pass standing in between. The one-token
 probe (layer 11) runs when a route is about to use a peer whose proof for that model is
 stale, and, on the same tick as the cheap checks, for every model whose last token probe

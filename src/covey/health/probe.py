@@ -140,7 +140,8 @@ _REFUSALS = {
 
 async def mesh_probe(transport: PeerTransport, t: Target, size: int,
                      timeout_s: float) -> tuple[LayerResult, dict[str, Any]]:
-    """Layer 8 (size 0) or 9 (size > 0): a signed echo; the answer lists the peer's engines."""
+    """Layer 8 (size 0) or 9 (size > 0): an authenticated echo (signed, or on a connection
+    the peer already holds as this node's); the answer lists the peer's engines."""
     layer = 9 if size else 8
     body = json.dumps({"pad": "x" * size}).encode()
     try:
@@ -185,7 +186,7 @@ async def mesh_probe(transport: PeerTransport, t: Target, size: int,
                       "something on the path truncates or rewrites large requests (a proxy "
                       "with a body limit?)"), {}
     return passed(layer, f"{len(body)} bytes echoed" if layer == 9
-                  else "signed probe accepted"), answer
+                  else "authenticated probe accepted"), answer
 
 
 def engines_ready(t: Target, answer: dict[str, Any], models: list[str]) -> LayerResult:

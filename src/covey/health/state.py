@@ -4,8 +4,8 @@
 sleeps or touches the network (`health/monitor.py` does that and feeds the results in). Three
 kinds of observation:
 
-- `CheapCheck`: layers 5–10 (roster, TCP, TLS pin, small and large signed probes, engines
-  ready), run for every live peer every few seconds.
+- `CheapCheck`: layers 5–10 (roster, TCP, TLS pin, small and large authenticated probes,
+  engines ready), run for every live peer every few seconds.
 - `TokenProbe`: layer 11 for one model, a synthetic one-token chat across the exact path a
   prompt takes.
 - `RealRequest`: a real request to one model on that peer: ok (it streamed an answer) or
