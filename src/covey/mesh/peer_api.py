@@ -119,14 +119,14 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
     verifier = RequestVerifier(state.info.mesh_id, state.is_member, audience)
 
     def refused(exc: PeerRefused) -> web.Response:
+        if exc.status == 503:
+            return web.json_response(error_body(str(exc), "server_error", exc.reason),
+                                     status=503, headers={"Retry-After": "2"})
         if exc.reason == "not_member" and state.revocations_envelope:
             # Public and authority-signed: tells a revoked caller that it was revoked.
             response = web.json_response(
                 {**error_body(str(exc), "permission_error", exc.reason),
                  "revocations": b64e(state.revocations_envelope)}, status=403)
-        elif exc.status == 503:
-            return web.json_response(error_body(str(exc), "server_error", exc.reason),
-                                     status=503, headers={"Retry-After": "2"})
         else:
             response = _refuse(403, exc.reason, str(exc))
         # Refused as a caller, not for what it asked: an unsigned call is signed and sent
