@@ -98,7 +98,6 @@ class Claim:
     timestamp: str
     sent_at: float
     nonce: str
-    bound: bool = False  # unsigned, on a connection a verified request made this node's
 
 
 @dataclass
@@ -161,9 +160,8 @@ class RequestVerifier:
         requests there that claim the same node and key are that node's: TLS protects their
         bytes, as the signature would. A claim of any other node on it is checked in full
         and does not move the binding."""
-        if claim.bound or (connection is not None
-                           and self._bound.get(connection) == (claim.node_id, claim.key)):
-            return claim.node_id
+        if connection is not None and self._bound.get(connection) == (claim.node_id, claim.key):
+            return claim.node_id  # signed or not: this connection already proved the node
         try:
             check(REQUEST_DOMAIN, _message(self.mesh_id, self.audience, method, path, body,
                                            claim.timestamp, claim.nonce), claim.sig, claim.key)
@@ -190,7 +188,7 @@ class RequestVerifier:
         if not self.is_member(node_id, key, now):
             raise PeerRefused("not_member", f"node {node_id} is not a member of this mesh "
                                             "(or was revoked)")
-        return Claim(node_id, key, b"", "", now, "", bound=True)
+        return Claim(node_id, key, b"", "", now, "")  # `check` finds the connection bound
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                now: float) -> str:
