@@ -133,6 +133,7 @@ class Node:
         self._file_sha: dict[ModelId, str] = {}
         self._embedder_lock = asyncio.Lock()
         self._fair_share = FairShare(headroom_share=settings.headroom)
+        self._hardware = catalog.HardwareReader(settings.fast_memory_bytes, cap=MAX_BYTES)
 
     # --- building -------------------------------------------------------------------
 
@@ -585,8 +586,7 @@ class Node:
                                      if self._ledger and self._ledger.witness
                                      and not self._ledger.keeper else ""),
                 "memory": self._memory.advert() if self._memory else None,
-                "hardware": {k: v if v is None or v <= MAX_BYTES else None for k, v in
-                             catalog.machine_hardware(self.settings.fast_memory_bytes).items()}}
+                "hardware": self._hardware.read(now)}
 
     async def _fingerprint(self, session: aiohttp.ClientSession, model: ServedModel) -> None:
         """Taken with each native baseline; published with the next record."""

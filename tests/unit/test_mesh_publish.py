@@ -151,3 +151,20 @@ def test_published_available_memory_is_rounded(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(catalog.psutil, "virtual_memory", lambda: memory)
     assert catalog.machine_hardware(None)["fast_memory_bytes"] == 5 * step
     assert catalog.machine_hardware(123)["fast_memory_bytes"] == 123  # a user's figure stands
+
+
+def test_the_machine_s_memory_is_read_again_only_every_few_seconds() -> None:
+    """Asked every gossip round; read (psutil parses /proc/meminfo) every `every_s`."""
+    reads: list[int | None] = []
+
+    def read(override: int | None) -> dict[str, int | None]:
+        reads.append(override)
+        return {"ram_bytes": 8 << 30, "gpu_bytes": None, "fast_memory_bytes": len(reads) << 28}
+
+    reader = catalog.HardwareReader(None, cap=4 << 40, every_s=10.0, read=read)
+    first = reader.read(100.0)
+    assert [reader.read(100.0 + s) for s in (2, 4, 9.9)] == [first] * 3 and len(reads) == 1
+    assert reader.read(110.0)["fast_memory_bytes"] == 2 << 28  # read again, at most 10 s old
+    assert reader.read(50.0)["fast_memory_bytes"] == 3 << 28  # a clock that went back: read
+    capped = catalog.HardwareReader(None, cap=1 << 30, read=read)
+    assert capped.read(0.0)["ram_bytes"] is None  # above the record's cap
