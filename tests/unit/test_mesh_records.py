@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from covey.mesh import records
 from covey.mesh.records import (
     DOMAIN,
     MAX_ENVELOPE,
     NodeRecord,
     RecordRejected,
     RecordTable,
-    SeqCounter,
     new_record,
     next_seq,
     plausible,
@@ -152,28 +150,6 @@ def test_sequence_numbers_grow_across_restarts(tmp_path: Path) -> None:
     assert next_seq(path, now=NOW - 3600) == first + 2  # the clock stepped back
     path.unlink()
     assert next_seq(path, now=NOW + 1) > first + 2  # the file was lost; the clock moved on
-
-
-def test_a_running_node_s_sequence_writes_its_file_once_per_reserve(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "seq"
-    counter = SeqCounter(path)
-    used = [counter.next(now=NOW + i) for i in range(50)]  # a record a second
-    assert used == sorted(set(used))
-    ceiling = int(path.read_text())
-    assert ceiling >= used[-1]
-    writes: list[int] = []
-    store = records._store_seq
-    monkeypatch.setattr(records, "_store_seq", lambda p, seq: (writes.append(seq), store(p, seq)))
-    more = [counter.next(now=NOW + 50 + i) for i in range(50)]
-    assert writes == [] and int(path.read_text()) == ceiling  # all under the reserve
-    assert counter.next(now=NOW - 3600) == more[-1] + 1  # the clock stepped back
-    # A restart goes on above every number used, even with the clock far behind.
-    again = SeqCounter(path)
-    assert again.next(now=NOW - 3600) > more[-1] + 1
-    # Past the ceiling, the file is raised before the number is handed out.
-    far = again.next(now=NOW + 10 * records.SEQ_RESERVE / 1000)
-    assert int(path.read_text()) >= far
 
 
 def test_nan_or_infinite_times_are_refused() -> None:

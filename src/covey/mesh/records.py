@@ -249,48 +249,15 @@ def next_seq(path: Path, now: float) -> int:
 
     max(last stored + 1, milliseconds now): survives a lost file as long as the clock moves on,
     and survives a clock stepping back as long as the file is there."""
-    seq = max(_stored_seq(path) + 1, int(now * 1000))
-    _store_seq(path, seq)
-    return seq
-
-
-SEQ_RESERVE = 600_000  # sequence numbers (ten minutes of milliseconds) reserved per write
-
-
-class SeqCounter:
-    """`next_seq` for a running node's records, which it signs every few seconds: the file
-    holds a ceiling above every number used, raised by `SEQ_RESERVE` only when a number
-    would pass it, so most records cost no file write. (Each write cost an idle node ~0.6 ms
-    of cold CPU every third gossip round.) After a restart numbers go on above the ceiling:
-    they jump by up to `SEQ_RESERVE`, which nothing minds, as peers only compare them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._last: int | None = None  # read from the file on first use
-        self._ceiling = 0
-
-    def next(self, now: float) -> int:
-        if self._last is None:
-            self._last = self._ceiling = _stored_seq(self.path)
-        seq = max(self._last + 1, int(now * 1000))
-        if seq > self._ceiling:
-            _store_seq(self.path, seq + SEQ_RESERVE)  # before the number is used
-            self._ceiling = seq + SEQ_RESERVE
-        self._last = seq
-        return seq
-
-
-def _stored_seq(path: Path) -> int:
     try:
-        return int(path.read_text())
+        last = int(path.read_text())
     except (OSError, ValueError):
-        return 0
-
-
-def _store_seq(path: Path, seq: int) -> None:
+        last = 0
+    seq = max(last + 1, int(now * 1000))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(str(seq))
     os.replace(tmp, path)
+    return seq
 
 
 def new_record(key: Ed25519PrivateKey, *, mesh_id: str, seq: int, now: float, ttl_s: float,

@@ -1,9 +1,9 @@
 """A node's view of its mesh: which mesh, its own certificate, members, and peers' records.
 
 On disk (`<data_dir>`): `mesh.json` (mesh id, authority public key), `member.cert` (this
-node's certificate envelope), `seq` (a ceiling above every record sequence number used), and
-on the mesh's creator `authority.key` and `invites.db`. Records carry their node's
-certificate, so any member can check any other member without asking the authority.
+node's certificate envelope), `seq` (last record sequence number), and on the mesh's
+creator `authority.key` and `invites.db`. Records carry their node's certificate, so any
+member can check any other member without asking the authority.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from covey.mesh.records import (
     NodeRecord,
     RecordRejected,
     RecordTable,
-    SeqCounter,
     new_record,
+    next_seq,
     republish_due,
     sign_record,
     verify_record,
@@ -79,7 +79,6 @@ class MeshState:
         self.gossiped_in: dict[str, float] = {}
         self._revocations_mtime = 0.0
         self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
-        self._seq = SeqCounter(data_dir / "seq")
         # Every signed call and every record carries a certificate: its authority signature
         # is checked once per envelope, not once per use (expiry is still checked each time).
         self._verified_certs: dict[bytes, MemberCert] = {}
@@ -303,7 +302,7 @@ class MeshState:
                 ttl_s, refresh_s):
             return held.envelope
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
-                            seq=self._seq.next(now), now=now, **content)
+                            seq=next_seq(self.data_dir / "seq", now), now=now, **content)
         envelope = sign_record(record, self.identity.key)
         self.table.apply(record, envelope)
         self._signed_seqs.append(record.seq)
