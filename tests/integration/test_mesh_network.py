@@ -23,7 +23,7 @@ from covey.mesh.peer_api import build_peer_app
 from covey.mesh.peer_transport import HttpPeerTransport, PeerError
 from covey.mesh.peer_transport import Peer as Callee
 from covey.mesh.renewal import renewal_request
-from covey.mesh.runtime import HEARD_ROUNDS, MeshRuntime
+from covey.mesh.runtime import HEARD_ROUNDS, QUIET_ROUNDS, MeshRuntime
 from covey.mesh.state import MeshState
 from covey.mesh.transport import TlsIdentity, tls_identity
 
@@ -238,7 +238,8 @@ async def test_a_peer_that_just_gossiped_is_not_called_back(
         tmp_path: Path, session: HttpPeerTransport) -> None:
     """An exchange swaps records both ways: the node that answered one does not start its
     own with the caller in the same round (two nodes calling each other every round did the
-    work twice), and calls it again once the caller has gone quiet for a round and a half."""
+    work twice), and calls it again once the caller has gone quiet for a round and a half
+    and it has something new for it."""
     a = await _founder(tmp_path)
     b = await _joiner(tmp_path, "b", session, _invite(a))
     try:
@@ -249,10 +250,50 @@ async def test_a_peer_that_just_gossiped_is_not_called_back(
         b_id = b.state.identity.node_id
         assert b_id in a.state.table.digest()
         assert [t.node_id for t in runtime._targets()] == []
-        # A round and a half later with no call from B: A calls B itself.
+        # A round and a half later with no call from B: A calls B itself once it has news.
         a.state.gossiped_in[b_id] -= HEARD_ROUNDS * runtime.interval_s
-        assert [t.node_id for t in runtime._targets()] == [b_id]
+        assert [t.node_id for t in runtime._targets()] == []  # B holds all that A holds
         assert b_id not in a.state.gossiped_in  # forgotten, not kept for ever
+        a.publish()  # a record of A's own, new to B
+        assert [t.node_id for t in runtime._targets()] == [b_id]
+    finally:
+        for p in (a, b):
+            await p.close()
+
+
+async def test_a_pair_with_nothing_new_does_not_call(
+        tmp_path: Path, session: HttpPeerTransport) -> None:
+    """After an exchange neither node calls the other while neither has learnt or signed
+    anything since (the call would swap equal digests: an idle pair made one every round);
+    a new record on one side, or three rounds of quiet, brings the call back."""
+    a = await _founder(tmp_path)
+    b = await _joiner(tmp_path, "b", session, _invite(a))
+    try:
+        a.publish()
+        b.publish()
+        a_id, b_id = a.state.identity.node_id, b.state.identity.node_id
+        ra, rb = (MeshRuntime(p.state, p.tls, addresses=[p.address], describe=dict,
+                              interval_s=2.0, bootstrap=[]) for p in (a, b))
+        assert [t.node_id for t in rb._targets()] == [a_id]
+        await exchange(b.transport, b.state, Callee(a.tls.fingerprint, (a.address,),
+                                                    node_id=a_id))
+        assert a.state.table.digest() == b.state.table.digest()
+        a.state.gossiped_in.clear()  # as if B's call were a round and a half ago
+        assert ra._targets() == [] and rb._targets() == []
+        # B signs something new: B calls A, A still has nothing for B.
+        b.state.publish(time.time(), name="b, renamed", addresses=[b.address],
+                        tls_fingerprint=b.tls.fingerprint)
+        assert [t.node_id for t in rb._targets()] == [a_id] and ra._targets() == []
+        # Its own record rides with its digest; after the call both are even again.
+        await exchange(b.transport, b.state, Callee(a.tls.fingerprint, (a.address,),
+                                                    node_id=a_id))
+        a.state.gossiped_in.clear()
+        assert ra._targets() == [] and rb._targets() == []
+        # Three quiet rounds on: A calls B anyway, in case B's news went elsewhere.
+        version, at = a.state.synced[b_id]
+        a.state.synced[b_id] = (version, at - QUIET_ROUNDS * ra.interval_s)
+        assert [t.node_id for t in ra._targets()] == [b_id]
+        assert b_id not in a.state.synced  # forgotten, not kept for ever
     finally:
         for p in (a, b):
             await p.close()

@@ -1,5 +1,6 @@
-"""An idle node's own record is signed again only when it changed or ages, and a member
-certificate's signature is checked once per envelope (issue 11)."""
+"""An idle node's own record is signed again only when it changed or ages, a member
+certificate's signature is checked once per envelope, and a peer holding all this node
+holds is not called (issue 11)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from covey.engine import catalog
 from covey.mesh import identity, state
+from covey.mesh.gossip import quiet_peers
 from covey.mesh.membership import MembershipError, revoke
 from covey.mesh.records import RecordRejected, republish_due
 from covey.mesh.state import MeshState
@@ -168,3 +170,27 @@ def test_the_machine_s_memory_is_read_again_only_every_few_seconds() -> None:
     assert reader.read(50.0)["fast_memory_bytes"] == 3 << 28  # a clock that went back: read
     capped = catalog.HardwareReader(None, cap=1 << 30, read=read)
     assert capped.read(0.0)["ram_bytes"] is None  # above the record's cap
+
+
+def test_a_peer_is_quiet_while_this_node_has_nothing_new_for_it(tmp_path: Path) -> None:
+    """gossip.quiet_peers over what MeshState notes of each exchange."""
+    a, b = _mesh(tmp_path)
+    b_id = b.identity.node_id
+    _publish(a, NOW)
+    a.note_synced(b_id, now=100.0, complete=True)
+    assert quiet_peers(a.synced, a.table.version, 105.9, quiet_s=6) == {b_id}
+    assert quiet_peers(a.synced, a.table.version, 106.0, quiet_s=6) == set()  # a pull is due
+    assert quiet_peers(a.synced, a.table.version, 99.0, quiet_s=6) == set()  # clock went back
+    # Records B sent are not news for B; a record from anyone else is.
+    before = a.table.version
+    a.accept(b.publish(NOW, name="b"), NOW)
+    a.took_from(b_id, before)
+    assert quiet_peers(a.synced, a.table.version, 101.0, quiet_s=6) == {b_id}
+    _publish(a, NOW + 1, name="renamed")
+    assert quiet_peers(a.synced, a.table.version, 101.0, quiet_s=6) == set()
+    a.took_from(b_id, a.table.version)  # stale news of a call: changes nothing
+    assert quiet_peers(a.synced, a.table.version, 101.0, quiet_s=6) == set()
+    # An exchange cut at a message's limit leaves B possibly short: called next round.
+    a.note_synced(b_id, now=101.0, complete=True)
+    a.note_synced(b_id, now=102.0, complete=False)
+    assert quiet_peers(a.synced, a.table.version, 102.0, quiet_s=6) == set()

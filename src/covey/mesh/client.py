@@ -140,6 +140,9 @@ async def exchange(transport: PeerTransport, state: MeshState, peer: Peer,
     records_in = answer.get("records")
     learned = apply_records(state, list(records_in)[:MAX_RECORDS_PER_EXCHANGE]
                             if isinstance(records_in, list) else [], clock())
+    held = answer.get("held")  # the peer's copy of our record before this push
+    if isinstance(held, int):
+        state.check_own_seq(held, f"a record held by {peer.label}")
     theirs = answer.get("digest")
     if isinstance(theirs, dict):
         mine = theirs.get(state.identity.node_id)
@@ -154,4 +157,7 @@ async def exchange(transport: PeerTransport, state: MeshState, peer: Peer,
             await call_json(transport, peer, "/mesh/records", {"records": records}, timeout_s)
             if own is not None and state.identity.node_id in send:
                 state.peer_holds(peer.fingerprint, own.record.seq)
+        if peer.node_id:  # the peer now holds all this node holds, unless a list was cut
+            state.note_synced(peer.node_id, time.monotonic(),
+                              complete=len(send) < MAX_RECORDS_PER_EXCHANGE)
     return learned

@@ -51,6 +51,19 @@ def heard_from(began: Mapping[str, float], now: float, window_s: float) -> set[s
     return {nid for nid, at in began.items() if 0 <= now - at < window_s}
 
 
+def quiet_peers(synced: Mapping[str, tuple[int, float]], version: int, now: float,
+                quiet_s: float) -> set[str]:
+    """Pure: the peers a gossip call would bring nothing new to, so none is made this round.
+
+    `synced`: node id → (this node's table version, when) at the end of the last exchange
+    with it, either way, after which it held every record this node held. While the table
+    is at that version (nothing learnt or signed since) and less than `quiet_s` has passed,
+    the call could only pull: what the peer learns it calls in with itself, as its own
+    version moved. After `quiet_s` it is called anyway, in case that call went elsewhere."""
+    return {nid for nid, (at_version, at) in synced.items()
+            if at_version == version and 0 <= now - at < quiet_s}
+
+
 def digest_bytes(digest: Mapping[str, int]) -> int:
     return len(json.dumps(digest, separators=(",", ":")))
 

@@ -277,16 +277,29 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         pushed = request[BODY].get("records", [])
         if not isinstance(pushed, list) or len(pushed) > MAX_RECORDS_PER_EXCHANGE:
             return _refuse(400, "invalid_records", "records must be a short list")
+        # What this node held of the caller's record before the push: a copy of the caller's
+        # data dir shows there as a seq the caller never signed (MeshState.check_own_seq).
+        # A node calls only with news, so its push is newer and the digest shows its own.
+        before = state.table.get(request[PEER])
         apply_records(state, pushed, clock())
         send, _ = plan_exchange(state.table.digest(), digest, MAX_RECORDS_PER_EXCHANGE)
         records = [b64e(h.envelope) for nid in send if (h := state.table.get(nid))]
-        return web.json_response({"digest": state.table.digest(), "records": records})
+        # The caller holds all this node holds once it has the answer, unless it was cut.
+        state.note_synced(request[PEER], time.monotonic(),
+                          complete=len(send) < MAX_RECORDS_PER_EXCHANGE)
+        answer: dict[str, Any] = {"digest": state.table.digest(), "records": records}
+        if before is not None:
+            answer["held"] = before.record.seq
+        return web.json_response(answer)
 
     async def records(request: web.Request) -> web.Response:
         raw = request[BODY].get("records")
         if not isinstance(raw, list) or len(raw) > MAX_RECORDS_PER_EXCHANGE:
             return _refuse(400, "invalid_records", "records must be a short list")
-        return web.json_response({"accepted": apply_records(state, raw, clock())})
+        before = state.table.version
+        accepted = apply_records(state, raw, clock())
+        state.took_from(request[PEER], before)
+        return web.json_response({"accepted": accepted})
 
     async def probe(request: web.Request) -> web.Response:
         body = await request.read()  # already read (and its hash verified) by the middleware

@@ -212,6 +212,9 @@ class RecordTable:
 
     def __init__(self) -> None:
         self._held: dict[str, Held] = {}
+        # Counts the records taken in (`apply`): a peer that held everything this table held
+        # at some version holds everything it holds while the version stays the same.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -232,6 +235,7 @@ class RecordTable:
             raise RecordRejected("stale", f"seq {record.seq} is not newer than "
                                           f"{held.record.seq} for node {record.node_id}")
         self._held[record.node_id] = Held(record, envelope)
+        self.version += 1
 
     def drop(self, node_id: str) -> None:
         self._held.pop(node_id, None)

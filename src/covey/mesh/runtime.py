@@ -1,10 +1,11 @@
 """The mesh inside a running node: publish our record, gossip with peers, sign peer calls.
 
 `run()` loops every `interval_s`: publish a fresh record (models, load, measurements) when it
-changed or every third round, drop expired records, push-pull with a few random peers plus
-any bootstrap address (the invite's contacts), and renew this node's certificate when a third
-of its validity is left. The peer transport tries a peer's addresses in order and remembers
-the one that answers. A failed exchange is logged once per peer state change, never fatal.
+changed or every third round, drop expired records, push-pull with a few random peers that may
+lack something (gossip.quiet_peers) plus any bootstrap address (the invite's contacts), and
+renew this node's certificate when a third of its validity is left. The peer transport tries a
+peer's addresses in order and remembers the one that answers. A failed exchange is logged
+once per peer state change, never fatal.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from covey.mesh import remembered
 from covey.mesh.authority import AuthorityLink, AuthorityOffline
 from covey.mesh.client import exchange, request_renewal, signer_for
-from covey.mesh.gossip import choose_peers, heard_from
+from covey.mesh.gossip import choose_peers, heard_from, quiet_peers
 from covey.mesh.membership import MembershipError
 from covey.mesh.peer_transport import Peer, PeerError, PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
@@ -35,6 +36,9 @@ FANOUT = 3
 # would repeat it (two nodes that both call each other every round did the work twice).
 # Over one round, so that a peer on a slightly longer period is still counted as calling.
 HEARD_ROUNDS = 1.5
+# A peer that holds every record this node holds is called again after this many rounds
+# even if nothing changed here (gossip.quiet_peers): as often as records are re-signed.
+QUIET_ROUNDS = 3
 
 
 class MeshRuntime:
@@ -190,7 +194,15 @@ class MeshRuntime:
         recent = heard_from(began, time.monotonic(), window_s)
         for gone in set(began) - recent:
             del began[gone]
-        chosen = choose_peers(sorted(set(by_id) - recent), self.node_id, FANOUT, self.rng)
+        quiet_s, synced = QUIET_ROUNDS * self.interval_s, self.state.synced
+        for gone in set(synced) - heard_from({n: at for n, (_, at) in synced.items()},
+                                             time.monotonic(), quiet_s):
+            del synced[gone]
+        # Peers with nothing to gain from a call are skipped: an idle mesh makes one
+        # exchange per record re-signed, not one every round.
+        quiet = quiet_peers(synced, self.state.table.version, time.monotonic(), quiet_s)
+        chosen = choose_peers(sorted(set(by_id) - recent - quiet), self.node_id, FANOUT,
+                              self.rng)
         targets = [peer_of(by_id[n]) for n in chosen]
         known = {r.tls_fingerprint for r in by_id.values()}
         # Remembered peers (the invite's contacts at first) until gossip has told us about

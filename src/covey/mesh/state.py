@@ -77,6 +77,9 @@ class MeshState:
         self.duplicate_key_seen: list[str] | None = None  # addresses of a node using our key
         # Members that began a gossip exchange with this node: id → when (monotonic).
         self.gossiped_in: dict[str, float] = {}
+        # Members that held every record this node held after an exchange: id → (this
+        # table's version, when, monotonic). See gossip.quiet_peers.
+        self.synced: dict[str, tuple[int, float]] = {}
         self._revocations_mtime = 0.0
         self._signed_seqs: deque[int] = deque(maxlen=4096)  # every seq signed since start
         # Every signed call and every record carries a certificate: its authority signature
@@ -273,6 +276,20 @@ class MeshState:
             with contextlib.suppress(SealError):
                 self.policy.learn(b64d(record.tier_policy))
         return record
+
+    def note_synced(self, node_id: str, now: float, complete: bool) -> None:
+        """An exchange with `node_id` ended: it holds every record this node holds, or,
+        when one message was cut at its limit (`complete` False), it may not."""
+        if complete:
+            self.synced[node_id] = (self.table.version, now)
+        else:
+            self.synced.pop(node_id, None)
+
+    def took_from(self, node_id: str, version_before: int) -> None:
+        """Records from `node_id` were taken in: news to this node, not to their sender."""
+        held = self.synced.get(node_id)
+        if held is not None and held[0] == version_before:
+            self.synced[node_id] = (self.table.version, held[1])
 
     def peer_holds(self, fingerprint: str, seq: int) -> None:
         """What a peer said it holds of this node's record (its digest): bounded by peers."""
