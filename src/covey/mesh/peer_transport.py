@@ -362,8 +362,8 @@ class HttpPeerTransport:
         if pool is None:
             opened = _Opened()
             # A request class of the pool's own counts its connections (a TraceConfig did:
-            # aiohttp then awaited a signal at each stage of every request and every chunk
-            # read, ~0.15 ms of CPU per request here).
+            # aiohttp then awaited a signal at each stage of every request, ~0.15 ms of CPU
+            # per request here).
             request_class = type("_PoolRequest", (_PeerRequest,), {"opened": opened})
             pool = _Pool(aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool_limit,
