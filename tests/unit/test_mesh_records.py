@@ -230,3 +230,14 @@ def test_b64d_reads_only_what_b64e_writes(text: str) -> None:
     else:
         with pytest.raises(SealError):
             b64d(text)
+
+
+def test_a_damaged_sequence_file_is_written_over(tmp_path: Path) -> None:
+    """The file is written in place: what was longer than a number written here goes."""
+    path = tmp_path / "seq"
+    path.write_text("garbage " * 20)
+    first = next_seq(path, now=NOW)
+    assert first == int(NOW * 1000) and path.read_text() == f"{first:020d}\n"
+    path.write_text("1234")  # an older node's file: no padding, no newline
+    assert next_seq(path, now=1.0) == 1235  # read, then written over in place
+    assert int(path.read_text()) == 1235
