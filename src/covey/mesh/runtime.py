@@ -190,17 +190,16 @@ class MeshRuntime:
     def _targets(self) -> list[Peer]:
         now = time.time()
         by_id = {r.node_id: r for r in self.peers(now) if r.addresses and r.tls_fingerprint}
-        window_s, began = HEARD_ROUNDS * self.interval_s, self.state.gossiped_in
-        recent = heard_from(began, time.monotonic(), window_s)
+        mono, began, synced = time.monotonic(), self.state.gossiped_in, self.state.synced
+        recent = heard_from(began, mono, HEARD_ROUNDS * self.interval_s)
         for gone in set(began) - recent:
             del began[gone]
-        quiet_s, synced = QUIET_ROUNDS * self.interval_s, self.state.synced
-        for gone in set(synced) - heard_from({n: at for n, (_, at) in synced.items()},
-                                             time.monotonic(), quiet_s):
+        quiet_s = QUIET_ROUNDS * self.interval_s
+        for gone in [nid for nid, (_, at) in synced.items() if not 0 <= mono - at < quiet_s]:
             del synced[gone]
         # Peers with nothing to gain from a call are skipped: an idle mesh makes one
         # exchange per record re-signed, not one every round.
-        quiet = quiet_peers(synced, self.state.table.version, time.monotonic(), quiet_s)
+        quiet = quiet_peers(synced, self.state.table.version, mono, quiet_s)
         chosen = choose_peers(sorted(set(by_id) - recent - quiet), self.node_id, FANOUT,
                               self.rng)
         targets = [peer_of(by_id[n]) for n in chosen]
