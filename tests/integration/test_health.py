@@ -95,9 +95,10 @@ def test_engine_killed_on_the_peer(start_node: Callable[..., NodeProcess],
 
 def test_peer_process_killed(start_node: Callable[..., NodeProcess]) -> None:
     """A dead peer's record is still fresh for a while, so a connect is tried and refused
-    (layer 6); once it is six gossip rounds old, layer 5 names the silence instead. At the
-    tests' 0.5 s rounds that came 3 s after the kill, before `covey doctor` had run once on
-    a busy CI machine: 2 s rounds leave 12 s for the checks below."""
+    (layer 6); once it is STALE_ROUNDS (nine) gossip rounds old, layer 5 names the silence
+    instead. At the tests' 0.5 s rounds that came a few seconds after the kill, before
+    `covey doctor` had run once on a busy CI machine: 2 s rounds leave 18 s for the checks
+    below."""
     slow_gossip = ("--gossip-interval-s", "2")
     server, entry, server_id = _pair(start_node, *slow_gossip, entry_args=slow_gossip)
     server.proc.kill()

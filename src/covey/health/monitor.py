@@ -35,7 +35,7 @@ from covey.health.state import (
 )
 from covey.mesh.peer_transport import PeerTransport, peer_of
 from covey.mesh.records import NodeRecord
-from covey.mesh.runtime import MeshRuntime
+from covey.mesh.runtime import STALE_ROUNDS, MeshRuntime
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class HealthMonitor:
     @property
     def fresh_s(self) -> float:
         """A record older than this is stale: its node should have republished by now."""
-        return max(3.0, 6 * self.mesh.interval_s)
+        return max(3.0, STALE_ROUNDS * self.mesh.interval_s)
 
     # --- routing questions --------------------------------------------------------------
 

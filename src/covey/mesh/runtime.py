@@ -1,7 +1,7 @@
 """The mesh inside a running node: publish our record, gossip with peers, sign peer calls.
 
 `run()` loops every `interval_s`: publish a fresh record (models, load, measurements) when it
-changed or every third round, drop expired records, push-pull with a few random peers that may
+changed or every sixth round, drop expired records, push-pull with a few random peers that may
 lack something (gossip.quiet_peers) plus any bootstrap address (the invite's contacts), and
 renew this node's certificate when a third of its validity is left. The peer transport tries a
 peer's addresses in order and remembers the one that answers. A failed exchange is logged
@@ -36,9 +36,15 @@ FANOUT = 3
 # would repeat it (two nodes that both call each other every round did the work twice).
 # Over one round, so that a peer on a slightly longer period is still counted as calling.
 HEARD_ROUNDS = 1.5
+# An unchanged record is re-signed after this many rounds, and a peer's record older than
+# STALE_ROUNDS is stale (health/monitor.py): three rounds for gossip to carry it. Each
+# re-signed record costs its node a signature and a seq write, and every peer an exchange;
+# at every third round, that was about a third of an idle pair's CPU.
+REFRESH_ROUNDS = 6
+STALE_ROUNDS = REFRESH_ROUNDS + 3
 # A peer that holds every record this node holds is called again after this many rounds
 # even if nothing changed here (gossip.quiet_peers): as often as records are re-signed.
-QUIET_ROUNDS = 3
+QUIET_ROUNDS = REFRESH_ROUNDS
 
 
 class MeshRuntime:
@@ -92,12 +98,11 @@ class MeshRuntime:
             if problem:
                 log.error("mesh: %s", problem)
             self._problem = problem
-        # Re-signed when it changes, else every third round: peers' health checks call a
-        # record older than six rounds stale (health/monitor.py), gossip may take a few to
-        # carry it, and signing an unchanged record each round costs an idle node for nothing.
-        # Changed measurements alone also wait for the third round (MeshState.publish).
+        # Re-signed when it changes, else every REFRESH_ROUNDS: signing an unchanged record
+        # each round costs an idle node for nothing. Changed measurements alone also wait
+        # for the refresh (MeshState.publish).
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
-                           refresh_s=3 * self.interval_s, addresses=self.addresses,
+                           refresh_s=REFRESH_ROUNDS * self.interval_s, addresses=self.addresses,
                            tls_fingerprint=self.tls.fingerprint,
                            **self.describe())
 
