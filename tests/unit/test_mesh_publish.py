@@ -140,6 +140,28 @@ def test_certificate_signature_is_checked_once(tmp_path: Path,
     assert len(calls) == 1
 
 
+def test_the_creator_s_authority_proof_is_checked_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member looks for the ledger's keeper each round and for each request it serves or
+    relays; each look verified the creator's proof again (~0.2 ms here)."""
+    a, b = _mesh(tmp_path)
+    b.accept(_publish(a, NOW), NOW)
+    held = a.table.get(a.identity.node_id)
+    assert held is not None and held.record.authority_proof
+    # b's own record carries a copy of the creator's proof: it names another node.
+    _publish(b, NOW, authority_proof=held.record.authority_proof)
+    calls = []
+    real = state.is_authority_node
+    monkeypatch.setattr(state, "is_authority_node",
+                        lambda *x, **k: calls.append(1) or real(*x, **k))
+    for i in range(5):
+        assert b.keeper_id(NOW + i) == a.identity.node_id
+        keeper = b.keeper_record(NOW + i)
+        assert keeper is not None and keeper.node_id == a.identity.node_id
+    assert 1 <= len(calls) <= 2  # the creator's proof, and the copy if it came first
+    assert b.keeper_record(NOW + 31) is None  # a cached proof does not outlive its record
+
+
 def test_cached_certificate_still_expires(tmp_path: Path) -> None:
     a, b = _mesh(tmp_path, cert_s=60)
     assert a.admit_cert(b.cert, NOW)

@@ -51,6 +51,7 @@ CERT_TTL_S = 365 * 24 * 3600.0
 REVOCATIONS_FILE = "revocations"  # the authority's newest signed list
 RECORD_TTL_S = 30.0  # a node silent this long is gone
 MAX_CACHED_CERTS = 1024  # verified certificates remembered (each envelope is at most 4 KiB)
+MAX_CACHED_PROOFS = 256  # authority proofs remembered (one valid per mesh; each ≤ 128 chars)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ class MeshState:
         # Every signed call and every record carries a certificate: its authority signature
         # is checked once per envelope, not once per use (expiry is still checked each time).
         self._verified_certs: dict[bytes, MemberCert] = {}
+        # (node id, authority proof) → whether it proves that node runs the authority: asked
+        # whenever this node looks for the ledger's keeper (each round, and on a member each
+        # request it serves or relays), an Ed25519 check of ~0.1 ms each time otherwise.
+        self._authority_proofs: dict[tuple[str, str], bool] = {}
         self._published: dict[str, Any] | None = None  # content of our newest record
         # Peer TLS fingerprint → the seq of this node's record it held at the last exchange.
         self.held_by: dict[str, int] = {}
@@ -174,11 +179,21 @@ class MeshState:
         """The live record of the node that runs the mesh's authority (it proves it with
         the authority key), or None when this node knows of none."""
         for record in self.table.records():
-            if record.expires_at > now and is_authority_node(
-                    record.authority_proof, mesh_id=self.info.mesh_id, node_id=record.node_id,
-                    authority_public_key=self.info.authority_public_key):
+            if record.expires_at > now and record.authority_proof \
+                    and self._proves_authority(record.node_id, record.authority_proof):
                 return record
         return None
+
+    def _proves_authority(self, node_id: str, proof: str) -> bool:
+        key = (node_id, proof)
+        known = self._authority_proofs.get(key)
+        if known is None:
+            if len(self._authority_proofs) >= MAX_CACHED_PROOFS:
+                self._authority_proofs.clear()  # a peer sending forged proofs: checked again
+            known = self._authority_proofs[key] = is_authority_node(
+                proof, mesh_id=self.info.mesh_id, node_id=node_id,
+                authority_public_key=self.info.authority_public_key)
+        return known
 
     def keeper_id(self, now: float) -> str | None:
         """The node that keeps the mesh's credit ledger: the member the mesh policy
