@@ -121,6 +121,26 @@ async def test_restart_keeps_history_and_prunes(tmp_path: Path) -> None:
     later.close()
 
 
+async def test_an_idle_flush_writes_nothing(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ShareStore.open(tmp_path, clock=clock)
+    writes: list[int] = []
+    real = store._write
+    store._write = lambda rows, oldest: writes.append(len(rows)) or real(rows, oldest)  # type: ignore[method-assign]
+    store.record("local", 1, 2)
+    await store.flush()
+    await store.flush()  # nothing new, nothing to prune: no worker thread, no transaction
+    assert writes == [1]
+    clock.t += HOUR_S  # an hour later an old hour may be past keeping: pruned once
+    await store.flush()
+    await store.flush()
+    assert writes == [1, 0]
+    store.record("peer", 3, 4)
+    await store.flush()
+    assert writes == [1, 0, 1]
+    store.close()
+
+
 async def test_a_failed_write_is_retried_whole(tmp_path: Path) -> None:
     clock = Clock()
     store = ShareStore.open(tmp_path, clock=clock)

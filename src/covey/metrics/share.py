@@ -143,6 +143,7 @@ class ShareStore:
         # The worker thread of a flush cut short by shutdown may still be writing when
         # close() writes the rest: one writer at a time on the connection.
         self._lock = threading.Lock()
+        self._pruned_below: int | None = None  # the file holds no hour before this one
 
     @classmethod
     def open(cls, data_dir: Path, clock: Callable[[], float] = time.time,
@@ -189,7 +190,11 @@ class ShareStore:
     async def flush(self) -> None:
         """Write the changed buckets and drop expired ones, off the event loop."""
         rows, oldest = self._take_changes()
-        if not await asyncio.to_thread(self._write, rows, oldest):
+        if not rows and oldest == self._pruned_below:
+            return  # an idle node: no thread, no transaction every flush_s for nothing
+        if await asyncio.to_thread(self._write, rows, oldest):
+            self._pruned_below = oldest
+        else:
             # Rewritten whole at the next flush (values are absolute, not increments).
             self._dirty.update((hour, source) for hour, source, *_ in rows)
 
