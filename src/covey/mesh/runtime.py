@@ -38,8 +38,8 @@ FANOUT = 3
 HEARD_ROUNDS = 1.5
 # An unchanged record is re-signed after this many rounds, and a peer's record older than
 # STALE_ROUNDS is stale (health/monitor.py): three rounds for gossip to carry it. Each
-# re-signed record costs its node a signature and a seq write, and every peer an exchange;
-# at every third round, that was about a third of an idle pair's CPU.
+# re-signed record costs its node a signature and a seq write, and every peer an exchange:
+# every third round instead, an idle pair spent a fifth more CPU (docs/bench.md).
 REFRESH_ROUNDS = 6
 STALE_ROUNDS = REFRESH_ROUNDS + 3
 # A peer that holds every record this node holds is called again after this many rounds
