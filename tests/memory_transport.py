@@ -89,6 +89,12 @@ class MemoryTransport:
         status, chunks = await handler(path, sent, body)
         return MemoryResponse(status, chunks, max_bytes)
 
+    async def stream(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
+                     headers: Mapping[str, str] | None = None,
+                     max_bytes: int = MAX_ANSWER) -> MemoryResponse:
+        return await self.post(peer, path, body, timeout_s=timeout_s, headers=headers,
+                               max_bytes=max_bytes)
+
     def opened(self, fingerprint: str) -> int:
         return 0
 

@@ -14,6 +14,8 @@ Gossip, the data-plane probes, `covey doctor` and the relay all call peers throu
   before) never matched, and every gossip round and probe paid a TLS handshake and left an
   idle socket behind;
 - a peer's addresses are tried in order, starting with the one that answered last;
+- a streamed answer (`stream`, the relay's) goes on a kept connection of its own, read from
+  its socket as the node's own engine is (mesh/peer_stream.py), with the same guarantees;
 - what a peer sends back is read with a cap.
 Failures are one type, `PeerError`, whose `kind` says what went wrong. Unit tests swap in
 `tests/memory_transport.py`.
@@ -26,17 +28,21 @@ import contextvars
 import json
 import logging
 import re
+import ssl
+import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 from aiohttp.connector import Connection
 
+from covey.mesh.peer_stream import Kept, KeptConnections, PinMismatch, client_context
 from covey.mesh.records import NodeRecord
 from covey.mesh.transport import H_BOUND, H_NODE
+from covey.router.engine_stream import EngineStream, EngineStreamError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ Kind = Literal["unpinned", "connect", "tls", "timeout", "http", "too_large", "ma
                "broken"]
 # (audience fingerprint, path, body) → the signature headers (see mesh/transport.py)
 Signer = Callable[[str, str, bytes], dict[str, str]]
+_T = TypeVar("_T")
 
 
 class PeerError(Exception):
@@ -127,6 +134,13 @@ class PeerTransport(Protocol):
                    max_bytes: int = MAX_ANSWER) -> PeerResponse:
         """Send `body` to `path` at `peer`; the response once its headers arrived (within
         `timeout_s`). Its body reads are capped at `max_bytes`. Raises PeerError."""
+        ...
+
+    async def stream(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
+                     headers: Mapping[str, str] | None = None,
+                     max_bytes: int = MAX_ANSWER) -> PeerResponse | EngineStream:
+        """`post` for a streamed answer the caller relays chunk by chunk (signed). Raises
+        PeerError."""
         ...
 
     def opened(self, fingerprint: str) -> int:
@@ -307,6 +321,7 @@ class _Pool:
     session: aiohttp.ClientSession
     pin: aiohttp.Fingerprint
     opened: _Opened
+    streams: KeptConnections
     preferred: str | None = None
     control: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -327,6 +342,7 @@ class HttpPeerTransport:
         # and this node's id as its signer names it (learnt from the first signature).
         self._bound: weakref.WeakSet[object] = weakref.WeakSet()
         self._me: str | None = None
+        self._tls = client_context()  # for streams; aiohttp's pools make their own
 
     async def __aenter__(self) -> HttpPeerTransport:
         return self
@@ -337,6 +353,7 @@ class HttpPeerTransport:
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
+            pool.streams.close()
             await pool.session.close()
 
     def opened(self, fingerprint: str) -> int:
@@ -355,7 +372,9 @@ class HttpPeerTransport:
     async def forget(self, keep: set[str]) -> None:
         """Close the pools of peers no longer known (fingerprints not in `keep`)."""
         for fingerprint in set(self._pools) - keep:
-            await self._pools.pop(fingerprint).session.close()
+            pool = self._pools.pop(fingerprint)
+            pool.streams.close()
+            await pool.session.close()
 
     def _pool(self, fingerprint: str) -> _Pool:
         pool = self._pools.get(fingerprint)
@@ -372,7 +391,8 @@ class HttpPeerTransport:
                                               sock_read=600),
                 auto_decompress=False, request_class=request_class,
                 cookie_jar=aiohttp.DummyCookieJar()),  # peers set none
-                aiohttp.Fingerprint(bytes.fromhex(fingerprint)), opened)
+                aiohttp.Fingerprint(bytes.fromhex(fingerprint)), opened,
+                KeptConnections(fingerprint, self._tls, self._connect_s))
             self._pools[fingerprint] = pool
         return pool
 
@@ -384,6 +404,24 @@ class HttpPeerTransport:
     async def post(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
                    headers: Mapping[str, str] | None = None, signed: bool = True,
                    max_bytes: int = MAX_ANSWER) -> HttpResponse:
+        async def attempt(pool: _Pool, address: str) -> HttpResponse:
+            response = await self._attempt(pool, peer, address, path, body, timeout_s,
+                                           headers, signed)
+            return HttpResponse(response, max_bytes, peer.label)
+        return await self._at_each_address(peer, attempt)
+
+    async def stream(self, peer: Peer, path: str, body: bytes, *, timeout_s: float | None,
+                     headers: Mapping[str, str] | None = None,
+                     max_bytes: int = MAX_ANSWER) -> EngineStream:
+        async def attempt(pool: _Pool, address: str) -> EngineStream:
+            return await self._stream_at(pool, peer, address, path, body, timeout_s,
+                                         headers or {}, max_bytes)
+        return await self._at_each_address(peer, attempt)
+
+    async def _at_each_address(self, peer: Peer,
+                               attempt: Callable[[_Pool, str], Awaitable[_T]]) -> _T:
+        """`attempt` at the peer's addresses in turn, until one is reached (the one that
+        answered last first). Raises PeerError."""
         if not is_fingerprint(peer.fingerprint):
             raise PeerError("unpinned", f"no signed TLS fingerprint for {peer.label}: unusable "
                                         "(there would be nothing to pin)")
@@ -394,8 +432,7 @@ class HttpPeerTransport:
         last: PeerError | None = None
         for address in self._order(pool, peer.addresses[:16]):
             try:
-                response = await self._attempt(pool, peer, address, path, body, timeout_s,
-                                               headers, signed)
+                answer = await attempt(pool, address)
             except PeerError as exc:
                 if exc.kind not in ("connect", "tls"):
                     raise  # it was reached: another address would only repeat the work
@@ -406,10 +443,81 @@ class HttpPeerTransport:
                 if pool.preferred is not None:
                     log.info("peer %s: now reached at %s", peer.label, address)
                 pool.preferred = address
-            return HttpResponse(response, max_bytes, peer.label)
+            return answer
         assert last is not None
         raise PeerError(last.kind, f"cannot reach {peer.label} at " + "; ".join(failures),
                         address=last.address)
+
+    async def _stream_at(self, pool: _Pool, peer: Peer, address: str, path: str, body: bytes,
+                         timeout_s: float | None, headers: Mapping[str, str],
+                         cap: int) -> EngineStream:
+        """One streamed call at `address`, as `_attempt` for aiohttp's: signed on a new
+        connection, unsigned on one the peer said is ours, signed again if it says no more."""
+        retry = resign = False
+        while True:
+            kept = pool.streams.take(address, time.monotonic())
+            fresh = kept is None
+            answer: EngineStream | None = None
+            try:
+                # The deadline covers connecting too, as aiohttp's for `post` does.
+                async with asyncio.timeout(timeout_s):
+                    if kept is None:
+                        kept = await self._connect_stream(pool, address)
+                    signed = resign or not kept.bound or self._me is None
+                    if signed:
+                        auth = self._signer(peer.fingerprint, path, body)
+                        self._me = auth.get(H_NODE)
+                    else:
+                        auth = {H_NODE: self._me or ""}
+                    answer = pool.streams.send(kept, path, {"Content-Type": "application/json",
+                                                            **headers, **auth},
+                                               body, cap, who=peer.label)
+                    await answer.started()
+            except EngineStreamError as exc:
+                if answer is not None:
+                    answer.close()
+                if not fresh and not retry:
+                    # A kept connection the peer had just closed: it never saw this
+                    # request, so one more try on a fresh connection is safe.
+                    retry = True
+                    continue
+                raise PeerError("broken", str(exc), address=address) from exc
+            except TimeoutError as exc:
+                if answer is not None:
+                    answer.close()
+                raise PeerError("timeout", f"{peer.label} sent nothing within "
+                                           f"{timeout_s:g}s", address=address) from exc
+            except BaseException:
+                if answer is not None:
+                    answer.close()
+                raise
+            said = answer.headers.get(H_BOUND)
+            if not signed and said == "0" and not resign:
+                kept.bound = False  # refused as a caller: sign the call after all
+                answer.close()
+                resign = True
+                continue
+            if signed and said == "1":
+                kept.bound = True
+            return answer
+
+    async def _connect_stream(self, pool: _Pool, address: str) -> Kept:
+        try:
+            kept = await pool.streams.connect(address)
+        except PinMismatch as exc:
+            raise PeerError("tls", "presented a different TLS key than the one pinned "
+                                   "(not the same node, or a man in the middle)",
+                            address=address) from exc
+        except TimeoutError as exc:
+            raise PeerError("connect", f"connect timed out after {self._connect_s:g}s",
+                            address=address) from exc
+        except ssl.SSLError as exc:
+            raise PeerError("tls", f"TLS failed: {exc.reason or exc}", address=address) from exc
+        except (OSError, ValueError) as exc:
+            raise PeerError("connect", _why(exc) if isinstance(exc, OSError) else str(exc),
+                            address=address) from exc
+        pool.opened.saw(kept.transport.get_extra_info("ssl_object"))
+        return kept
 
     async def _attempt(self, pool: _Pool, peer: Peer, address: str, path: str, body: bytes,
                        timeout_s: float | None, headers: Mapping[str, str] | None,

@@ -8,8 +8,10 @@ two async iterators before the relay saw it: about 60 µs per chunk on a 2-core 
 `data_received`, and each chunk of the body is handed to a sink in that same callback; the
 handler's task sleeps until the answer ends, the sink stops it, or the client falls behind.
 
-Only for the node's supervised llama.cpp engines: a loopback HTTP/1.1 server that answers a
-stream with chunked SSE. Whole answers, peers and attached backends go through aiohttp.
+Used for the node's supervised llama.cpp engines (a loopback HTTP/1.1 server that answers a
+stream with chunked SSE, a connection per answer) and for peers' streamed answers, on kept TLS
+connections (mesh/peer_stream.py hands a finished one back through `release`). Whole answers
+and attached backends go through aiohttp.
 """
 
 from __future__ import annotations
@@ -41,15 +43,23 @@ class EngineStreamError(Exception):
 
 class EngineStream(asyncio.Protocol):
     """One request's connection to the engine. Use `open_stream()`; then `relay()` (a 200) or
-    `content.read()` (an error's body); `close()` in every case."""
+    `content.read()` (an error's body); `close()` in every case.
 
-    def __init__(self, request: bytes, cap: int) -> None:
+    `who` names the other end in errors. `release`: given the connection at `close()` when
+    the answer ended whole and the server keeps the connection (HTTP/1.1 keep-alive), instead
+    of closing it."""
+
+    def __init__(self, request: bytes, cap: int, who: str = "the engine",
+                 release: Callable[[asyncio.Transport], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._request = request
+        self._who = who
+        self._release = release
         self._left = cap
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self.status = 0
+        self._keep_alive = False
         self.headers: CIMultiDict[str] = CIMultiDict()
         self._headers_done: asyncio.Future[None] = loop.create_future()
         self._ended: asyncio.Future[None] = loop.create_future()
@@ -73,28 +83,30 @@ class EngineStream(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(f"the engine's answer is not valid HTTP ({exc})")
+            self._fail(f"{self._who}'s answer is not valid HTTP ({exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail("the engine closed the connection before the answer ended")
+        self._fail(f"{self._who} closed the connection before the answer ended")
 
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self.headers) >= MAX_HEADERS:
-            self._fail("the engine sent too many headers")
+            self._fail(f"{self._who} sent too many headers")
             return
         self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
+        # Read here: llhttp forgets the message's keep-alive flag once the message ends.
+        self._keep_alive = self._parser.should_keep_alive()
         if not self._headers_done.done():
             self._headers_done.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         self._left -= len(body)
         if self._left < 0:
-            self._fail("the engine sent more than the answer's cap")
+            self._fail(f"{self._who} sent more than the answer's cap")
         elif self._verdict == GO and self._sink is not None:
             self._verdict = self._sink(body)
             if self._verdict != GO:
@@ -120,6 +132,11 @@ class EngineStream(asyncio.Protocol):
         body = b"".join(self._pending)
         return body if n < 0 else body[:n]
 
+    async def started(self) -> None:
+        """Until the answer's headers have come; raises EngineStreamError if they cannot."""
+        await self._wait(self._headers_done)
+        self._headers_done.result()
+
     async def relay(self, sink: Sink, drain: Callable[[], Awaitable[None]]) -> None:
         """Hand each piece of the body to `sink` as it arrives, until the answer ends or the
         sink says STOP; on DRAIN, reading pauses until `drain()` returns. Raises
@@ -144,12 +161,22 @@ class EngineStream(asyncio.Protocol):
 
     def close(self) -> None:
         """Drop the connection: for an unfinished answer, that is how llama.cpp learns to stop
-        generating and free the slot."""
-        if self._transport is not None:
-            self._transport.close()
+        generating and free the slot. A finished one goes to `release` where it may."""
+        transport = self._transport
+        if transport is not None and self._release is not None and self._reusable():
+            self._transport = None
+            self._release(transport)
+        elif transport is not None:
+            transport.close()
         self._fail("closed")  # wakes nothing left waiting; a finished answer keeps its result
 
     # internals
+
+    def _reusable(self) -> bool:
+        ended = self._ended
+        # Whole on the wire: what the sink was not given is the caller's business.
+        return (ended.done() and not ended.cancelled() and ended.exception() is None
+                and self._keep_alive)
 
     async def _wait(self, *futures: asyncio.Future[None]) -> None:
         """Until one of `futures` is done, raising if the engine goes silent for IDLE_S."""
@@ -160,7 +187,7 @@ class EngineStream(asyncio.Protocol):
             if done:
                 return
             if self.reads == reads:
-                self._fail(f"the engine sent nothing for {IDLE_S:.0f} s")
+                self._fail(f"{self._who} sent nothing for {IDLE_S:.0f} s")
 
     def _feed_pending(self) -> None:
         assert self._sink is not None
@@ -173,7 +200,11 @@ class EngineStream(asyncio.Protocol):
                 return
 
     def _pause(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        # After a STOP, a connection that may be kept reads on to the answer's end (the few
+        # bytes that close the chunked body), which `close()` needs to see to keep it.
+        keep_reading = self._verdict == STOP and self._release is not None
+        if not keep_reading and self._transport is not None \
+                and not self._transport.is_closing():
             self._transport.pause_reading()
         self._wake()
 
@@ -211,8 +242,7 @@ async def open_stream(url: str, body: bytes, cap: int) -> EngineStream:
     try:
         async with asyncio.timeout(CONNECT_S):
             await loop.create_connection(lambda: stream, host, port)
-        await stream._wait(stream._headers_done)
-        stream._headers_done.result()
+        await stream.started()
     except BaseException:  # cancelled too: a connection made meanwhile must not linger
         stream.close()
         raise

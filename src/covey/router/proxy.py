@@ -129,8 +129,10 @@ class Relay:
                                      f"{type(exc).__name__}", retry_after=2) from exc
         if model.peer is not None:
             assert self.transport is not None, "a peer's model needs the peer transport"
+            # A stream is read off its socket like the engine's (mesh/peer_stream.py).
+            call = self.transport.stream if stream else self.transport.post
             try:
-                return await self.transport.post(
+                return await call(
                     model.peer, "/mesh/v1" + path, body, timeout_s=self.peer_deadline_s,
                     max_bytes=cap,
                     headers={H_REQUEST_ID: request_id} if request_id else None)
