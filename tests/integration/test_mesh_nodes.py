@@ -55,10 +55,23 @@ def test_three_nodes_one_server(start_node: Callable[..., NodeProcess], model_pa
         timing = parse_server_timing(raw.headers["server-timing"])
         assert set(timing) == {"route", "network", "engine"}, timing
         assert timing["engine"] > 0 and timing["network"] > 0
-        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model=MODEL, max_tokens=6, stream=True, messages=[{"role": "user", "content": "hi"}])
-            if c.choices)
-        assert text
+        def streamed(client: openai.OpenAI = client) -> str:
+            return "".join(c.choices[0].delta.content or "" for c in
+                           client.chat.completions.create(
+                               model=MODEL, max_tokens=6, stream=True,
+                               messages=[{"role": "user", "content": "hi"}]) if c.choices)
+
+        def opened(node: NodeProcess = node) -> int:
+            return sum(p["connections_opened"] or 0 for p in node.status()["peers"]
+                       if p["id"] == server_id)
+
+        assert streamed()
+        # Later streams go on the connection the first one left kept (mesh/peer_stream.py):
+        # no TLS handshake per relayed prompt.
+        before = opened()
+        for _ in range(3):
+            assert streamed()
+        assert opened() == before, "a new connection per relayed stream"
 
     # The server dies: entries answer with a named 503 within seconds, not a hang.
     server.proc.kill()
