@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from covey.mesh.peer_stream import KeptConnections, client_context
+from covey.mesh.peer_stream import Kept, KeptConnections, client_context
 from covey.mesh.peer_transport import HttpPeerTransport, Peer, PeerError
 from covey.mesh.transport import H_BOUND, H_NODE, H_SIG, tls_identity
 from covey.router.engine_stream import GO, STOP
@@ -187,3 +187,22 @@ async def test_a_header_cannot_smuggle_a_line_break(harness: Harness) -> None:
     finally:
         kept.transport.close()
     assert harness.seen.calls == []
+
+
+async def test_a_call_that_cannot_be_sent_leaves_no_connection_behind(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Kept] = []
+    real_connect = KeptConnections.connect
+
+    async def connect(self: KeptConnections, address: str) -> Kept:
+        made.append(await real_connect(self, address))
+        return made[-1]
+
+    monkeypatch.setattr(KeptConnections, "connect", connect)
+    with pytest.raises(ValueError, match="line break"):
+        await harness.transport.stream(harness.peer, PATH, b"{}", timeout_s=5,
+                                       headers={"x-covey-request-id": "a\r\nx-evil: 1"})
+    assert len(made) == 1 and made[0].transport.is_closing()
+    assert harness.transport._pools[harness.peer.fingerprint].streams.idle == []
+    assert (await _answer(harness)).endswith(b"data: [DONE]\n\n")
+    assert [signed for _, signed in harness.seen.calls] == [True]

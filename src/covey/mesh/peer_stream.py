@@ -88,7 +88,7 @@ class KeptConnections:
 
     def take(self, address: str, now: float) -> Kept | None:
         """The newest idle connection to `address`; ones idle too long are closed."""
-        for kept in reversed(self.idle):
+        for kept in self.idle[::-1]:  # a copy: the loop takes from the list
             if kept.address != address:
                 continue
             self.idle.remove(kept)

@@ -455,7 +455,8 @@ class HttpPeerTransport:
         connection, unsigned on one the peer said is ours, signed again if it says no more."""
         retry = resign = False
         while True:
-            kept = pool.streams.take(address, time.monotonic())
+            # After a kept connection failed, a new one: another kept one may be as stale.
+            kept = None if retry else pool.streams.take(address, time.monotonic())
             fresh = kept is None
             answer: EngineStream | None = None
             try:
@@ -490,6 +491,8 @@ class HttpPeerTransport:
             except BaseException:
                 if answer is not None:
                     answer.close()
+                elif kept is not None:  # nothing was sent on it: it must not linger
+                    kept.transport.close()
                 raise
             said = answer.headers.get(H_BOUND)
             if not signed and said == "0" and not resign:
