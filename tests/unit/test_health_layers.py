@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from covey.health import layers as L
 from covey.health.local import is_loopback, loopback_only, roster_layer
-from covey.health.probe import Target, engines_ready, split_address, tcp_connect
+from covey.health.probe import Target, engines_ready, tcp_connect
+from covey.mesh.addresses import split_address
 from covey.mesh.peer_transport import Peer
 from covey.mesh.records import new_record
 

@@ -24,6 +24,7 @@ import aiohttp
 import psutil
 
 from covey.health.layers import LayerResult, failed, passed
+from covey.mesh.addresses import split_address
 from covey.mesh.peer_stream import client_context
 from covey.mesh.peer_transport import Peer, PeerError, PeerTransport
 
@@ -59,11 +60,6 @@ class Target:
 def token_timeout(timeout_s: float) -> float:
     """A token needs the prompt processed first, on an engine that may be busy."""
     return max(10.0, 3 * timeout_s)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def vpn_interfaces() -> list[str]:

@@ -72,6 +72,12 @@ def check_address(text: str) -> str:
     return text
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of a `host:port` address, an IPv6 host without its brackets."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def join_host_port(host: str, port: int) -> str:
     host = host.strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from covey.mesh.addresses import split_address
 from covey.router.engine_stream import EngineStream
 
 KEEPALIVE_S = 30.0  # as the peer transport's pool: long before a Covey server drops it (75 s)
@@ -100,11 +101,11 @@ class KeptConnections:
     async def connect(self, address: str) -> Kept:
         """A new connection to `address` (host:port), its certificate checked against the pin.
         Raises OSError, TimeoutError, ssl.SSLError or PinMismatch."""
-        host, _, port = address.rpartition(":")
+        host, port = split_address(address)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_s):
             transport, _ = await loop.create_connection(
-                asyncio.Protocol, host.strip("[]"), int(port), ssl=self.context)
+                asyncio.Protocol, host, port, ssl=self.context)
         tls = transport.get_extra_info("ssl_object")
         der = tls.getpeercert(binary_form=True) if tls is not None else None
         if der is None or hashlib.sha256(der).hexdigest() != self.fingerprint:
