@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             from covey.mesh.setup import revoke_member
 
             seq = revoke_member(_data_dir(args), args.node)
-            print(f"revoked {args.node} (revocation list #{seq}); members refuse it as soon "
-                  "as the running node's gossip reaches them")
+            print(f"revoked {args.node} (revocation list #{seq}); the running node takes "
+                  "the list up within six gossip rounds, and members refuse the node as soon "
+                  "as its gossip reaches them")
             return 0
         if args.command == "bench":
             from covey.bench.relay import run_bench

@@ -255,6 +255,7 @@ class Node:
         connector = engine_connector()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=600)
         mesh = MeshRuntime(mesh_state, tls, addresses=[], describe=self._describe,
+                           measure=self._measure,
                            interval_s=s.gossip_interval_s, bootstrap=bootstrap)
         # No cookie jar: engines set none, and filtering one costs every request.
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
@@ -558,35 +559,45 @@ class Node:
                 for m in self.table.models.values()}
 
     def _describe(self) -> dict[str, Any]:
-        """This node's models and measurements as fields of its signed record."""
-        now = time.monotonic()
-        models, metrics, baseline = [], {}, {}
-        for m in self.table.models.values():
-            if isinstance(m.engine, RemoteBackend | LocalEngine | BrokenEngine):
-                models.append({"id": m.id, "size_bytes": m.card.size_bytes,
-                               "sha256": self._sha(m.id),
-                               "quantization": m.card.quantization, "slots": m.slots,
-                               "queue_depth": m.queue_depth, "state": m.engine.state.kind,
-                               "embeddings_only": m.card.embeddings_only})
-                ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
-                metrics[m.id] = {"ttft_ms_p50": plausible(ttft.p50, MAX_TTFT_MS),
-                                 "tokens_per_s_p50": plausible(rate.p50, MAX_TOKENS_PER_S),
-                                 "samples": min(rate.count, MAX_SAMPLES)}
-                native = plausible(m.baseline.tokens_per_s if m.baseline else None,
-                                   MAX_TOKENS_PER_S, positive=True)
-                if native is not None:
-                    baseline[m.id] = native
-        return {"name": self.name, "models": models[:64], "metrics": metrics,
-                "baseline": baseline, "software_version": __version__,
+        """This node's models, state and machine as fields of its signed record."""
+        models, baseline = [], {}
+        for m in self._published_models():
+            models.append({"id": m.id, "size_bytes": m.card.size_bytes, "sha256": self._sha(m.id),
+                           "quantization": m.card.quantization, "slots": m.slots,
+                           "queue_depth": m.queue_depth, "state": m.engine.state.kind,
+                           "embeddings_only": m.card.embeddings_only})
+            native = plausible(m.baseline.tokens_per_s if m.baseline else None,
+                               MAX_TOKENS_PER_S, positive=True)
+            if native is not None:
+                baseline[m.id] = native
+        return {"name": self.name, "models": models[:64], "baseline": baseline,
+                "software_version": __version__,
                 "fingerprints": dict(list(self.fingerprints.items())[:64]),
-                "ledger": self._ledger.published_balances() if self._ledger else {},
                 "ledger_checkpoint": (self._ledger.latest_checkpoint
                                       if self._ledger and self._ledger.keeper else ""),
                 "ledger_witnessed": (self._ledger.witness.published()
                                      if self._ledger and self._ledger.witness
                                      and not self._ledger.keeper else ""),
                 "memory": self._memory.advert() if self._memory else None,
-                "hardware": self._hardware.read(now)}
+                "hardware": self._hardware.read(time.monotonic())}
+
+    def _measure(self) -> dict[str, Any]:
+        """This node's traffic figures for its record (mesh.state.MEASURED): summed up only
+        when a record is signed, not every gossip round."""
+        now = time.monotonic()
+        metrics = {}
+        for m in self._published_models():
+            ttft, rate = m.meter.ttft_ms.summary(now), m.meter.tokens_per_s.summary(now)
+            metrics[m.id] = {"ttft_ms_p50": plausible(ttft.p50, MAX_TTFT_MS),
+                             "tokens_per_s_p50": plausible(rate.p50, MAX_TOKENS_PER_S),
+                             "samples": min(rate.count, MAX_SAMPLES)}
+        return {"metrics": metrics,
+                "ledger": self._ledger.published_balances() if self._ledger else {}}
+
+    def _published_models(self) -> list[ServedModel]:
+        """The models this node's record offers (what it serves itself, not peers' models)."""
+        return [m for m in self.table.models.values()
+                if isinstance(m.engine, RemoteBackend | LocalEngine | BrokenEngine)]
 
     async def _fingerprint(self, session: aiohttp.ClientSession, model: ServedModel) -> None:
         """Taken with each native baseline; published with the next record."""

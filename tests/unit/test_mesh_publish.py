@@ -4,6 +4,8 @@ holds is not called (issue 11)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,7 @@ from covey.mesh import identity, state
 from covey.mesh.gossip import quiet_peers
 from covey.mesh.membership import MembershipError, revoke
 from covey.mesh.records import RecordRejected, republish_due
-from covey.mesh.runtime import QUIET_ROUNDS, REFRESH_ROUNDS
+from covey.mesh.runtime import QUIET_ROUNDS, REFRESH_ROUNDS, MeshRuntime
 from covey.mesh.state import MeshState
 
 NOW = 1_700_000_000.0
@@ -109,6 +111,100 @@ def test_a_new_revocation_list_is_published_at_once(tmp_path: Path) -> None:
     _, env = revoke(a.authority, None, b.identity.node_id, NOW)
     assert a.learn_revocations(env)
     assert _publish(a, NOW + 1) != first
+
+
+def test_measurements_are_summed_up_only_when_a_record_is_signed(tmp_path: Path) -> None:
+    """An idle node asked its meters for percentiles and its ledger for balances every
+    round, to compare figures that alone never re-sign the record."""
+    a, _ = _mesh(tmp_path)
+    asked: list[float] = []
+
+    def measured() -> dict[str, object]:
+        asked.append(len(asked) + 1.0)
+        return {"metrics": {"m": {"samples": len(asked)}}, "ledger": {"n": asked[-1]}}
+
+    def publish(now: float, **fields: object) -> bytes:
+        return a.publish(now, ttl_s=30, refresh_s=6, measured=measured, name="x", **fields)
+
+    first = publish(NOW)
+    assert [publish(NOW + s) for s in (1, 2, 5.9)] == [first] * 3 and len(asked) == 1
+    held = a.table.get(a.identity.node_id)
+    assert held is not None and held.record.metrics["m"].samples == 1
+    refreshed = publish(NOW + 6)
+    held = a.table.get(a.identity.node_id)
+    assert refreshed != first and len(asked) == 2 and held is not None
+    assert held.record.metrics["m"].samples == 2 and held.record.ledger == {"n": 2.0}
+    # A change of anything else signs at once, with the figures of that moment.
+    publish(NOW + 7, models=[{"id": "m", "queue_depth": 1}])
+    held = a.table.get(a.identity.node_id)
+    assert len(asked) == 3 and held is not None and held.record.metrics["m"].samples == 3
+    assert publish(NOW + 8, models=[{"id": "m", "queue_depth": 1}]) == held.envelope
+
+
+def test_a_renewed_certificate_is_published_at_once(tmp_path: Path) -> None:
+    """The certificate's base64 is kept between rounds: a new one must still show."""
+    a, _ = _mesh(tmp_path)
+    assert a.authority is not None
+    first = _publish(a, NOW + 1)
+    renewed = state.issue_cert(a.authority, a.identity.public_bytes, NOW + 1, 3600)
+    a.set_cert(renewed, NOW + 1)
+    second = _publish(a, NOW + 2)
+    held = a.table.get(a.identity.node_id)
+    assert second != first and held is not None
+    assert held.record.member_cert == state.b64e(renewed)
+
+
+async def test_the_creator_looks_for_a_revocation_list_once_per_refresh(
+        tmp_path: Path) -> None:
+    """`covey revoke` writes the list to the creator's data dir. A stat of that file every
+    round cost the creator's idle node ~0.2 ms of cold CPU each time; it is looked at on
+    the first round (a list written while the node was down) and then once per refresh."""
+    a, b = _mesh(tmp_path)
+    assert a.authority is not None
+    _, env = revoke(a.authority, None, b.identity.node_id, NOW)
+    (a.data_dir / state.REVOCATIONS_FILE).write_bytes(env)
+    runtime = MeshRuntime(a, SimpleNamespace(fingerprint="ab" * 32),  # type: ignore[arg-type]
+                          addresses=["127.0.0.1:1"], describe=lambda: {"name": "a"},
+                          interval_s=0.001, bootstrap=[])
+    runtime.transport = _NoPeers()  # type: ignore[assignment]
+    looks: list[int] = []
+    rounds: list[int] = []
+    done = asyncio.Event()
+    real_look, real_publish = a.reload_revocations, runtime.publish
+
+    def look() -> None:
+        looks.append(len(rounds))
+        real_look()
+
+    def publish() -> None:
+        rounds.append(1)
+        real_publish()
+        if len(rounds) == 2 * REFRESH_ROUNDS + 1:
+            done.set()
+
+    a.reload_revocations = look  # type: ignore[method-assign]
+    runtime.publish = publish  # type: ignore[method-assign]
+    task = asyncio.create_task(runtime.run())
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert looks[:3] == [0, REFRESH_ROUNDS, 2 * REFRESH_ROUNDS]
+    held = a.table.get(a.identity.node_id)
+    assert held is not None and held.record.revocations == state.b64e(env)
+    assert not a.is_member(b.identity.node_id, b.identity.public_bytes, NOW + 1)
+
+
+class _NoPeers:
+    """A transport for a node alone: nothing to forget, nobody to call."""
+
+    async def forget(self, keep: set[str]) -> None:
+        return None
+
+    def address(self, fingerprint: str) -> str | None:
+        return None
 
 
 @pytest.mark.parametrize(("same", "age", "expected"), [

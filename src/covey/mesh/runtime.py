@@ -3,7 +3,8 @@
 `run()` loops every `interval_s`: publish a fresh record (models, load, measurements) when it
 changed or every sixth round, drop expired records, push-pull with a few random peers that may
 lack something (gossip.quiet_peers) plus any bootstrap address (the invite's contacts), and
-renew this node's certificate when a third of its validity is left. The peer transport tries a
+renew this node's certificate when a third of its validity is left. On the mesh's creator, every
+sixth round also picks up a revocation list `covey revoke` wrote. The peer transport tries a
 peer's addresses in order and remembers the one that answers. A failed exchange is logged
 once per peer state change, never fatal.
 """
@@ -11,6 +12,7 @@ once per peer state change, never fatal.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -50,11 +52,13 @@ QUIET_ROUNDS = REFRESH_ROUNDS
 class MeshRuntime:
     def __init__(self, state: MeshState, tls: TlsIdentity, addresses: list[str],
                  describe: Callable[[], dict[str, Any]], interval_s: float,
-                 bootstrap: list[Bootstrap], rng: random.Random | None = None) -> None:
+                 bootstrap: list[Bootstrap], rng: random.Random | None = None,
+                 measure: Callable[[], dict[str, Any]] = dict) -> None:
         self.state = state
         self.tls = tls
         self.addresses = addresses  # where peers reach this node, best first
-        self.describe = describe  # the node's models/metrics as record fields
+        self.describe = describe  # the node's models, state and hardware as record fields
+        self.measure = measure  # its traffic measurements (state.MEASURED), when signing
         self.interval_s = interval_s
         self.bootstrap = bootstrap
         self.rng = rng or random.Random()
@@ -103,13 +107,17 @@ class MeshRuntime:
         # for the refresh (MeshState.publish).
         self.state.publish(time.time(), ttl_s=max(30.0, 10 * self.interval_s),
                            refresh_s=REFRESH_ROUNDS * self.interval_s, addresses=self.addresses,
-                           tls_fingerprint=self.tls.fingerprint,
+                           tls_fingerprint=self.tls.fingerprint, measured=self.measure,
                            **self.describe())
 
     async def run(self) -> None:
         assert self.transport is not None, "the node sets the transport before run()"
         transport = self.transport
-        while True:
+        for round_ in itertools.count():
+            if round_ % REFRESH_ROUNDS == 0:
+                # A stat of the file every round cost the creator's idle node ~0.2 ms of
+                # cold CPU each time; a revocation waits at most one refresh for it.
+                self.state.reload_revocations()
             self.publish()
             self.state.table.expire(time.time())
             targets = self._targets()
@@ -118,7 +126,7 @@ class MeshRuntime:
                                    | {t.fingerprint for t in targets})
             await asyncio.gather(*(self._exchange(transport, t) for t in targets))
             self._remember()
-            if self._renewing is None or self._renewing.done():
+            if (self._renewing is None or self._renewing.done()) and self._renewal_due():
                 self._renewing = asyncio.create_task(self.renew(transport))
             await asyncio.sleep(self.interval_s)
 
@@ -132,6 +140,15 @@ class MeshRuntime:
             log.info("mesh: found member at %s on the LAN", peer.address)
             self.bootstrap = [peer, *(b for b in self.bootstrap
                                       if b.fingerprint != peer.fingerprint)]
+
+    def _renewal_due(self) -> bool:
+        """Whether `renew` has work: asked every round, a task for it each round was an idle
+        node's cost for nothing."""
+        now = time.time()
+        try:
+            return needs_renewal(self.state.own_cert(now), now)
+        except MembershipError:
+            return True  # renew() says why, and what to do
 
     async def renew(self, transport: PeerTransport) -> None:
         """Renew this node's certificate if a third or less of its validity is left: the

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class MeshState:
         # Peer TLS fingerprint → the seq of this node's record it held at the last exchange.
         self.held_by: dict[str, int] = {}
         self._proof: str | None = None
+        # Field → (envelope, its base64): the certificate, revocations and policy go into
+        # every round's comparison, and change a few times a day at most.
+        self._encoded: dict[str, tuple[bytes | None, str]] = {}
         # Expiry is checked on every use (Members.is_member); here: our mesh, our authority.
         self.members.admit(self._check_cert(cert, now=0.0))
 
@@ -135,9 +139,9 @@ class MeshState:
 
     # --- membership and records ----------------------------------------------------------
 
-    def _reload_revocations(self) -> None:
+    def reload_revocations(self) -> None:
         """Pick up a list `covey revoke` wrote to the data dir. Only the authority's node
-        looks: `covey revoke` writes nowhere else (and the look is a stat every round)."""
+        looks: `covey revoke` writes nowhere else."""
         if self.authority is None:
             return
         path = self.data_dir / REVOCATIONS_FILE
@@ -313,6 +317,7 @@ class MeshState:
         self.held_by[fingerprint] = seq
 
     def publish(self, now: float, ttl_s: float = RECORD_TTL_S, refresh_s: float = 0.0,
+                measured: Callable[[], Mapping[str, object]] | None = None,
                 **fields: object) -> bytes:
         """Sign this node's next record (a sequence number above any used before), unless
         the one held says the same and is younger than `refresh_s` (and than half its
@@ -320,19 +325,21 @@ class MeshState:
 
         Measurements (`MEASURED` fields) change with every request served; a change to them
         alone waits for the refresh. Signed at once, a node under traffic re-signed and
-        every peer took its record again each round, for figures a few seconds fresher."""
-        self._reload_revocations()
+        every peer took its record again each round, for figures a few seconds fresher.
+        `measured()` gives them only when a record is signed: summing them up every round
+        cost an idle node for nothing (they may also come in `fields`)."""
         content: dict[str, Any] = {
-            "ttl_s": ttl_s, "member_cert": b64e(self.cert),
-            "revocations": b64e(self.revocations_envelope) if self.revocations_envelope
-            else "",
-            "tier_policy": self.policy.wire() if self.policy else "",
+            "ttl_s": ttl_s, "member_cert": self._b64("cert", self.cert),
+            "revocations": self._b64("revocations", self.revocations_envelope),
+            "tier_policy": self._b64("policy", self.policy.envelope if self.policy else None),
             "authority_proof": self._authority_proof(), **fields}
         held = self.table.get(self.identity.node_id)
         if held is not None and not republish_due(
                 held.record, _unmeasured(content) == _unmeasured(self._published), now,
                 ttl_s, refresh_s):
             return held.envelope
+        if measured is not None:
+            content.update(measured())
         record = new_record(self.identity.key, mesh_id=self.info.mesh_id,
                             seq=next_seq(self.data_dir / "seq", now), now=now, **content)
         envelope = sign_record(record, self.identity.key)
@@ -340,6 +347,14 @@ class MeshState:
         self._signed_seqs.append(record.seq)
         self._published = content
         return envelope
+
+    def _b64(self, field: str, envelope: bytes | None) -> str:
+        """`envelope` in base64url ("" for none), encoded again only when it changed."""
+        held = self._encoded.get(field)
+        if held is None or held[0] is not envelope:
+            held = (envelope, b64e(envelope) if envelope else "")
+            self._encoded[field] = held
+        return held[1]
 
     def _authority_proof(self) -> str:
         """The same every round (Ed25519 signs deterministically): signed once."""
@@ -363,7 +378,9 @@ MEASURED = ("metrics", "ledger")
 
 
 def _unmeasured(content: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if content is None else {k: v for k, v in content.items() if k not in MEASURED}
+    if content is None or not any(k in content for k in MEASURED):
+        return content
+    return {k: v for k, v in content.items() if k not in MEASURED}
 
 
 def apply_records(state: MeshState, encoded: list[Any], now: float) -> int:
