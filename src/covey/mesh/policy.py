@@ -144,6 +144,7 @@ class MeshPolicy:
         self.authority_public_key = authority_public_key
         self.signed: SignedPolicy | None = None
         self.envelope: bytes | None = None
+        self._wired: tuple[bytes | None, str] = (None, "")  # wire()'s last encoding
         self.issuer = False  # this node holds the authority key and issued the policy
         self._current = own
         self._last_refused: bytes | None = None
@@ -173,8 +174,12 @@ class MeshPolicy:
         return self.signed.ledger_keeper if self.signed is not None else ""
 
     def wire(self) -> str:
-        """The envelope for this node's record (base64url), or "" while it holds none."""
-        return b64e(self.envelope) if self.envelope else ""
+        """The envelope for this node's record (base64url), or "" while it holds none.
+        Asked every gossip round: encoded again only when the envelope changed."""
+        envelope = self.envelope
+        if self._wired[0] is not envelope:
+            self._wired = (envelope, b64e(envelope) if envelope else "")
+        return self._wired[1]
 
     def learn(self, envelope: bytes) -> bool:
         """Adopt `envelope` if it is the authority's, for this mesh, and newer than the one

@@ -331,7 +331,7 @@ class MeshState:
         content: dict[str, Any] = {
             "ttl_s": ttl_s, "member_cert": self._b64("cert", self.cert),
             "revocations": self._b64("revocations", self.revocations_envelope),
-            "tier_policy": self._b64("policy", self.policy.envelope if self.policy else None),
+            "tier_policy": self.policy.wire() if self.policy else "",
             "authority_proof": self._authority_proof(), **fields}
         held = self.table.get(self.identity.node_id)
         if held is not None and not republish_due(
