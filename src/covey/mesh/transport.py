@@ -160,14 +160,30 @@ class RequestVerifier:
         requests there that claim the same node and key are that node's: TLS protects their
         bytes, as the signature would. A claim of any other node on it is checked in full
         and does not move the binding."""
-        if connection is not None and self._bound.get(connection) == (claim.node_id, claim.key):
+        if self.holds(connection, claim):
             return claim.node_id  # signed or not: this connection already proved the node
+        self.verify_signature(claim, method, path, body)
+        return self.commit(claim, now, connection)
+
+    def holds(self, connection: object | None, claim: Claim) -> bool:
+        """Whether `connection` already proved the claimed node (no signature is needed)."""
+        return connection is not None and self._bound.get(connection) == (claim.node_id,
+                                                                           claim.key)
+
+    def verify_signature(self, claim: Claim, method: str, path: str, body: bytes) -> None:
+        """The signature over the body, and nothing else: no nonce is remembered, so the same
+        request can still be checked (and taken) by `check` or `commit`. Raises PeerRefused."""
         try:
             check(REQUEST_DOMAIN, _message(self.mesh_id, self.audience, method, path, body,
                                            claim.timestamp, claim.nonce), claim.sig, claim.key)
         except SealError as exc:
             raise PeerRefused("bad_signature", "request signature does not verify (or it was "
                                                "meant for another node)") from exc
+
+    def commit(self, claim: Claim, now: float, connection: object | None = None) -> str:
+        """Take a signed request whose signature verified: its nonce is remembered (a replay
+        is refused from now on) and its connection becomes its node's. Raises PeerRefused
+        (replay, busy). Returns the calling node's id."""
         self._remember(f"{claim.node_id}:{claim.nonce}", claim.sent_at + self.window_s, now)
         if connection is not None and connection not in self._bound:
             self._bound[connection] = (claim.node_id, claim.key)

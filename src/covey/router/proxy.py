@@ -15,8 +15,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -48,6 +49,7 @@ from covey.router.fairshare import Standing, no_standing
 from covey.router.table import ServedModel
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
 # A client this far behind pauses the stream until it has read some (aiohttp's own limit).
@@ -64,10 +66,8 @@ CONSUMER = web.RequestKey("consumer", str)
 # Called once per answered client request: who answered (ServedModel.source), prompt tokens
 # (None when the answer did not say), completion tokens.
 OnAnswer = Callable[[Literal["local", "peer", "provider"], int | None, int], None]
-# The ledger's receipts (ledger/service.py). On the entry, the id this node gave the request
-# it relayed to a peer (one per attempt); on the provider, the id the relaying peer (its
-# CONSUMER) gave the request it sent here.
-RELAYED_ID = web.RequestKey("relayed_id", str)
+# The ledger's receipts (ledger/service.py): on the provider, the id the relaying peer (its
+# CONSUMER) gave the request it sent here (on the entry, `Asked.relayed_id`).
 PEER_REQUEST_ID = web.RequestKey("peer_request_id", str)
 
 
@@ -80,6 +80,71 @@ class Receipts(Protocol):
 
     def served(self, request_id: str, consumer: str, model_id: str, prompt_tokens: int,
                completion_tokens: int, started_at: float, ended_at: float) -> None: ...
+
+
+@dataclass
+class Asked:
+    """What the relay reads of the request it answers: from aiohttp's request (`of`), or
+    from a peer's stream served off its socket (mesh/peer_serve.py)."""
+
+    t_received: float  # perf_counter() when it arrived
+    consumer: str | None = None  # CONSUMER
+    account: bool = False  # ACCOUNT
+    peer_request_id: str | None = None  # PEER_REQUEST_ID
+    content_length: int = 0
+    # The id this node gave it when relaying it to a peer (one per attempt): its receipt's.
+    relayed_id: str | None = None
+
+    @classmethod
+    def of(cls, request: web.Request) -> Asked:
+        return cls(request[T_RECEIVED], request.get(CONSUMER), request.get(ACCOUNT, False),
+                   request.get(PEER_REQUEST_ID), request.content_length or 0)
+
+
+class StreamReply(Protocol):
+    """Where a streamed answer goes: aiohttp's response (`_AiohttpReply`), or a peer's kept
+    connection answered off its socket (mesh/peer_serve.py)."""
+
+    chunked: bool  # whether each chunk is written framed as HTTP/1.1 chunked encoding
+
+    async def start(self, headers: Mapping[str, str]) -> asyncio.Transport | None:
+        """Send the 200 and `headers`; the transport the chunks go on (None: the client
+        left meanwhile)."""
+        ...
+
+    async def drain(self) -> None:
+        """Until the client has read enough of what was written."""
+        ...
+
+    async def end(self, last: bytes) -> None:
+        """Write `last` (empty: nothing) and end the answer."""
+        ...
+
+
+class _AiohttpReply:
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self.chunked = False
+
+    async def start(self, headers: Mapping[str, str]) -> asyncio.Transport | None:
+        response = self.response = web.StreamResponse(status=200, headers=headers)
+        if self.request.version >= aiohttp.HttpVersion11:
+            response.enable_chunked_encoding()  # so that `chunked` says how _Tap must frame
+        writer = await response.prepare(self.request)
+        self.chunked = response.chunked
+        if writer is None or self.request.transport is None:
+            return None  # the client left while the engine started answering
+        return self.request.transport
+
+    async def drain(self) -> None:
+        assert self.response is not None
+        await self.response.drain()
+
+    async def end(self, last: bytes) -> None:
+        assert self.response is not None
+        with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
+            await self.response.write_eof(last)
 
 
 class UpstreamRejected(CoveyError):
@@ -149,21 +214,21 @@ class Relay:
             raise UpstreamFailed(f"engine for {model.id!r} did not answer: "
                                  f"{type(exc).__name__}", retry_after=2) from exc
 
-    def _answered(self, request: web.Request, model: ServedModel, measured: bool,
+    def _answered(self, asked: Asked, model: ServedModel, measured: bool,
                   prompt_tokens: int | None, completion_tokens: int) -> None:
         """Count one complete answer for the mesh share: only a client's request (ACCOUNT,
         set by the entry's API), once, by who answered; never a probe (`measure=False`)."""
-        if self.on_answer is not None and measured and request.get(ACCOUNT, False):
+        if self.on_answer is not None and measured and asked.account:
             self.on_answer(model.source, prompt_tokens, completion_tokens)
         if self.receipts is None or not measured:
             return
-        relayed_id = request.get(RELAYED_ID)
+        relayed_id = asked.relayed_id
         if model.source == "peer" and model.peer is not None and relayed_id:
             self.receipts.relayed(relayed_id, model.peer.node_id, model.id, prompt_tokens,
-                                  completion_tokens, request.content_length or 0)
-        elif (model.source == "local" and (request_id := request.get(PEER_REQUEST_ID))
-              and (consumer := request.get(CONSUMER))):
-            now, elapsed = time.time(), time.perf_counter() - request[T_RECEIVED]
+                                  completion_tokens, asked.content_length)
+        elif (model.source == "local" and (request_id := asked.peer_request_id)
+              and (consumer := asked.consumer)):
+            now, elapsed = time.time(), time.perf_counter() - asked.t_received
             self.receipts.served(request_id, consumer, model.id, prompt_tokens or 0,
                                  completion_tokens, now - elapsed, now)
 
@@ -173,25 +238,53 @@ class Relay:
         """Send `body` to the model's engine at `path`; raises CoveyError before any byte is
         sent to the client, and ends a started stream with an in-band error instead.
         `measure=False` (health probes) keeps the request out of the model's figures."""
-        if model.card.embeddings_only and path != "/embeddings":
-            # Its engine would answer 500 ("does not support logits"); this is the client's
-            # mistake, and every node serving the model would say the same.
-            raise BadRequest(f"model {model.id!r} serves embeddings only; use /v1/embeddings",
-                             code="embeddings_only", param="model")
-        t_request = request[T_RECEIVED]
+        _check_endpoint(model, path)
+        asked = Asked.of(request)
+
+        async def answer(upstream: PeerResponse | EngineStream, meter: ModelMeter,
+                         headers: Mapping[str, str]) -> web.StreamResponse:
+            if not stream:
+                return await self._whole(asked, model, meter, upstream, headers, measure)
+            reply = _AiohttpReply(request)
+            await self._stream(asked, reply, model, meter, upstream, headers, measure)
+            assert reply.response is not None
+            return reply.response
+
+        return await self._forward(asked, model, path, body, stream, headers, measure, answer)
+
+    async def stream_to(self, asked: Asked, reply: StreamReply, model: ServedModel,
+                        path: str, body: bytes, headers: Mapping[str, str],
+                        measure: bool = True) -> None:
+        """`forward` of a streamed request, its answer written to `reply` (a peer's stream
+        served off its socket: mesh/peer_serve.py)."""
+        _check_endpoint(model, path)
+
+        async def answer(upstream: PeerResponse | EngineStream, meter: ModelMeter,
+                         headers: Mapping[str, str]) -> None:
+            await self._stream(asked, reply, model, meter, upstream, headers, measure)
+
+        await self._forward(asked, model, path, body, True, headers, measure, answer)
+
+    async def _forward(self, asked: Asked, model: ServedModel, path: str, body: bytes,
+                       stream: bool, headers: Mapping[str, str], measure: bool,
+                       answer: Callable[[PeerResponse | EngineStream, ModelMeter,
+                                         Mapping[str, str]], Awaitable[_R]]) -> _R:
+        """The engine's (or peer's) answer, once its headers came, to `answer` with the
+        meter it counts in and the headers to send (Server-Timing added)."""
+        t_request = asked.t_received
         meter = model.meter if measure else ModelMeter(window_s=1.0)
         # Waits here, in fair-share order, while a local engine's slots are all taken; that
         # wait is part of the request's measured time to first token.
-        base_url = await model.acquire(request.get(CONSUMER), self.standing)
+        base_url = await model.acquire(asked.consumer, self.standing)
         try:
             t_sent = time.perf_counter()
             try:
-                relayed_id = None
                 if (self.receipts is not None and model.source == "peer"
                         and model.peer is not None):
-                    relayed_id = request[RELAYED_ID] = new_request_id()
-                    self.receipts.expect(relayed_id, model.peer.node_id, model.id)
-                upstream = await self._send(model, base_url, path, body, stream, relayed_id)
+                    asked.relayed_id = new_request_id()
+                    self.receipts.expect(asked.relayed_id, model.peer.node_id, model.id)
+                upstream = await self._send(model, base_url, path, body, stream,
+                                            asked.relayed_id)
             except UpstreamFailed:
                 meter.requests_failed += 1
                 raise
@@ -200,15 +293,11 @@ class Relay:
                 (t_sent - t_request) * 1000, (t_headers - t_sent) * 1000,
                 server_timing.parse(upstream.headers.get("Server-Timing"))
                 if model.peer is not None else None)
-            headers = {**headers, "Server-Timing": server_timing.render(parts)}
             try:
                 if upstream.status != 200:
                     await _raise_for_upstream(upstream, model, meter, path)
-                if stream:
-                    return await self._stream(request, model, meter, upstream, t_request,
-                                              headers, measure)
-                return await self._whole(request, model, meter, upstream, t_request,
-                                         headers, measure)
+                return await answer(upstream, meter, {
+                    **headers, "Server-Timing": server_timing.render(parts)})
             finally:
                 # For an unfinished answer, closing drops the connection: that is how the
                 # engine (or the peer) learns to stop generating and free the slot. A
@@ -217,16 +306,16 @@ class Relay:
         finally:
             model.release()
 
-    async def _whole(self, request: web.Request, model: ServedModel, meter: ModelMeter,
-                     upstream: PeerResponse | EngineStream, t_request: float,
-                     headers: Mapping[str, str], measured: bool) -> web.Response:
+    async def _whole(self, asked: Asked, model: ServedModel, meter: ModelMeter,
+                     upstream: PeerResponse | EngineStream, headers: Mapping[str, str],
+                     measured: bool) -> web.Response:
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, PeerError) as exc:
             meter.requests_failed += 1
             raise UpstreamFailed(f"engine for {model.id!r} failed mid-response "
                                  f"({type(exc).__name__}); retry", retry_after=2) from exc
-        elapsed_ms = (time.perf_counter() - t_request) * 1000
+        elapsed_ms = (time.perf_counter() - asked.t_received) * 1000
         try:  # parsed once per request: the body is already whole in memory
             body = json.loads(data)
         except ValueError:  # not JSON (an odd backend): it counts, with nothing to measure
@@ -241,33 +330,30 @@ class Relay:
             meter.record(None, speed.tokens_per_s, speed.tokens, time.monotonic(),
                          source=speed.source, latency_ms=elapsed_ms)
         # Counted capped at the body's size, as whole_speed does: every token is a byte of it.
-        self._answered(request, model, measured, prompt_tokens_from_body(body),
+        self._answered(asked, model, measured, prompt_tokens_from_body(body),
                        min(tokens, len(data)))
         return web.Response(body=data, status=200, headers={
             **headers, "Content-Type": upstream.headers.get("Content-Type", "application/json")})
 
-    async def _stream(self, request: web.Request, model: ServedModel, meter: ModelMeter,
-                      upstream: PeerResponse | EngineStream, t_request: float,
-                      headers: Mapping[str, str], measured: bool) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={
+    async def _stream(self, asked: Asked, reply: StreamReply, model: ServedModel,
+                      meter: ModelMeter, upstream: PeerResponse | EngineStream,
+                      headers: Mapping[str, str], measured: bool) -> None:
+        transport = await reply.start({
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
-        if request.version >= aiohttp.HttpVersion11:
-            response.enable_chunked_encoding()  # so that `chunked` says how _Tap must frame
-        writer = await response.prepare(request)
-        if writer is None or request.transport is None:
-            return response  # the client left while the engine started answering
-        tap = _Tap(request.transport, response.chunked)
+        if transport is None:
+            return  # the client left while the engine started answering
+        tap = _Tap(transport, reply.chunked)
         try:
             if isinstance(upstream, EngineStream):  # this node's engine: from its socket
-                await upstream.relay(tap, writer.drain)
+                await upstream.relay(tap, reply.drain)
             else:
                 async for chunk in upstream.content.iter_any():
                     verdict = tap(chunk)
                     if verdict == STOP:
                         break
                     if verdict == DRAIN:
-                        await writer.drain()
+                        await reply.drain()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError,
                 EngineStreamError) as exc:
             # The engine broke after the client got bytes: never retry, never invent a
@@ -276,18 +362,17 @@ class Relay:
             log.warning("model %s: engine stream broke (%s)", model.id, type(exc).__name__)
             err = UpstreamFailed(f"the engine serving {model.id!r} failed mid-stream "
                                  f"({type(exc).__name__}); the answer is incomplete")
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(sse_error_event(err))
-                await response.write_eof()
-            return response
+            await reply.end(sse_error_event(err))
+            return
         if tap.client_gone:
             # Returning closes the engine connection (see forward), which frees the slot;
             # this is not the engine's failure.
-            return response
+            return
         usage = usage_event(tap.tail())
         tokens = tokens_from_body(usage)
         if tokens is None:  # a backend without usage: one content event ≈ one token
             tokens = max(0, tap.events - 2)
+        t_request = asked.t_received
         result = measure(t_request, tap.t_first, tap.t_last, tokens)
         meter.record(result.ttft_ms, result.tokens_per_s, result.completion_tokens,
                      time.monotonic(), latency_ms=(time.perf_counter() - t_request) * 1000)
@@ -297,10 +382,8 @@ class Relay:
             meter.prefill_tokens_per_s.add(prefill, time.monotonic())
         # Counted when the answer is complete, before [DONE] goes out (see _Tap); a stream
         # the client left or the engine broke was answered by nobody.
-        self._answered(request, model, measured, prompt_tokens, tokens)
-        with contextlib.suppress(ConnectionResetError):  # the client left after [DONE]
-            await response.write_eof(tap.last)
-        return response
+        self._answered(asked, model, measured, prompt_tokens, tokens)
+        await reply.end(tap.last)
 
 
 class _Tap:
@@ -357,6 +440,14 @@ class _Tap:
 
     def tail(self) -> bytes:
         return self.older + self.prev + self.last
+
+
+def _check_endpoint(model: ServedModel, path: str) -> None:
+    if model.card.embeddings_only and path != "/embeddings":
+        # Its engine would answer 500 ("does not support logits"); this is the client's
+        # mistake, and every node serving the model would say the same.
+        raise BadRequest(f"model {model.id!r} serves embeddings only; use /v1/embeddings",
+                         code="embeddings_only", param="model")
 
 
 async def _raise_for_upstream(upstream: PeerResponse | EngineStream, model: ServedModel,
