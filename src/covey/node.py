@@ -49,7 +49,8 @@ from covey.mesh import identity
 from covey.mesh.addresses import advertised, host_interfaces
 from covey.mesh.authority import AuthorityLink
 from covey.mesh.discovery import LanDiscovery, lan_addresses
-from covey.mesh.peer_api import build_peer_app
+from covey.mesh.peer_api import VERIFIER, build_peer_app
+from covey.mesh.peer_serve import PeerListener, aiohttp_server
 from covey.mesh.peer_transport import HttpPeerTransport
 from covey.mesh.policy import MeshPolicy
 from covey.mesh.records import (
@@ -300,15 +301,17 @@ class Node:
             routes = OpenAIRoutes(self.table, relay, self.identity.node_id, self.name, mesh,
                                   health=health, tiers=self._tier_policy(mesh_state).current,
                                   fallback=self._fallback())
-            peer_runner = web.AppRunner(
-                build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
-                               engines=self._engine_states, authority=link,
-                               ledger=self._ledger, memory=self._memory, files=self._files),
-                handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace_s)
+            peer_app = build_peer_app(mesh_state, tls.fingerprint, serve=routes.serve_for_peer,
+                                      engines=self._engine_states, authority=link,
+                                      ledger=self._ledger, memory=self._memory,
+                                      files=self._files)
+            peer_runner = web.AppRunner(peer_app, handler_cancellation=True, access_log=None,
+                                        shutdown_timeout=s.shutdown_grace_s)
             await peer_runner.setup()
-            await web.TCPSite(peer_runner, s.mesh_host, s.mesh_port,
-                              ssl_context=tls.server_context()).start()
-            mesh_port = peer_runner.addresses[0][1]
+            # Peers' streamed prompts are served off the socket; the app gets the rest.
+            listener = PeerListener(aiohttp_server(peer_runner), peer_app[VERIFIER], mesh_state,
+                                    routes.admit_peer_stream)
+            mesh_port = await listener.start(s.mesh_host, s.mesh_port, tls.server_context())
             mesh.addresses = advertised(s.mesh_host, mesh_port, s.advertise,
                                         host_interfaces())
             lan = lan_addresses(s.mesh_host) if s.mdns else []
@@ -386,6 +389,7 @@ class Node:
                 self._tasks = None
                 await runner.cleanup()
                 share.close()  # after the last client request: its count is written too
+                await listener.close(s.shutdown_grace_s)
                 await peer_runner.cleanup()
                 if s.ledger:
                     self._ledger_db.close()  # after the peer listener: no receipt in flight

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -21,13 +21,14 @@ from covey.health.monitor import HealthMonitor
 from covey.health.probe import PROBE_HEADER
 from covey.ledger.service import request_id_of
 from covey.mesh.peer_api import PEER
+from covey.mesh.peer_serve import ServePeerStream
 from covey.mesh.runtime import MeshRuntime
 from covey.metrics.samples import ModelMeter
 from covey.router import fallback, sla
 from covey.router.dispatch import Dispatcher, local_figures
 from covey.router.fallback import Fallback
 from covey.router.plan import offers
-from covey.router.proxy import ACCOUNT, CONSUMER, PEER_REQUEST_ID, Relay
+from covey.router.proxy import ACCOUNT, CONSUMER, PEER_REQUEST_ID, Asked, Relay, StreamReply
 from covey.router.table import ModelTable, ServedModel
 from covey.router.tiers import TierPolicy, default_model
 from covey.types import EngineReady, ModelId, NodeId
@@ -158,6 +159,15 @@ class OpenAIRoutes:
     async def _serve_local(self, request: web.Request, path: str, req: BaseModel,
                            data: dict[str, Any], raw: bytes, measure: bool = True,
                            gate: dict[str, str] | None = None) -> web.StreamResponse:
+        model, raw, headers = self._local(req, data, raw, gate)
+        return await self.relay.forward(request, model, f"/{path}", raw,
+                                        bool(getattr(req, "stream", False)), headers,
+                                        measure=measure)
+
+    def _local(self, req: BaseModel, data: dict[str, Any], raw: bytes,
+               gate: dict[str, str] | None = None
+               ) -> tuple[ServedModel, bytes, dict[str, str]]:
+        """This node's model for `req`, the body its engine gets, the answer's headers."""
         model = self.table.resolve(getattr(req, "model", None) or self._local_default())
         if data.get("model") != model.upstream_name:
             # Defaulted or aliased: the engine must see the name it knows. Once per request.
@@ -165,9 +175,7 @@ class OpenAIRoutes:
             raw = json.dumps(data).encode()
         headers = {**(gate or {}), "x-covey-served-by": self.served_by, "x-covey-route": "local",
                    "x-covey-candidates": self.node_id}
-        return await self.relay.forward(request, model, f"/{path}", raw,
-                                        bool(getattr(req, "stream", False)), headers,
-                                        measure=measure)
+        return model, raw, headers
 
     async def _serve_gated(self, request: web.Request, path: str, req: BaseModel,
                            data: dict[str, Any], raw: bytes) -> web.StreamResponse:
@@ -204,3 +212,27 @@ class OpenAIRoutes:
         request[CONSUMER] = request.get(PEER, "")
         return await self._serve_local(request, path, req, data, raw,
                                        measure=PROBE_HEADER not in request.headers)
+
+    def admit_peer_stream(self, path: str, body: bytes) -> ServePeerStream | None:
+        """`serve_for_peer` for a streamed prompt a peer sent on a connection served off its
+        socket (mesh/peer_serve.py): how to serve it, or None when it is not one (another
+        endpoint, a whole answer, a body `parse` refuses), which that connection's aiohttp
+        server then answers as `serve_for_peer` does."""
+        schema = PATHS.get(path)
+        if schema is None or path == "embeddings":
+            return None
+        try:
+            req, data = parse(body, schema)
+        except CoveyError:
+            return None
+        if not getattr(req, "stream", False):
+            return None
+
+        async def serve(reply: StreamReply, peer: str, headers: Mapping[str, str],
+                        t_received: float) -> None:
+            model, raw, out = self._local(req, data, body)
+            # As serve_for_peer: its receipt's id, and its place in the engine's queue.
+            asked = Asked(t_received, consumer=peer, peer_request_id=request_id_of(headers))
+            await self.relay.stream_to(asked, reply, model, f"/{path}", raw, out,
+                                       measure=PROBE_HEADER not in headers)
+        return serve

@@ -46,7 +46,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +90,9 @@ Clock = Callable[[], float]
 PEER = web.RequestKey("peer", str)  # the verified calling node id
 BODY = web.RequestKey("json", dict)  # the decoded JSON object body
 BOUND = web.RequestKey("bound", bool)  # the connection is the verified caller's
+# The app's verifier: the mesh listener (mesh/peer_serve.py) checks the requests it serves
+# itself with it, so a connection proved there is proved here too, and a nonce seen once.
+VERIFIER = web.AppKey("verifier", RequestVerifier)
 
 
 def _tls_of(request: web.Request) -> object | None:
@@ -97,6 +100,15 @@ def _tls_of(request: web.Request) -> object | None:
     connection whose first signed request verified vouches for the same node's later ones."""
     transport = request.transport
     return transport.get_extra_info("ssl_object") if transport is not None else None
+
+
+def admit_caller_cert(state: MeshState, headers: Mapping[str, str], now: float) -> None:
+    """Learn the caller's member certificate (`x-covey-cert`, on a signed request) before its
+    claim is checked: a member this node has not heard of yet is then known."""
+    cert = headers.get(H_CERT, "")
+    if 0 < len(cert) <= MAX_CERT_HEADER:
+        with contextlib.suppress(SealError):  # a bad one simply admits nobody
+            state.admit_cert(b64d(cert), now)
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
@@ -141,10 +153,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
         request[T_RECEIVED] = time.perf_counter()
         claim, connection = None, _tls_of(request)
         if request.path not in OPEN_PATHS:
-            cert = request.headers.get(H_CERT, "")
-            if 0 < len(cert) <= MAX_CERT_HEADER:
-                with contextlib.suppress(SealError):  # a bad one simply admits nobody
-                    state.admit_cert(b64d(cert), clock())
+            admit_caller_cert(state, request.headers, clock())
             try:
                 claim = verifier.claim(request.headers, clock(), connection=connection)
             except PeerRefused as exc:
@@ -381,6 +390,7 @@ def build_peer_app(state: MeshState, audience: str, clock: Clock = time.time,
             response.headers[H_BOUND] = "1"
 
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY)
+    app[VERIFIER] = verifier
     app.on_response_prepare.append(say_bound)
     app.router.add_post(MANIFEST_PATH, file_manifest)
     app.router.add_post(CHUNK_PATH, file_chunk)
