@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,40 +262,40 @@ async def test_an_error_before_the_first_byte_is_an_openai_error_and_keeps_the_c
     assert (await conn.send(request(PROMPT, {H_NODE: me}))).status == 200
 
 
-async def test_a_peer_that_hangs_up_cancels_its_answer(harness: Harness) -> None:
+async def _until(condition: Callable[[], bool], why: str, deadline_s: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while not condition():
+        assert loop.time() < deadline, why
+        await asyncio.sleep(0.01)
+
+
+async def _held_answer(harness: Harness) -> Conn:
+    """A connection whose signed prompt was taken and whose answer waits on `hold`."""
     harness.relay.hold = asyncio.Event()
     conn = await harness.connect()
     conn.writer.write(request(PROMPT, harness.signed()))
     await conn.writer.drain()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not harness.relay.served:
-        assert loop.time() < deadline, "the stream never started"
-        await asyncio.sleep(0.01)
+    await _until(lambda: bool(harness.relay.served), "the stream never started")
+    return conn
+
+
+async def test_a_peer_that_hangs_up_cancels_its_answer(harness: Harness) -> None:
+    conn = await _held_answer(harness)
     conn.writer.close()
-    while not harness.relay.cancelled:
-        assert loop.time() < deadline, "the answer went on after its peer left"
-        await asyncio.sleep(0.01)
+    await _until(lambda: harness.relay.cancelled, "the answer went on after its peer left")
 
 
 async def test_bytes_sent_during_an_answer_close_the_connection_after_it(
         harness: Harness) -> None:
     """A peer never sends while its answer is streaming (the entry's connections are kept
     one answer at a time): such a connection is not kept."""
-    harness.relay.hold = asyncio.Event()
-    conn = await harness.connect()
-    conn.writer.write(request(PROMPT, harness.signed()))
-    await conn.writer.drain()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not harness.relay.served:
-        assert loop.time() < deadline, "the stream never started"
-        await asyncio.sleep(0.01)
+    conn = await _held_answer(harness)
     conn.writer.write(request(PROMPT, {H_NODE: harness.member.identity.node_id}))
     await conn.writer.drain()
-    while not any(c._extra for c in harness.listener.live):  # it read them
-        assert loop.time() < deadline, "the listener never read the extra request"
-        await asyncio.sleep(0.01)
+    await _until(lambda: any(c._extra for c in harness.listener.live),  # it read them
+                 "the listener never read the extra request")
+    assert harness.relay.hold is not None
     harness.relay.hold.set()
     answer = await conn.answer()
     assert answer.status == 200 and len(_events(answer.body)) == 4
