@@ -3,9 +3,11 @@
 Streams pass the engine's SSE bytes through as they arrive: no per-chunk decode/encode.
 Per chunk (`_Tap`) we only look for the first content token (until it is seen) and remember
 the tail, where the final usage/timings event lives. Everything else is parsed once per
-request. A stream from this node's own llama.cpp engine is read off its socket
-(engine_stream.py), so its chunks reach the client with no task switch; a peer's or an
-attached backend's come through aiohttp's client.
+request. A stream from this node's own llama.cpp engine, or from a peer, is read off its
+socket (engine_stream.py, mesh/peer_stream.py), so its chunks reach the client with no task
+switch; an attached backend's comes through aiohttp's client. The answer goes to aiohttp's
+response, or, for a peer's stream the mesh listener took (mesh/peer_serve.py), straight to
+that peer's connection (`StreamReply`).
 """
 
 from __future__ import annotations
