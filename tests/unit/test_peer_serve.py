@@ -27,7 +27,7 @@ from covey.mesh.peer_serve import PeerListener, ServePeerStream, aiohttp_server
 from covey.mesh.peer_stream import client_context
 from covey.mesh.state import MeshState
 from covey.mesh.transport import H_BOUND, H_NODE, tls_identity
-from covey.router.proxy import StreamReply
+from covey.router.proxy import StreamReply, UpstreamRejected
 
 PATH = "/mesh/v1/chat/completions"
 PROMPT = json.dumps({"model": "m", "stream": True,
@@ -301,3 +301,10 @@ async def test_bytes_sent_during_an_answer_close_the_connection_after_it(
     assert answer.status == 200 and len(_events(answer.body)) == 4
     assert await conn.closed()
     assert len(harness.relay.served) == 1
+
+
+async def test_an_engine_status_http_does_not_name_is_passed_on(harness: Harness) -> None:
+    harness.relay.fail = UpstreamRejected(499, "the engine made this one up")
+    answer = await (await harness.connect()).send(request(PROMPT, harness.signed()))
+    assert answer.status == 499
+    assert json.loads(answer.body)["error"]["message"] == "the engine made this one up"

@@ -305,9 +305,16 @@ class _Reply:
         if any("\r" in text or "\n" in text for item in fields.items() for text in item):
             raise ValueError("a header with a line break")  # would forge the answer
         lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
-        self.transport.write(f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        self.transport.write(f"HTTP/1.1 {status} {_phrase(status)}\r\n"
                              f"{lines}\r\n".encode("latin-1"))
         self.started = True
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # a status an engine made up: the code is what counts
+        return "Unknown"
 
 
 class PeerListener:
