@@ -23,6 +23,7 @@ from typing import Literal, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from covey.errors import BadRequest, CoveyError, UpstreamFailed, sse_error_event
 from covey.ledger.receipts import new_request_id
@@ -128,20 +129,21 @@ class _AiohttpReply:
         self.request = request
         self.response: web.StreamResponse | None = None
         self.chunked = False
+        self._writer: AbstractStreamWriter | None = None
 
     async def start(self, headers: Mapping[str, str]) -> asyncio.Transport | None:
         response = self.response = web.StreamResponse(status=200, headers=headers)
         if self.request.version >= aiohttp.HttpVersion11:
             response.enable_chunked_encoding()  # so that `chunked` says how _Tap must frame
-        writer = await response.prepare(self.request)
+        self._writer = await response.prepare(self.request)
         self.chunked = response.chunked
-        if writer is None or self.request.transport is None:
+        if self._writer is None or self.request.transport is None:
             return None  # the client left while the engine started answering
         return self.request.transport
 
     async def drain(self) -> None:
-        assert self.response is not None
-        await self.response.drain()
+        assert self._writer is not None
+        await self._writer.drain()
 
     async def end(self, last: bytes) -> None:
         assert self.response is not None
