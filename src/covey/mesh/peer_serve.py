@@ -16,9 +16,10 @@ It is answered by the same relay (`Relay.stream_to`).
 Anything else (another endpoint, a whole answer, a request those checks refuse, bad or odd
 HTTP) goes to the peer app's aiohttp server, which is given the connection for good with
 every byte received on it so far: it answers, or refuses, exactly as it would have, and
-nothing was done here before it got them. So this module never answers a request it did not
-take; one it took is answered as the app would: an OpenAI error body before the first byte,
-the relay's in-band error after it.
+nothing was taken here before it got them (at most a member certificate the request carried
+was learnt, as the app learns it, and a signature checked without its nonce being kept). So
+this module never answers a request it did not take; one it took is answered as the app
+would: an OpenAI error body before the first byte, the relay's in-band error after it.
 """
 
 from __future__ import annotations
