@@ -80,6 +80,14 @@ def test_added_outside_the_engine_pairs_samples_and_skips_untimed_ones() -> None
     assert _added_outside(Side("x", 1, outside=[None] * 4), direct) is None
 
 
+def test_two_token_answers_are_paired_apart_from_one_token_ones() -> None:
+    direct = Side("d", None, outside=[5.0], outside_2=[5.0, 6.0])
+    through = Side("t", 1, outside=[9.0], outside_2=[6.0, 7.5])
+    assert _added_outside(through, direct) == 4.0
+    assert _added_outside(through, direct, two_tokens=True) == 1.0
+    assert _added_outside(Side("x", 1, outside_2=[None] * 2), direct, two_tokens=True) is None
+
+
 def test_rates_beside_the_engine_cancel_its_drift() -> None:
     """The engine ran at 40 then 30 tok/s; a relay that kept pace with it reads 1.0 though
     its raw rate is a quarter below the direct stream's."""
@@ -96,3 +104,5 @@ def test_the_mesh_ratio_is_judged_and_unjudged_when_unmeasured() -> None:
         "goal": 2.0, "met": True}
     assert goals({"mesh_ttft_added_ratio": 2.6})["mesh_ttft_added_ratio"]["met"] is False
     assert goals({"mesh_ttft_added_ratio": None})["mesh_ttft_added_ratio"]["met"] is None
+    assert goals({"mesh_ttft_added_ratio_2_tokens": 2.2})[
+        "mesh_ttft_added_ratio_2_tokens"] == {"goal": 2.0, "met": False}

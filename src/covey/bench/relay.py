@@ -52,6 +52,7 @@ GOALS = {  # key: (goal, higher is better)
     "mesh_ttft_added_ms_p50": (5.0, False),
     # The mesh's second hop costs no more than the first node does (issue 11).
     "mesh_ttft_added_ratio": (2.0, False),
+    "mesh_ttft_added_ratio_2_tokens": (2.0, False),
 }
 
 
@@ -174,8 +175,10 @@ class Side:
     one_pace: list[float] = field(default_factory=list)
     four_pace: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
-    # Each TTFT less llama.cpp's own time for that prompt (None: no timings came back).
+    # Each TTFT less llama.cpp's own time for that prompt (None: no timings came back), of
+    # one-token answers and of two-token ones.
     outside: list[float | None] = field(default_factory=list)
+    outside_2: list[float | None] = field(default_factory=list)
     events: int = 0
     cpu_s: float = 0.0
     stream_s: float = 0.0  # wall time its streams took (its CPU was counted over it)
@@ -258,23 +261,32 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
                                      connector=aiohttp.TCPConnector(force_close=True)) as session:
         for side in sides:  # warm-up, not counted
             await stream_chat(session, side.base_url, body)
-        # Added TTFT: many cheap one-token requests. The repeated prompt is cached by the
-        # engine, so prompt-processing jitter does not drown the node's share.
-        one_token = {**body, "max_tokens": 1}
+        # Added TTFT: many cheap requests. The repeated prompt is cached by the engine, so
+        # prompt-processing jitter does not drown the node's share. Each round asks each
+        # path for one token and for two: a one-token answer ends with its first token, so
+        # what a path does when an answer ends (the mesh's receipt) competes with that
+        # token's way to the client while the engine rests; the first of two tokens comes
+        # while the engine decodes the next, as in any longer answer.
         trio = [direct, through, mesh]
         for i in range(ttft_pairs):
             progress(f"TTFT round {i + 1}/{ttft_pairs}")
-            for side in trio[i % 3:] + trio[:i % 3]:
-                stats = await stream_chat(session, side.base_url, one_token)
-                if stats.ttft_ms is None:
-                    raise RuntimeError(f"no token came back from {side.base_url}")
-                side.ttft.append(stats.ttft_ms)
-                side.outside.append(None if stats.engine_ttft_ms is None
-                                    else stats.ttft_ms - stats.engine_ttft_ms)
-                # A mesh answer leaves work behind (the ledger's receipt is signed, sent and
-                # countersigned after it ends): measured at once, the next request, usually a
-                # direct one, paid for it, and the mesh's added TTFT read low.
-                await asyncio.sleep(AFTERMATH_S)
+            for tokens in ((1, 2) if i % 2 == 0 else (2, 1)):
+                for side in trio[i % 3:] + trio[:i % 3]:
+                    stats = await stream_chat(session, side.base_url,
+                                              {**body, "max_tokens": tokens})
+                    if stats.ttft_ms is None:
+                        raise RuntimeError(f"no token came back from {side.base_url}")
+                    outside = (None if stats.engine_ttft_ms is None
+                               else stats.ttft_ms - stats.engine_ttft_ms)
+                    if tokens == 1:
+                        side.ttft.append(stats.ttft_ms)
+                        side.outside.append(outside)
+                    else:
+                        side.outside_2.append(outside)
+                    # A mesh answer leaves work behind (the ledger's receipt is signed, sent
+                    # and countersigned after it ends): measured at once, the next request,
+                    # usually a direct one, paid for it, and the mesh's added TTFT read low.
+                    await asyncio.sleep(AFTERMATH_S)
         for i in range(runs):
             progress(f"decode round {i + 1}/{runs}")
             for side in sides[i % 4:] + sides[:i % 4]:  # rotate who goes first
@@ -297,6 +309,8 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
     # few milliseconds in 40 pairs; what is left of a TTFT outside the engine varies by ~2.
     beyond = _added_outside(through, direct)
     mesh_beyond = _added_outside(mesh, direct)
+    beyond_2 = _added_outside(through, direct, two_tokens=True)
+    mesh_beyond_2 = _added_outside(mesh, direct, two_tokens=True)
     return {
         "model": node.model, "runs": runs, "max_tokens": max_tokens, "ttft_pairs": ttft_pairs,
         "ratio_1_stream": median(through.one_tps) / median(direct.one_tps),
@@ -345,8 +359,11 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
         "mesh_ttft_added_ms_p99": percentile(mesh_added, 99),
         "ttft_added_outside_engine_ms_p50": beyond,
         "mesh_ttft_added_outside_engine_ms_p50": mesh_beyond,
-        "mesh_ttft_added_ratio": (mesh_beyond / beyond if beyond is not None and beyond > 0
-                                  and mesh_beyond is not None else None),
+        "mesh_ttft_added_ratio": _quotient(mesh_beyond, beyond),
+        # The same of two-token answers: their first token's, as in any longer answer.
+        "ttft_added_outside_engine_ms_p50_2_tokens": beyond_2,
+        "mesh_ttft_added_outside_engine_ms_p50_2_tokens": mesh_beyond_2,
+        "mesh_ttft_added_ratio_2_tokens": _quotient(mesh_beyond_2, beyond_2),
     }
 
 
@@ -361,12 +378,19 @@ def _pace_ratio(side: list[float], direct: list[float]) -> float | None:
     return median(side) / median(direct) if side and direct else None
 
 
-def _added_outside(side: Side, direct: Side) -> float | None:
+def _added_outside(side: Side, direct: Side, two_tokens: bool = False) -> float | None:
     """p50 of `side`'s time to first token outside the engine less the direct path's, over
-    the pairs where llama.cpp reported its timings on both; None when it never did."""
-    pairs = sorted(s - d for s, d in zip(side.outside, direct.outside, strict=True)
+    the pairs where llama.cpp reported its timings on both; None when it never did.
+    `two_tokens`: of the two-token answers."""
+    ours, theirs = ((side.outside_2, direct.outside_2) if two_tokens
+                    else (side.outside, direct.outside))
+    pairs = sorted(s - d for s, d in zip(ours, theirs, strict=True)
                    if s is not None and d is not None)
     return percentile(pairs, 50) if pairs else None
+
+
+def _quotient(mesh: float | None, node: float | None) -> float | None:
+    return mesh / node if mesh is not None and node is not None and node > 0 else None
 
 
 def cpu_floor_ratio(node_us: float, floor_us: float) -> float | None:
@@ -463,8 +487,13 @@ def _print_table(result: dict[str, Any]) -> None:
             ("ttft added outside the engine", _ms(result["ttft_added_outside_engine_ms_p50"]),
              ""),
             ("  through the mesh", _ms(result["mesh_ttft_added_outside_engine_ms_p50"]), ""),
-            ("mesh_ttft_added_ratio", "—" if result["mesh_ttft_added_ratio"] is None
-             else f"{result['mesh_ttft_added_ratio']:.2f} ×", "≤ 2 ×")):
+            ("mesh_ttft_added_ratio", _times(result["mesh_ttft_added_ratio"]), "≤ 2 ×"),
+            ("ttft added outside the engine, 2 tokens",
+             _ms(result["ttft_added_outside_engine_ms_p50_2_tokens"]), ""),
+            ("  through the mesh", _ms(result["mesh_ttft_added_outside_engine_ms_p50_2_tokens"]),
+             ""),
+            ("mesh_ttft_added_ratio_2_tokens", _times(result["mesh_ttft_added_ratio_2_tokens"]),
+             "≤ 2 ×")):
         met = result["goals"].get(key, {}).get("met")
         table.add_row(key, value, goal, "" if met is None else ("✓" if met else "✗"))
     table.add_row("direct tok/s (1 / 4 streams)",
@@ -482,3 +511,7 @@ def _ratio(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} ms"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ×"
