@@ -158,8 +158,9 @@ class Auditor:
             evidence += "; its published sha256 differs from ours"
         self.book.record(record.node_id, model.id, comparison.outcome, evidence,
                                time.time())
-        log.info("verify: audit of %s on %s: %s (%s); verdict %s", model.id,
-                 record.name or record.node_id[:12], comparison.outcome, evidence,
+        # Named by id as well: machines often share a name (a hostname such as "vm").
+        log.info("verify: audit of %s on %s (%s): %s (%s); verdict %s", model.id,
+                 record.name or "?", record.node_id[:12], comparison.outcome, evidence,
                  self.book.status(record.node_id, model.id, time.time()))
         tokens = len(local.steps) + (len(peer.steps) if peer is not None else 0)
         return AuditResult(record.node_id, model.id, comparison, ms, tokens)
