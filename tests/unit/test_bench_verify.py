@@ -26,6 +26,10 @@ def test_summary_counts_distributions_and_margin() -> None:
     assert s["kinds"]["perturbed"]["fail"] == 1
     assert s["kinds"]["smollm2"]["fail"] == 1 and s["kinds"]["smollm2"]["mismatched"] == 1
     assert s["kinds"]["smollm2"]["first_mismatch"]["max"] == 0
+    # By text alone, as the auditor judges a peer it did not ask for logprobs: equal texts
+    # never pass, another text fails.
+    assert s["kinds"]["same-config"]["text_only"] == {"pass": 0, "fail": 0, "inconclusive": 1}
+    assert s["kinds"]["smollm2"]["text_only"]["fail"] == 1
     margin = s["margins"]["perturbed"]
     assert margin["honest_max"] == s["kinds"]["under-load"]["mean_nats"]["max"]
     assert margin["impostor_min"] == pytest.approx(0.4) and margin["ratio"] > 1

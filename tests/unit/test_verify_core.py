@@ -28,6 +28,12 @@ NOISY = steps(("The", -0.51, {"The": -0.51, "A": -1.49}), (" sky", -0.21, {" sky
 SHIFTED = steps(("The", -1.2, {"The": -1.2, "A": -1.4}), (" sky", -0.9, {" sky": -0.9}),
                 (" is", -0.6, {" is": -0.6}), (" blue", -1.0, {" blue": -1.0}))
 OTHER = steps(("I", -0.4, {"I": -0.4}), (" am", -0.2, {" am": -0.2}))
+# A near tie between "." and a longer token that starts with it (seen on an honest, loaded
+# peer): the peer's ".<" matches our "." and parts only at our next token, or after our end.
+DOT_TIE = steps(("The", -0.5, {"The": -0.5}), (" sky", -0.2, {" sky": -0.2}),
+                (".", -0.87, {".": -0.87, ".<": -0.93}), (" It", -0.3, {" It": -0.3}))
+DOT_SURE = steps(("The", -0.5, {"The": -0.5, "A": -0.6}), (" sky", -0.2, {" sky": -0.2}),
+                 (".", -0.1, {".": -0.1, ".<": -3.0}), (" It", -0.3, {" It": -0.3}))
 TIE_LOCAL = steps(("The", -0.5, {"The": -0.5, "A": -1.5}), (" sky", -0.2, {" sky": -0.2}),
                   (" is", -0.1, {" is": -0.1}), (" blue", -0.7, {" blue": -0.7, " grey": -0.8}))
 TIE_PEER = steps(("The", -0.5, {"The": -0.5}), (" sky", -0.2, {" sky": -0.2}),
@@ -57,6 +63,12 @@ def ans(text: str, st: tuple[Step, ...] = (), finish: str | None = None) -> Answ
     (ans("The sky is blue", HONEST, "length"), ans("The sky is blue today"), "fail"),
     (ans("The sky is blue", HONEST, "stop"), ans("The sky is blue today"), "inconclusive"),
     (ans("The sky is blue", HONEST, None), ans("The sky is blue today"), "inconclusive"),
+    # The peer broke a local tie with a longer token: no blame, wherever the texts part...
+    (ans("The sky.", DOT_TIE[:3], "length"), ans("The sky.<end"), "inconclusive"),
+    (ans("The sky. It", DOT_TIE, "length"), ans("The sky.<end"), "inconclusive"),
+    # ...but only when the tied token is what the peer's text goes on with.
+    (ans("The sky.", DOT_SURE[:3], "length"), ans("The sky.<end"), "fail"),
+    (ans("The sky. It", DOT_SURE, "length"), ans("The sky.<end"), "fail"),
 ])
 def test_compare_table(local: Answer, peer: Answer, outcome: str) -> None:
     assert compare(local, peer).outcome == outcome

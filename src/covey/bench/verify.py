@@ -18,11 +18,12 @@ with the DEFAULT thresholds.
   logprobs, like tests/fake_backend.py), `echo` (no logprobs, repeats the prompt: Gemma, a
   base model, often does that itself).
 
-Reported per kind: outcomes, the distribution of the mean |Δ logprob| and of the first top-1
-mismatch, how often the 12-token texts were identical, and the margin between the honest
-maximum and each impostor's minimum of the statistic; and the cost of one audit. `--save`
-keeps every answer so thresholds can be replayed offline (`replay`). Needs the `gguf`
-package (the `test` extra) for the perturbed copy.
+Reported per kind: outcomes (and, as `text_only`, those of the same answers judged by their
+text alone, as the auditor judges a peer it did not ask for logprobs), the distribution of the
+mean |Δ logprob| and of the first top-1 mismatch, how often the 12-token texts were identical,
+and the margin between the honest maximum and each impostor's minimum of the statistic; and
+the cost of one audit. `--save` keeps every answer so thresholds can be replayed offline
+(`replay`). Needs the `gguf` package (the `test` extra) for the perturbed copy.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Record:
     same_text: bool
     ms: float  # both sides, one after the other (as the auditor asks them)
     tokens: int  # generated on both sides
+    # The same answer judged by its text alone, as the auditor judges the half of its audits
+    # that do not ask the peer for logprobs (and every one of a backend that gives none).
+    text_outcome: str = "inconclusive"
 
 
 def first_mismatch(local: Answer, peer: Answer) -> int | None:
@@ -86,8 +90,10 @@ def judge(kind: str, local: Answer, peer: Answer, ms: float, th: Thresholds) -> 
     if at is not None:
         step, other = local.steps[at], local.steps[at].top.get(peer.steps[at].token)
         gap = None if other is None else step.logprob - other
+    text_only = compare(local, Answer(peer.text, (), peer.finish), th)
     return Record(kind, c.outcome, c.aligned, c.agreed, c.mean_nats, at, gap,
-                  local.text == peer.text, ms, len(local.steps) + len(peer.steps))
+                  local.text == peer.text, ms, len(local.steps) + len(peer.steps),
+                  text_only.outcome)
 
 
 def _dist(values: list[float]) -> dict[str, float] | None:
@@ -112,6 +118,8 @@ def summarize(records: list[Record]) -> dict[str, Any]:
             "mismatched": sum(r.first_mismatch is not None for r in rs),
             "mismatch_gap": _dist([r.mismatch_gap for r in rs if r.mismatch_gap is not None]),
             "same_text": sum(r.same_text for r in rs),
+            "text_only": {o: sum(r.text_outcome == o for r in rs)
+                          for o in ("pass", "fail", "inconclusive")},
         }
     honest = [r.mean_nats for r in records if r.kind in HONEST and r.mean_nats is not None]
     honest_max = max(honest) if honest else None

@@ -179,6 +179,23 @@ def _compare_text(local: Answer, peer: Answer, th: Thresholds) -> Comparison:
         return Comparison("inconclusive", 0, 0, None,
                           "text matches (no peer logprobs: not proof)"
                           if common >= th.min_text_chars else "text too short")
+    if common == len(peer.text) and common < th.min_text_chars:
+        return Comparison("inconclusive", 0, 0, None, "text too short")
+    # Where did they part? If at a local step with a near tie, no blame. The texts' first
+    # differing character need not be in the token the peer chose differently: at a tie
+    # between "." and ".<" the peer's ".<" matches our "." and parts only at our next
+    # token, or runs on past our last. So any earlier step excuses the parting too when one
+    # of its tied tokens is what the peer's text goes on with there.
+    pos = 0
+    for i, s in enumerate(local.steps):
+        parting = pos + len(s.token) > common
+        tied = (t for t, v in s.top.items() if t != s.token and v >= s.logprob - th.tie_nats)
+        if any(parting or peer.text.startswith(t, pos) for t in tied):
+            return Comparison("inconclusive", i, i, None,
+                              "text parts at a local tie (no peer logprobs)")
+        if parting:
+            break
+        pos += len(s.token)
     if common == len(local.text):
         # The peer's text runs on past ours. If max_tokens ended ours, the same model could
         # not have said more in as many tokens (a backend that echoes the prompt does);
@@ -188,17 +205,5 @@ def _compare_text(local: Answer, peer: Answer, th: Thresholds) -> Comparison:
                               f"text runs past the model's {len(local.steps)} tokens "
                               "(no peer logprobs)")
         return Comparison("inconclusive", 0, 0, None, "local text ended first")
-    if common == len(peer.text) and common < th.min_text_chars:
-        return Comparison("inconclusive", 0, 0, None, "text too short")
-    # Where did they part? If at a local step with a near tie, no blame.
-    pos = 0
-    for i, s in enumerate(local.steps):
-        if pos + len(s.token) > common:
-            tied = any(v >= s.logprob - th.tie_nats for t, v in s.top.items() if t != s.token)
-            if tied:
-                return Comparison("inconclusive", i, i, None,
-                                  "text parts at a local tie (no peer logprobs)")
-            break
-        pos += len(s.token)
     return Comparison("fail", 0, 0, None,
                       f"text differs after {common} characters (no peer logprobs)")
