@@ -264,9 +264,9 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
         # Added TTFT: many cheap requests. The repeated prompt is cached by the engine, so
         # prompt-processing jitter does not drown the node's share. Each round asks each
         # path for one token and for two: a one-token answer ends with its first token, so
-        # what a path does when an answer ends (the mesh's receipt) competes with that
-        # token's way to the client while the engine rests; the first of two tokens comes
-        # while the engine decodes the next, as in any longer answer.
+        # what a path does when an answer ends (on the mesh, on both nodes) competes with
+        # that token's way to the client while the engine rests; the first of two tokens
+        # comes while the engine decodes the next, as in any longer answer.
         trio = [direct, through, mesh]
         for i in range(ttft_pairs):
             progress(f"TTFT round {i + 1}/{ttft_pairs}")
