@@ -100,7 +100,7 @@ def _add_flags(command: str, parser: argparse.ArgumentParser) -> None:
                             f"name (default: {embedded.GEMMA.name}, which needs no download)")
         parser.add_argument("--threads", type=int, default=None, help="engine threads")
         parser.add_argument("--ttft-pairs", type=int, default=None, help="rounds of one- and "
-                            "two-token requests on each path for the added TTFT (default: 40, "
+                            "two-token requests on each path for the added TTFT (default: 120, "
                             "or 8 per run if more)")
         parser.add_argument("--idle-s", type=float, default=None, help="seconds the node's "
                             "idle CPU is measured (default: 10)")

@@ -142,3 +142,34 @@ async def test_the_keeper_takes_countersigned_receipts_from_a_party_once(
     text = render(registry_for(ModelTable(), None, lambda: keeper)).decode()
     assert f'covey_ledger_credits{{kind="given",node="{IDS[PROVIDER]}"}}' in text
     keeper.ledger.close()
+
+
+async def test_a_receipt_is_settled_a_moment_after_its_answer_ended(
+        consumer: LedgerService, tmp_path: Path) -> None:
+    """Settling costs both nodes a few ms of CPU: not in the instant the answer's last bytes
+    are on their way to the client (docs/bench.md, "The receipt, a moment later")."""
+    provider = service(PROVIDER, tmp_path)
+    loop = asyncio.get_running_loop()
+    asked_at: list[float] = []
+
+    async def post(_record: NodeRecord, path: str, body: bytes) -> bytes:
+        asked_at.append(loop.time())
+        assert path == "/mesh/ledger/countersign"
+        return await consumer.countersign(body, IDS[PROVIDER])
+
+    provider._post = post  # type: ignore[method-assign]
+    rid = new_request_id()
+    consumer.expect(rid, IDS[PROVIDER], "m")
+    consumer.relayed(rid, IDS[PROVIDER], "m", 9, 6, 100)
+    ended = loop.time()
+    provider.served(rid, IDS[CONSUMER], "m", 9, 6, T0, T0 + 1)
+    for _ in range(10):  # the settling task's first steps, had it not waited
+        await asyncio.sleep(0)
+    assert asked_at == []
+    async with asyncio.timeout(10):  # the settling task: the wait, the call, both writes
+        await asyncio.gather(*provider._tasks)
+    assert asked_at[0] - ended >= provider.settle_after_s - 0.001
+    assert provider.ledger.unconfirmed() == []  # countersigned, in both ledgers
+    assert provider.ledger.balance(IDS[PROVIDER]).given > 0
+    assert consumer.ledger.balance(IDS[CONSUMER]).used > 0
+    provider.ledger.close()

@@ -70,7 +70,13 @@ class NodeUnderTest:
 # slowed (the entry still checks the serving node once before routing to it).
 QUIET_MESH = ("--gossip-interval-s", "2", "--health-interval-s", "15")
 IDLE_S = 10.0  # how long the node's idle CPU is measured, over several gossip rounds
-AFTERMATH_S = 0.1  # a gap after each TTFT sample: a receipt settles in a few ms
+# TTFT rounds by default. The p50 of a ~1.5 ms difference between TTFTs whose parts outside
+# the engine vary by several ms is noisy: cut into blocks, each of six 240-round runs read
+# the mesh's one-token ratio 0.4–1.7 apart in blocks of 40, 0.03–0.24 apart in blocks of 120.
+TTFT_PAIRS = 120
+# A gap after each TTFT sample: a mesh answer's receipt is settled 50 ms after it ends
+# (ledger/service.py, SETTLE_AFTER_S), in a few ms; the next sample must not pay for it.
+AFTERMATH_S = 0.1
 
 
 @contextlib.contextmanager
@@ -247,15 +253,14 @@ async def measure(node: NodeUnderTest, floor: tuple[str, int], entry: tuple[str,
                   runs: int, max_tokens: int, progress: Callable[[str], None],
                   ttft_pairs: int | None = None, idle_s: float = IDLE_S) -> dict[str, Any]:
     """Every figure of the result. `ttft_pairs`: one-token request trios for the added TTFT
-    (default: max(40, 8 × runs)); `idle_s`: how long the node's idle CPU is measured."""
+    (default: max(TTFT_PAIRS, 8 × runs)); `idle_s`: how long the node's idle CPU is measured."""
     body = deterministic_chat(node.model, max_tokens, llama_cpp=True)
     direct = Side(node.engine_url, None)
     through = Side(node.url, node.pid)
     floor_side = Side(*floor)
     mesh = Side(*entry)
     sides = [direct, through, floor_side, mesh]
-    # The p50 of a few-ms difference of ~30 ms TTFTs is noisy: 40 trios at least by default.
-    ttft_pairs = ttft_pairs or max(40, 8 * runs)
+    ttft_pairs = ttft_pairs or max(TTFT_PAIRS, 8 * runs)
     # One connection per request on every path, so no side gets cheaper connects.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
                                      connector=aiohttp.TCPConnector(force_close=True)) as session:
