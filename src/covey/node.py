@@ -391,8 +391,10 @@ class Node:
                 share.close()  # after the last client request: its count is written too
                 await listener.close(s.shutdown_grace_s)
                 await peer_runner.cleanup()
+                if self._ledger is not None:  # after the peer listener: every answer ended
+                    await self._ledger.flush(s.shutdown_grace_s)
                 if s.ledger:
-                    self._ledger_db.close()  # after the peer listener: no receipt in flight
+                    self._ledger_db.close()  # no receipt in flight now
                 if self._memory is not None:
                     self._memory.store.close()
                 with contextlib.suppress(OSError):

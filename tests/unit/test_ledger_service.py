@@ -144,11 +144,10 @@ async def test_the_keeper_takes_countersigned_receipts_from_a_party_once(
     keeper.ledger.close()
 
 
-async def test_a_receipt_is_settled_a_moment_after_its_answer_ended(
-        consumer: LedgerService, tmp_path: Path) -> None:
-    """Settling costs both nodes a few ms of CPU: not in the instant the answer's last bytes
-    are on their way to the client (docs/bench.md, "The receipt, a moment later")."""
-    provider = service(PROVIDER, tmp_path)
+
+def countersigned_by(consumer: LedgerService, provider: LedgerService) -> list[float]:
+    """`provider`'s calls go straight to `consumer`'s countersigning; the loop times of its
+    calls (a list that grows)."""
     loop = asyncio.get_running_loop()
     asked_at: list[float] = []
 
@@ -158,11 +157,24 @@ async def test_a_receipt_is_settled_a_moment_after_its_answer_ended(
         return await consumer.countersign(body, IDS[PROVIDER])
 
     provider._post = post  # type: ignore[method-assign]
+    return asked_at
+
+
+def relayed_and_served(consumer: LedgerService, provider: LedgerService) -> None:
     rid = new_request_id()
     consumer.expect(rid, IDS[PROVIDER], "m")
     consumer.relayed(rid, IDS[PROVIDER], "m", 9, 6, 100)
-    ended = loop.time()
     provider.served(rid, IDS[CONSUMER], "m", 9, 6, T0, T0 + 1)
+
+
+async def test_a_receipt_is_settled_a_moment_after_its_answer_ended(
+        consumer: LedgerService, tmp_path: Path) -> None:
+    """Settling costs both nodes a few ms of CPU: not in the instant the answer's last bytes
+    are on their way to the client (docs/bench.md, "The receipt, a moment later")."""
+    provider = service(PROVIDER, tmp_path)
+    asked_at = countersigned_by(consumer, provider)
+    ended = asyncio.get_running_loop().time()
+    relayed_and_served(consumer, provider)
     for _ in range(10):  # the settling task's first steps, had it not waited
         await asyncio.sleep(0)
     assert asked_at == []
@@ -172,4 +184,18 @@ async def test_a_receipt_is_settled_a_moment_after_its_answer_ended(
     assert provider.ledger.unconfirmed() == []  # countersigned, in both ledgers
     assert provider.ledger.balance(IDS[PROVIDER]).given > 0
     assert consumer.ledger.balance(IDS[CONSUMER]).used > 0
+    provider.ledger.close()
+
+
+async def test_a_stopping_node_settles_its_waiting_receipts_at_once(
+        consumer: LedgerService, tmp_path: Path) -> None:
+    provider = service(PROVIDER, tmp_path)
+    provider.settle_after_s = 3600.0  # the wait alone would outlast the test
+    asked_at = countersigned_by(consumer, provider)
+    relayed_and_served(consumer, provider)
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await provider.flush(10)
+    assert len(asked_at) == 1
+    assert provider.ledger.balance(IDS[PROVIDER]).given > 0
     provider.ledger.close()

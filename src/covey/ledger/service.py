@@ -130,6 +130,7 @@ class LedgerService:
         self.witness: Witness | None = None
         self.data_dir = data_dir  # where the checkpoint sink is (checkpoints.py)
         self.settle_after_s = settle_after_s
+        self._stopping = asyncio.Event()  # set by `flush`: settle what waits, at once
 
     @property
     def keeper(self) -> bool:
@@ -213,7 +214,9 @@ class LedgerService:
     async def _settle(self, request_id: str, consumer: str, model_id: str,
                       prompt_tokens: int, completion_tokens: int, started_at: float,
                       ended_at: float) -> None:
-        await asyncio.sleep(self.settle_after_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settle_after_s):
+                await self._stopping.wait()
         sha, parameters = self.facts(model_id)
         receipt = new_receipt(mesh_id=self.mesh_id, request_id=request_id, model_id=model_id,
                               model_sha256=sha, consumer=consumer,
@@ -241,6 +244,13 @@ class LedgerService:
                                     provider_key=self._own_key(), now=self.clock())
             return
         await self.submit(confirmed)
+
+    async def flush(self, timeout_s: float) -> None:
+        """The node is stopping: settle the receipts still waiting their moment now, and
+        wait up to `timeout_s` for every settling to end (before the ledger closes)."""
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
     async def submit(self, signed: SignedReceipt) -> None:
         """Send a countersigned receipt to the keeper (or keep it, on the keeper)."""
