@@ -73,9 +73,9 @@ MAX_BALANCES = 1024  # members' balances in the keeper's record, at most
 CALL_TIMEOUT_S = 10.0
 # A receipt is settled this long after its answer ended, not in the same instant: that
 # instant is when the answer's last bytes are still on their way to the client (all of a
-# one-token answer), and settling costs both nodes ~2.5 ms of CPU (two signatures, a signed
+# one-token answer), and settling costs both nodes ~2.5 ms of CPU (signatures and checks, a signed
 # call, two ledger writes). On the 2-core bench it made a one-token answer's time to first
-# token through the mesh ~0.5 ms longer (docs/bench.md, "The receipt, a moment later").
+# token through the mesh 0.5–0.9 ms longer (docs/bench.md, "The receipt, a moment later").
 SETTLE_AFTER_S = 0.05
 
 
