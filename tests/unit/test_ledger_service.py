@@ -144,7 +144,6 @@ async def test_the_keeper_takes_countersigned_receipts_from_a_party_once(
     keeper.ledger.close()
 
 
-
 def countersigned_by(consumer: LedgerService, provider: LedgerService) -> list[float]:
     """`provider`'s calls go straight to `consumer`'s countersigning; the loop times of its
     calls (a list that grows)."""

@@ -73,9 +73,10 @@ MAX_BALANCES = 1024  # members' balances in the keeper's record, at most
 CALL_TIMEOUT_S = 10.0
 # A receipt is settled this long after its answer ended, not in the same instant: that
 # instant is when the answer's last bytes are still on their way to the client (all of a
-# one-token answer), and settling costs both nodes ~2.5 ms of CPU (signatures and checks, a signed
-# call, two ledger writes). On the 2-core bench it made a one-token answer's time to first
-# token through the mesh 0.5–0.9 ms longer (docs/bench.md, "The receipt, a moment later").
+# one-token answer), and settling costs both nodes ~2.5 ms of CPU (signatures and their
+# checks, a signed call, two ledger writes). On the 2-core bench it made a one-token
+# answer's time to first token through the mesh 0.5–0.9 ms longer (docs/bench.md, "The
+# receipt, a moment later").
 SETTLE_AFTER_S = 0.05
 
 
@@ -109,7 +110,7 @@ class LedgerService:
                  facts: Callable[[str], tuple[str | None, float | None]],
                  clock: Callable[[], float] = time.time,
                  suspect: Callable[[str, str], bool] = lambda _node, _model: False,
-                 data_dir: Path | None = None, settle_after_s: float = SETTLE_AFTER_S) -> None:
+                 data_dir: Path | None = None) -> None:
         self.ledger = ledger
         self.mesh_id = mesh_id
         self.identity = identity
@@ -129,7 +130,7 @@ class LedgerService:
         self.latest_checkpoint = ""
         self.witness: Witness | None = None
         self.data_dir = data_dir  # where the checkpoint sink is (checkpoints.py)
-        self.settle_after_s = settle_after_s
+        self.settle_after_s = SETTLE_AFTER_S
         self._stopping = asyncio.Event()  # set by `flush`: settle what waits, at once
 
     @property
